@@ -1,0 +1,104 @@
+"""Retrieval metrics (through sentence-transformers' InformationRetrievalEvaluator) and the side-by-side
+search the studio's Compare tab shows."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from sentence_transformers import SentenceTransformer
+from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
+from sentence_transformers.util import cos_sim
+
+from engine.hub import METRIC_NAMES
+
+
+def retrieval_evaluator(queries: list[str], documents: list[str], extra_corpus=(), batch_size: int = 64,
+                        name: str = "held-out") -> InformationRetrievalEvaluator:
+    """Query i's relevant document is documents[i]; the corpus is every distinct document plus
+    `extra_corpus`. A query text that appears several times is relevant to all its documents."""
+    corpus_ids: dict[str, str] = {}
+    for text in [*documents, *extra_corpus]:
+        corpus_ids.setdefault(text, f"d{len(corpus_ids)}")
+    query_ids: dict[str, str] = {}
+    relevant: dict[str, set[str]] = {}
+    for query, document in zip(queries, documents, strict=True):
+        qid = query_ids.setdefault(query, f"q{len(query_ids)}")
+        relevant.setdefault(qid, set()).add(corpus_ids[document])
+    return InformationRetrievalEvaluator(
+        queries={qid: text for text, qid in query_ids.items()},
+        corpus={cid: text for text, cid in corpus_ids.items()},
+        relevant_docs=relevant,
+        mrr_at_k=[10],
+        ndcg_at_k=[10],
+        accuracy_at_k=[1, 10],
+        precision_recall_at_k=[1, 10, 100],
+        map_at_k=[100],
+        batch_size=batch_size,
+        name=name,
+        write_csv=False,
+        score_functions={"cosine": cos_sim},
+        main_score_function="cosine",
+    )
+
+
+def evaluator_metrics(raw: dict) -> dict[str, float]:
+    """Our metric names from the evaluator's keys (e.g. 'held-out_cosine_ndcg@10' -> 'ndcg@10')."""
+    wanted = {f"cosine_{name}" for name in METRIC_NAMES}
+    metrics = {}
+    for key, value in raw.items():
+        suffix = key.split("_", 1)[1] if "_" in key else key
+        if suffix in wanted:
+            metrics[suffix.removeprefix("cosine_")] = float(value)
+    return {name: metrics[name] for name in METRIC_NAMES if name in metrics}
+
+
+def retrieval_metrics(model: SentenceTransformer, queries: list[str], documents: list[str], extra_corpus=(),
+                      batch_size: int = 64) -> dict[str, float]:
+    """NDCG@10, MRR@10, Recall@1/10/100 and MAP@100 of `model` on (query, relevant document) pairs."""
+    evaluator = retrieval_evaluator(queries, documents, extra_corpus, batch_size)
+    was_training = model.training
+    try:
+        return evaluator_metrics(evaluator(model))
+    finally:
+        model.train(was_training)
+
+
+@dataclass
+class SearchIndex:
+    """A corpus encoded once by one model, searched many times."""
+
+    model: SentenceTransformer
+    corpus: list[str]
+    embeddings: torch.Tensor
+
+    @classmethod
+    def build(cls, model: SentenceTransformer, corpus: list[str], batch_size: int = 64) -> "SearchIndex":
+        corpus = list(dict.fromkeys(corpus))
+        embeddings = model.encode_document(corpus, batch_size=batch_size, convert_to_tensor=True,
+                                           normalize_embeddings=True)
+        return cls(model, corpus, embeddings)
+
+    def search(self, query: str, top_k: int = 5) -> list[dict]:
+        query_embedding = self.model.encode_query([query], convert_to_tensor=True, normalize_embeddings=True)
+        scores = (query_embedding.float() @ self.embeddings.float().T)[0]
+        top = torch.topk(scores, k=min(top_k, len(self.corpus)))
+        return [{"rank": rank + 1, "document": self.corpus[i], "score": float(s)}
+                for rank, (s, i) in enumerate(zip(top.values.tolist(), top.indices.tolist()))]
+
+    def rank_of(self, query: str) -> dict[str, int]:
+        """Every corpus document's 1-based rank for `query`."""
+        query_embedding = self.model.encode_query([query], convert_to_tensor=True, normalize_embeddings=True)
+        order = torch.argsort((query_embedding.float() @ self.embeddings.float().T)[0], descending=True)
+        return {self.corpus[i]: rank + 1 for rank, i in enumerate(order.tolist())}
+
+
+def compare_search(base: SearchIndex, trained: SearchIndex, query: str, top_k: int = 5) -> dict:
+    """Top-k of both models for `query`. Each trained hit carries its rank under the base model
+    (`base_rank`, over the whole corpus) and `rank_change` = base_rank - rank (positive: moved up)."""
+    base_ranks = base.rank_of(query)
+    trained_hits = trained.search(query, top_k)
+    for hit in trained_hits:
+        hit["base_rank"] = base_ranks[hit["document"]]
+        hit["rank_change"] = hit["base_rank"] - hit["rank"]
+    return {"query": query, "base": base.search(query, top_k), "trained": trained_hits}

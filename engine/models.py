@@ -1,0 +1,288 @@
+"""FastSentenceTransformer: load any sentence-transformers model, add LoRA, save, merge and push.
+
+What `from_pretrained` returns IS a `sentence_transformers.SentenceTransformer`; the stock trainer,
+losses and evaluators work on it unchanged. The extra methods the source document names
+(`save_pretrained_merged`, `push_to_hub_merged`) are bound onto that instance.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import tempfile
+import types
+from pathlib import Path
+
+import torch
+from sentence_transformers import SentenceTransformer
+from sentence_transformers.base.modules import Normalize, Transformer
+from sentence_transformers.sentence_transformer.modules import Pooling
+
+from engine import hub
+from engine.families import Family, apply_family, family_for, lora_targets_for
+from engine.resolve import resolve_model
+
+logger = logging.getLogger(__name__)
+
+
+def _default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _torch_dtype(dtype) -> torch.dtype | None:
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    names = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+             "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+    if dtype not in names:
+        raise ValueError(f"dtype {dtype!r} is not one of {', '.join(names)}")
+    return names[dtype]
+
+
+def _gpu_half_dtype() -> torch.dtype:
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def family_of(model: SentenceTransformer) -> Family | None:
+    return family_for(model[0].auto_model.config.model_type)
+
+
+def _quantization_config(device: str):
+    if device != "cuda":
+        raise ValueError(
+            "load_in_4bit=True (QLoRA) needs a CUDA GPU with bitsandbytes, and none was found; "
+            "use LoRA (load_in_4bit=False) on the CPU"
+        )
+    try:
+        from transformers import BitsAndBytesConfig
+        import bitsandbytes  # noqa: F401  (the config alone does not tell us it is missing)
+    except ImportError as error:
+        raise ValueError(f"load_in_4bit=True needs bitsandbytes ({error}); run `pip install bitsandbytes`") from error
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=_gpu_half_dtype(),
+    )
+
+
+def _build_without_modules_json(path: Path, device: str, pooling_mode: str | None, transformer_kwargs: dict):
+    transformer = Transformer(str(path), **transformer_kwargs)
+    family = family_for(transformer.auto_model.config.model_type)
+    mode = pooling_mode or (family.pooling if family else "mean")
+    logger.info("%s has no modules.json; using Transformer + %s Pooling + Normalize", path, mode)
+    pooling = Pooling(transformer.get_embedding_dimension(), pooling_mode=mode)
+    return SentenceTransformer(modules=[transformer, pooling, Normalize()], device=device)
+
+
+class FastSentenceTransformer:
+    """Loader and adapter helpers; the models it returns are plain `SentenceTransformer`s."""
+
+    @staticmethod
+    def from_pretrained(
+        model_name_or_path: str,
+        max_seq_length: int | None = None,
+        dtype=None,
+        load_in_4bit: bool = False,
+        full_finetuning: bool = False,
+        for_inference: bool = False,
+        pooling_mode: str | None = None,
+        trust_remote_code: bool = False,
+        device: str | None = None,
+        **kwargs,
+    ) -> SentenceTransformer:
+        """Load a model by hub id (from the local cache or the bundled MiniLM) or local path.
+
+        for_inference=True returns a model ready for `encode`, `encode_query`, `encode_document` and
+        `similarity`: in eval mode, gradients off, LoRA adapters merged into the weights (one matmul a
+        layer instead of three), and on a GPU in bf16/fp16. Without it the model is in train mode and
+        keeps the dtype a trainer needs (fp32 master weights for full fine-tuning; a 16-bit or 4-bit
+        frozen base under LoRA / QLoRA on a GPU).
+
+        `pooling_mode` overrides the family's pooling for a model without `modules.json`; other
+        kwargs go to the transformers model loader (`model_kwargs`).
+        """
+        device = device or _default_device()
+        path = resolve_model(model_name_or_path)
+        torch_dtype = _torch_dtype(dtype)
+        if torch_dtype is None and device == "cuda" and (for_inference or not full_finetuning):
+            torch_dtype = _gpu_half_dtype()
+        model_kwargs = dict(kwargs)
+        if torch_dtype is not None:
+            model_kwargs["dtype"] = torch_dtype
+        if load_in_4bit:
+            if full_finetuning:
+                raise ValueError("load_in_4bit=True and full_finetuning=True do not go together: 4-bit weights cannot be trained; pick one")
+            model_kwargs["quantization_config"] = _quantization_config(device)
+            model_kwargs.setdefault("device_map", {"": 0})
+
+        if (path / "modules.json").exists():
+            model = SentenceTransformer(
+                str(path), device=device, trust_remote_code=trust_remote_code, model_kwargs=model_kwargs
+            )
+        else:
+            transformer_kwargs = {"model_kwargs": model_kwargs | {"trust_remote_code": trust_remote_code},
+                                  "processor_kwargs": {"trust_remote_code": trust_remote_code}}
+            model = _build_without_modules_json(path, device, pooling_mode, transformer_kwargs)
+
+        apply_family(model, family_of(model))
+        if max_seq_length is not None:
+            model.max_seq_length = max_seq_length
+        model._lacker_base_path = str(path)
+        model._lacker_base_name = str(model_name_or_path)
+        _bind_extra_methods(model)
+
+        if load_in_4bit:
+            from peft import prepare_model_for_kbit_training
+
+            prepare_model_for_kbit_training(model[0].auto_model, use_gradient_checkpointing=False)
+        if for_inference:
+            if _has_adapter(model):
+                _merge_adapters_in_place(model)
+            model.eval()
+            model.requires_grad_(False)
+        return model
+
+    @staticmethod
+    def get_peft_model(
+        model: SentenceTransformer,
+        r: int = 16,
+        lora_alpha: int = 16,
+        lora_dropout: float = 0.0,
+        target_modules: list[str] | str | None = None,
+        bias: str = "none",
+        use_gradient_checkpointing: bool = False,
+        use_rslora: bool = False,
+        modules_to_save: list[str] | None = None,
+        random_state: int | None = None,
+        init_lora_weights: bool | str = True,
+        **kwargs,
+    ) -> SentenceTransformer:
+        """Add a LoRA adapter to the model's transformer. target_modules=None uses the family's attention
+        and MLP projections (PEFT's "all-linear" for architectures outside the family table)."""
+        from peft import LoraConfig
+
+        if random_state is not None:
+            torch.manual_seed(random_state)
+        auto_model = model[0].auto_model
+        targets = target_modules if target_modules is not None else lora_targets_for(auto_model.config.model_type)
+        config = LoraConfig(
+            r=r,
+            lora_alpha=lora_alpha,
+            lora_dropout=lora_dropout,
+            target_modules=targets,
+            bias=bias,
+            use_rslora=use_rslora,
+            modules_to_save=modules_to_save,
+            init_lora_weights=init_lora_weights,
+            task_type="FEATURE_EXTRACTION",
+            **kwargs,
+        )
+        model.add_adapter(config)
+        if use_gradient_checkpointing:
+            auto_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            auto_model.enable_input_require_grads()
+        return model
+
+    @staticmethod
+    def for_inference(model: SentenceTransformer) -> SentenceTransformer:
+        """Switch a trained model to inference in place (see `from_pretrained(for_inference=True)`)."""
+        if _has_adapter(model):
+            _merge_adapters_in_place(model)
+        model.eval()
+        model.requires_grad_(False)
+        return model
+
+
+def _has_adapter(model: SentenceTransformer) -> bool:
+    return bool(getattr(model[0].auto_model, "_hf_peft_config_loaded", False))
+
+
+def _merge_adapters_in_place(model: SentenceTransformer) -> None:
+    """Fold every LoRA update into its base weight and drop the adapter bookkeeping."""
+    from peft.tuners.lora import LoraLayer
+
+    auto_model = model[0].auto_model
+    for name, module in list(auto_model.named_modules()):
+        if isinstance(module, LoraLayer):
+            module.merge(safe_merge=True)
+            parent_name, _, child = name.rpartition(".")
+            parent = auto_model.get_submodule(parent_name) if parent_name else auto_model
+            setattr(parent, child, module.get_base_layer())
+    auto_model._hf_peft_config_loaded = False
+    if hasattr(auto_model, "peft_config"):
+        del auto_model.peft_config
+
+
+def _is_quantized(model: SentenceTransformer) -> bool:
+    return getattr(model[0].auto_model, "quantization_method", None) is not None or getattr(
+        model[0].auto_model, "is_loaded_in_4bit", False
+    )
+
+
+def merged_copy(model: SentenceTransformer, dtype=None) -> SentenceTransformer:
+    """A copy of `model` with its adapters merged, in `dtype` (default 16-bit: bf16 where the model was
+    loaded in bf16, else fp16), leaving `model` itself untouched and trainable."""
+    if _is_quantized(model):
+        # 4-bit weights cannot be merged exactly: rebuild the 16-bit base and load the trained adapter.
+        with tempfile.TemporaryDirectory() as adapter_dir:
+            model.save_pretrained(adapter_dir)
+            base = FastSentenceTransformer.from_pretrained(
+                model._lacker_base_path, dtype=torch.bfloat16, device=str(model.device), for_inference=False
+            )
+            base.load_adapter(adapter_dir)
+            copy_ = base
+    else:
+        copy_ = copy.deepcopy(model)
+    if _has_adapter(copy_):
+        _merge_adapters_in_place(copy_)
+    target = _torch_dtype(dtype) or (
+        torch.bfloat16 if next(model.parameters()).dtype == torch.bfloat16 else torch.float16
+    )
+    copy_.to(target)
+    copy_.eval()
+    return copy_
+
+
+def save_pretrained_merged(self: SentenceTransformer, save_directory, dtype=None, **kwargs) -> str:
+    """Write a merged 16-bit model that loads in plain sentence-transformers and transformers."""
+    merged = merged_copy(self, dtype=dtype)
+    merged.save_pretrained(str(save_directory), **kwargs)
+    _mark_dtype(Path(save_directory), next(merged.parameters()).dtype)
+    return str(save_directory)
+
+
+def _mark_dtype(folder: Path, dtype: torch.dtype) -> None:
+    config_path = folder / "config.json"
+    config = json.loads(config_path.read_text())
+    config["dtype"] = str(dtype).removeprefix("torch.")
+    config_path.write_text(json.dumps(config, indent=2))
+
+
+def push_to_hub_merged(self: SentenceTransformer, repo_id: str, token: str | None = None, private: bool | None = None,
+                       commit_message: str = "Upload merged model from Lacker Studio", metrics: dict | None = None) -> str:
+    """Merge, save to a temporary folder with a model card, and upload it. The token comes from
+    `token=`, else HF_TOKEN, else `hf auth login`."""
+    with tempfile.TemporaryDirectory() as folder:
+        self.save_pretrained_merged(folder)
+        hub.write_model_card(Path(folder), base_model=self._lacker_base_name, kind="merged", metrics=metrics,
+                             repo_id=repo_id)
+        return hub.push_folder(folder, repo_id, token=token, private=private, commit_message=commit_message)
+
+
+def push_to_hub(self: SentenceTransformer, repo_id: str, token: str | None = None, private: bool | None = None,
+                commit_message: str = "Upload LoRA adapter from Lacker Studio", metrics: dict | None = None) -> str:
+    """Upload the LoRA adapter (or, for a model without adapters, the model) with a model card."""
+    with tempfile.TemporaryDirectory() as folder:
+        self.save_pretrained(folder)
+        hub.point_adapter_at_hub_base(Path(folder), self._lacker_base_name)
+        hub.write_model_card(Path(folder), base_model=self._lacker_base_name,
+                             kind="adapter" if _has_adapter(self) else "full", metrics=metrics, repo_id=repo_id)
+        return hub.push_folder(folder, repo_id, token=token, private=private, commit_message=commit_message)
+
+
+def _bind_extra_methods(model: SentenceTransformer) -> None:
+    model.save_pretrained_merged = types.MethodType(save_pretrained_merged, model)
+    model.push_to_hub_merged = types.MethodType(push_to_hub_merged, model)
+    model.push_to_hub = types.MethodType(push_to_hub, model)

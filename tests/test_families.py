@@ -1,0 +1,72 @@
+"""Every family in the table, through a tiny model built from a config: load, LoRA on the family's
+targets, two training steps, merged save, and a reload in plain sentence-transformers that gives the
+same embeddings."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+import torch
+from sentence_transformers import SentenceTransformer
+
+from engine import FastSentenceTransformer
+from engine.families import FAMILIES, family_by_name
+from engine.train import train
+from tiny_models import CONFIGS, build_tiny_model
+
+TEXTS = ["how do I install a package", "a command line tool for searching files by content",
+         "the red planet", "Mars is often called the red planet because of its colour"]
+
+
+def _pairs(n: int = 16) -> pd.DataFrame:
+    return pd.DataFrame({
+        "query": [f"question number {i} about topic {i % 5}" for i in range(n)],
+        "answer": [f"an answer that talks about topic {i % 5} in detail, item {i}" for i in range(n)],
+    })
+
+
+def test_every_family_in_the_table_has_a_tiny_model():
+    assert {family.name for family in FAMILIES} == set(CONFIGS)
+
+
+@pytest.mark.parametrize("family_name", sorted(CONFIGS))
+def test_family_trains_merges_and_reloads(family_name, tmp_path, caplog):
+    folder = build_tiny_model(family_name, tmp_path / "base")
+    family = family_by_name(family_name)
+
+    with caplog.at_level("INFO", logger="engine.models"):
+        model = FastSentenceTransformer.from_pretrained(str(folder), max_seq_length=32)
+    assert "no modules.json" in caplog.text, "a model without modules.json must say how it is pooled"
+    assert model[1].pooling_mode == family.pooling
+    if family.prompts:
+        assert model.prompts["query"] == family.prompts["query"]
+
+    FastSentenceTransformer.get_peft_model(model, r=4, random_state=0)
+    lora_parents = {name.rsplit(".lora_A", 1)[0].rsplit(".", 1)[-1] for name, _ in model.named_modules()
+                    if name.endswith(".lora_A")}
+    assert lora_parents == set(family.lora_targets)
+    assert {name for name, p in model.named_parameters() if p.requires_grad} <= {
+        name for name, _ in model.named_parameters() if "lora_" in name}
+
+    before = {name: torch.zeros_like(p) for name, p in model.named_parameters() if "lora_B" in name}  # B starts at 0
+    result = train({"model": str(folder), "data": _pairs(), "columns": {"anchor": "query", "positive": "answer"},
+                    "max_steps": 2, "batch_size": 4, "max_seq_length": 32, "learning_rate": 1e-2,
+                    "evaluate": False, "eval_size": 4, "output_dir": str(tmp_path / "run")})
+    trained = result.model
+    assert result.steps == 2
+    losses = [json.loads(line) for line in (tmp_path / "run" / "events.jsonl").read_text().splitlines()]
+    train_losses = [e["loss"] for e in losses if e["event"] == "train"]
+    assert len(train_losses) == 2 and all(torch.isfinite(torch.tensor(train_losses)))
+    after = {name: p for name, p in trained.named_parameters() if "lora_B" in name}
+    assert before.keys() == after.keys()
+    assert any(not torch.equal(before[n], after[n].detach()) for n in before), "training did not move LoRA weights"
+
+    merged_dir = tmp_path / "run" / "merged"
+    expected = trained.encode(TEXTS, convert_to_tensor=True)
+    reloaded = SentenceTransformer(str(merged_dir), device="cpu")
+    got = reloaded.encode(TEXTS, convert_to_tensor=True)
+    assert torch.nn.functional.cosine_similarity(expected.float(), got.float()).min() > 0.999
+    assert not (merged_dir / "adapter_config.json").exists(), "a merged model must not need peft"
+    assert (tmp_path / "run" / "adapter" / "adapter_config.json").exists()

