@@ -7,6 +7,7 @@ passed to huggingface_hub and never written anywhere by us.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 METRIC_NAMES = ("ndcg@10", "mrr@10", "recall@1", "recall@10", "recall@100", "map@100")
@@ -17,7 +18,8 @@ def push_folder(folder, repo_id: str, token: str | None = None, private: bool | 
     """Create `repo_id` if needed and upload every file of `folder`; returns the repo's URL."""
     from huggingface_hub import HfApi
 
-    api = HfApi(token=token or None)
+    # Read HF_ENDPOINT now, not when huggingface_hub was imported, so a studio can be pointed elsewhere.
+    api = HfApi(endpoint=os.environ.get("HF_ENDPOINT") or None, token=token or None)
     repo_url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
     api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message=commit_message, repo_type="model")
     return str(repo_url)

@@ -160,20 +160,17 @@ def relevant_pairs(held_out, task: str, max_queries: int, seed: int):
 
 
 def build_loss(name: str, model, train_rows):
+    """The sentence-transformers loss called `name` (one of engine.data.LOSSES) for `model`."""
     from sentence_transformers.sentence_transformer import losses
 
-    if name == "MultipleNegativesRankingLoss":
-        return losses.MultipleNegativesRankingLoss(model)
+    known = sorted({loss for names in data_layer.LOSSES.values() for loss in names})
+    if name not in known:
+        raise ValueError(f"loss {name!r} is not supported; pick one of: {', '.join(known)}")
     if name == "CachedMultipleNegativesRankingLoss":
         return losses.CachedMultipleNegativesRankingLoss(model, mini_batch_size=32)
-    if name == "CoSENTLoss":
-        return losses.CoSENTLoss(model)
-    if name == "OnlineContrastiveLoss":
-        return losses.OnlineContrastiveLoss(model)
     if name == "SoftmaxLoss":
         return losses.SoftmaxLoss(model, model.get_embedding_dimension(), num_labels=int(train_rows["label"].max()) + 1)
-    known = sorted({loss for names in data_layer.LOSSES.values() for loss in names})
-    raise ValueError(f"loss {name!r} is not supported; pick one of: {', '.join(known)}")
+    return getattr(losses, name)(model)
 
 
 def _latest_checkpoint(checkpoint_dir: Path) -> str | None:

@@ -1,0 +1,203 @@
+"""The engine as a user drives it: the source document's inference example, model resolution, pushes
+to a stand-in hub, the worker's stop / resume / reproducibility, and the CLI end to end."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from engine import FastSentenceTransformer
+from engine.resolve import ModelNotAvailable
+from hub_standin import HubStandIn
+from tiny_models import build_tiny_model
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory) -> Path:
+    return build_tiny_model("bert", tmp_path_factory.mktemp("tiny") / "bert")
+
+
+@pytest.fixture(scope="module")
+def pairs_csv(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("data") / "pairs.csv"
+    pd.DataFrame({
+        "question": [f"what does package {i} do for topic {i % 7}" for i in range(64)],
+        "answer": [f"package {i} is a tool about topic {i % 7} with feature {i * 3}" for i in range(64)],
+    }).to_csv(path, index=False)
+    return path
+
+
+def _events(run_dir: Path) -> list[dict]:
+    path = run_dir / "events.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def _write_config(run_dir: Path, **values) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.json").write_text(json.dumps(values))
+
+
+def test_source_document_inference_example_ranks_mars_first():
+    model = FastSentenceTransformer.from_pretrained("sentence-transformers/all-MiniLM-L6-v2", for_inference=True)
+    query = "Which planet is known as the Red Planet?"
+    documents = [
+        "Venus is often called Earth's twin because of its similar size and proximity.",
+        "Mars, known for its reddish appearance, is often referred to as the Red Planet.",
+        "Jupiter, the largest planet in our solar system, has a prominent red spot.",
+        "Saturn, famous for its rings, is sometimes mistaken for the Red Planet.",
+    ]
+    query_embedding = model.encode_query(query)
+    document_embedding = model.encode_document(documents)
+    assert query_embedding.shape == (384,) and document_embedding.shape == (4, 384)
+    similarity = model.similarity(query_embedding, document_embedding)
+    assert int(similarity.argmax()) == 1
+    assert not model.training and not any(p.requires_grad for p in model.parameters())
+
+
+def test_unknown_model_says_it_is_not_available_offline(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelNotAvailable, match="not available offline.*local folder"):
+        FastSentenceTransformer.from_pretrained("nobody/no-such-model-xyz")
+    with pytest.raises(ModelNotAvailable, match="holds no model"):
+        FastSentenceTransformer.from_pretrained(str(tmp_path))
+
+
+def test_push_adapter_and_merged_model_to_a_hub(tiny_bert, monkeypatch):
+    with HubStandIn() as hub:
+        monkeypatch.setenv("HF_ENDPOINT", hub.url)
+        model = FastSentenceTransformer.from_pretrained(str(tiny_bert))
+        FastSentenceTransformer.get_peft_model(model, r=4)
+        model.push_to_hub("team/adapter", token="hf_test_token")
+        model.push_to_hub_merged("team/merged", token="hf_test_token", private=True,
+                                 metrics={"base": {"ndcg@10": 0.5}, "trained": {"ndcg@10": 0.75}})
+
+    adapter, merged = hub.repos["team/adapter"], hub.repos["team/merged"]
+    assert "Bearer hf_test_token" in hub.tokens
+    assert {"adapter_model.safetensors", "adapter_config.json", "modules.json", "README.md"} <= adapter["files"].keys()
+    assert json.loads(adapter["files"]["adapter_config.json"])["base_model_name_or_path"] == str(tiny_bert)
+    assert {"model.safetensors", "config.json", "modules.json", "README.md"} <= merged["files"].keys()
+    assert "adapter_config.json" not in merged["files"]
+    assert merged["private"] and not adapter["private"]
+    card = merged["files"]["README.md"].decode()
+    assert "| ndcg@10 | 0.5000 | 0.7500 | +0.2500 |" in card and 'SentenceTransformer("team/merged")' in card
+
+
+def test_merged_model_loads_without_this_package(tiny_bert, pairs_csv, tmp_path):
+    run_dir = tmp_path / "run"
+    _write_config(run_dir, model=str(tiny_bert), data=str(pairs_csv), max_steps=2, batch_size=8,
+                  max_seq_length=32, evaluate=False)
+    subprocess.run([sys.executable, "-m", "engine.worker", str(run_dir)], cwd=REPO, check=True, capture_output=True)
+    # `engine` is made unimportable, and nothing in the saved folder may name it.
+    script = ("import sys; sys.modules['engine'] = None\n"
+              "from sentence_transformers import SentenceTransformer\n"
+              "from transformers import AutoModel\n"
+              f"m = SentenceTransformer({str(run_dir / 'merged')!r}, device='cpu')\n"
+              f"AutoModel.from_pretrained({str(run_dir / 'merged')!r})\n"
+              "print(m.encode(['hello']).shape)")
+    out = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "(1, 64)" in out.stdout
+    for file in [*(run_dir / "merged").glob("config*.json"), run_dir / "merged" / "modules.json"]:
+        assert "engine." not in file.read_text(), f"{file} names a module of this package"
+
+
+def test_worker_stops_cleanly_on_sigterm(tiny_bert, pairs_csv, tmp_path):
+    run_dir = tmp_path / "run"
+    _write_config(run_dir, model=str(tiny_bert), data=str(pairs_csv), max_steps=5000, batch_size=8,
+                  max_seq_length=32, evaluate=False)
+    with (run_dir / "worker.log").open("w") as log:
+        worker = subprocess.Popen([sys.executable, "-m", "engine.worker", str(run_dir)], cwd=REPO,
+                                  stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.time() + 120
+    while time.time() < deadline and not any(e["event"] == "train" for e in _events(run_dir)):
+        time.sleep(0.5)
+        assert worker.poll() is None, (run_dir / "worker.log").read_text()[-3000:]
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(timeout=120) == 0
+    events = _events(run_dir)
+    assert events[-1]["event"] == "status" and events[-1]["status"] == "stopped"
+    last_step = max(e["step"] for e in events if e["event"] == "train")
+    assert last_step < 5000
+    assert (run_dir / "checkpoints" / f"checkpoint-{last_step}").is_dir()
+    assert (run_dir / "merged" / "model.safetensors").exists()
+
+
+def test_resume_continues_from_the_latest_checkpoint_and_seed_reproduces(tiny_bert, pairs_csv, tmp_path):
+    from engine.train import train
+
+    common = dict(model=str(tiny_bert), data=str(pairs_csv), batch_size=8, max_seq_length=32, evaluate=False,
+                  learning_rate=1e-3, seed=7, warmup_ratio=0.0)
+    first = train({**common, "max_steps": 4, "save_steps": 2, "output_dir": str(tmp_path / "a")})
+    assert first.steps == 4 and (tmp_path / "a" / "checkpoints" / "checkpoint-4").is_dir()
+    again = train({**common, "max_steps": 4, "save_steps": 2, "output_dir": str(tmp_path / "b")})
+    losses = lambda d: [e["loss"] for e in _events(d) if e["event"] == "train"]
+    assert losses(tmp_path / "a") == pytest.approx(losses(tmp_path / "b"), rel=1e-5)
+
+    resumed = train({**common, "max_steps": 6, "save_steps": 2, "resume_from_checkpoint": "latest",
+                     "output_dir": str(tmp_path / "a")})
+    assert resumed.steps == 6
+    steps_after_resume = [e["step"] for e in _events(tmp_path / "a") if e["event"] == "train"][4:]
+    assert steps_after_resume == [5, 6]
+
+
+def test_failed_run_reports_the_cause_and_the_fix(tiny_bert, pairs_csv, tmp_path):
+    run_dir = tmp_path / "run"
+    _write_config(run_dir, model=str(tiny_bert), data=str(pairs_csv), columns={"anchor": "query", "positive": "answer"},
+                  max_steps=2)
+    out = subprocess.run([sys.executable, "-m", "engine.worker", str(run_dir)], cwd=REPO, capture_output=True, text=True)
+    assert out.returncode == 1
+    error = [e for e in _events(run_dir) if e["event"] == "error"][-1]
+    assert "'query'" in error["error"] and "question" in error["error"] and error["hint"]
+    assert _events(run_dir)[-1]["status"] == "failed"
+
+
+def test_cli_train_and_eval_end_to_end(tiny_bert, pairs_csv, tmp_path):
+    out_dir = tmp_path / "out"
+    train = subprocess.run(
+        [sys.executable, "-m", "engine", "train", "--model", str(tiny_bert), "--data", str(pairs_csv),
+         "--columns", "anchor=question,positive=answer", "--max-steps", "3", "--batch-size", "8",
+         "--lora-r", "4", "--lora-alpha", "8", "--learning-rate", "1e-3", "--max-seq-length", "32",
+         "--output", str(out_dir)], cwd=REPO, capture_output=True, text=True)
+    assert train.returncode == 0, train.stderr[-3000:]
+    metrics = json.loads((out_dir / "metrics.json").read_text())
+    assert set(metrics) == {"base", "trained"}
+    assert set(metrics["trained"]) == {"ndcg@10", "mrr@10", "recall@1", "recall@10", "recall@100", "map@100"}
+    assert (out_dir / "adapter" / "adapter_model.safetensors").exists()
+    assert (out_dir / "merged" / "model.safetensors").exists()
+    assert [e["step"] for e in _events(out_dir) if e["event"] == "train"] == [1, 2, 3]
+
+    evaluate = subprocess.run(
+        [sys.executable, "-m", "engine", "eval", "--model", str(out_dir / "merged"), "--data", str(pairs_csv),
+         "--columns", "anchor=question,positive=answer"], cwd=REPO, capture_output=True, text=True)
+    assert evaluate.returncode == 0, evaluate.stderr[-3000:]
+    printed = json.loads(evaluate.stdout[evaluate.stdout.index("{"):])
+    assert 0.0 <= printed["ndcg@10"] <= 1.0
+
+    bad = subprocess.run(
+        [sys.executable, "-m", "engine", "train", "--data", str(pairs_csv), "--columns", "anchor=q,positive=answer",
+         "--max-steps", "1", "--output", str(tmp_path / "bad")], cwd=REPO, capture_output=True, text=True)
+    assert bad.returncode != 0 and "'q'" in bad.stderr and "question" in bad.stderr
+
+
+@pytest.mark.slow
+def test_short_fine_tune_of_minilm_beats_the_base_model(tmp_path):
+    """30 steps of LoRA on the bundled Debian pairs must lift held-out NDCG@10 by at least 0.005."""
+    from engine.train import train
+
+    result = train({"data": str(REPO / "assets/debian-pairs/train.jsonl"),
+                    "eval_data": str(REPO / "assets/debian-pairs/test.jsonl"),
+                    "max_steps": 30, "batch_size": 32, "max_seq_length": 128, "learning_rate": 2e-4,
+                    "max_eval_queries": 300, "output_dir": str(tmp_path / "run")})
+    base, trained = result.metrics["base"]["ndcg@10"], result.metrics["trained"]["ndcg@10"]
+    assert trained >= base + 0.005, (base, trained)
