@@ -34,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--model", default=DEFAULT_MODEL, help=f"hub id or local folder (default {DEFAULT_MODEL})")
     _add_data_arguments(train)
     train.add_argument("--eval-data", help="a separate held-out file (default: split --eval-size off --data)")
+    train.add_argument("--extra-corpus", help="a file of more documents to search among when evaluating")
     train.add_argument("--eval-size", type=float, default=0.1, help="held-out fraction, or row count when >= 1")
     length = train.add_mutually_exclusive_group()
     length.add_argument("--max-steps", type=int)
@@ -80,6 +81,7 @@ def _config_from_args(args) -> dict:
         "data_split": args.split,
         "eval_data": args.eval_data,
         "eval_size": args.eval_size if args.eval_size < 1 else int(args.eval_size),
+        "extra_corpus": args.extra_corpus,
         "columns": parse_column_spec(args.columns) if args.columns else None,
         "method": "full" if args.full_finetune else "qlora" if args.load_in_4bit else "lora",
         "lora_r": args.lora_r,
@@ -107,7 +109,7 @@ def _train(args) -> int:
     from engine.worker import run
 
     config = _config_from_args(args)
-    for key in ("data", "eval_data"):
+    for key in ("data", "eval_data", "extra_corpus"):
         if config[key] and Path(config[key]).exists():
             config[key] = str(Path(config[key]).resolve())
     run_dir = Path(args.output)

@@ -53,6 +53,7 @@ class TrainConfig:
     save_steps: int | None = None  # checkpoint every N steps; None: only at the end or on stop
     resume_from_checkpoint: str | None = None  # a checkpoint folder, or "latest"
     max_eval_queries: int = 500
+    extra_corpus: str | None = None  # a file of more documents to search among at evaluation (distractors)
     gradient_checkpointing: bool = False
     fast: bool = True  # the GPU fast path (packed attention, fused kernels) where it applies
     output_dir: str = "runs/latest"
@@ -159,6 +160,13 @@ def relevant_pairs(held_out, task: str, max_queries: int, seed: int):
     return chosen["anchor"].tolist(), chosen["positive"].tolist(), extra
 
 
+def read_extra_corpus(source) -> list[str]:
+    """Documents from a file: its document / text / passage / positive column, else its first column."""
+    table = data_layer.read_table(source)
+    column = next((c for c in ("document", "text", "passage", "positive") if c in table.columns), table.columns[0])
+    return table[column].dropna().astype(str).tolist()
+
+
 def build_loss(name: str, model, train_rows):
     """The sentence-transformers loss called `name` (one of engine.data.LOSSES) for `model`."""
     from sentence_transformers.sentence_transformer import losses
@@ -256,6 +264,10 @@ def train(config: TrainConfig | dict, events: EventLog | None = None, stop: thre
         events.log("no GPU found: training on the CPU (fine for small models and the demo preset, slow otherwise)")
 
     queries, documents, extra = relevant_pairs(held_out, summary.task, config.max_eval_queries, config.seed)
+    if config.extra_corpus:
+        extra += read_extra_corpus(config.extra_corpus)
+    if config.evaluate and queries:
+        events.log(f"retrieval evaluation: {len(set(queries))} queries over {len(set(documents) | set(extra))} documents")
     metrics: dict = {}
     if config.evaluate and queries:
         events.status("evaluating", "measuring the base model on the held-out split")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -164,11 +165,13 @@ def test_failed_run_reports_the_cause_and_the_fix(tiny_bert, pairs_csv, tmp_path
 
 def test_cli_train_and_eval_end_to_end(tiny_bert, pairs_csv, tmp_path):
     out_dir = tmp_path / "out"
+    distractors = tmp_path / "more.jsonl"
+    distractors.write_text("".join(json.dumps({"text": f"unrelated text {i}"}) + "\n" for i in range(20)))
     train = subprocess.run(
         [sys.executable, "-m", "engine", "train", "--model", str(tiny_bert), "--data", str(pairs_csv),
          "--columns", "anchor=question,positive=answer", "--max-steps", "3", "--batch-size", "8",
          "--lora-r", "4", "--lora-alpha", "8", "--learning-rate", "1e-3", "--max-seq-length", "32",
-         "--output", str(out_dir)], cwd=REPO, capture_output=True, text=True)
+         "--extra-corpus", str(distractors), "--output", str(out_dir)], cwd=REPO, capture_output=True, text=True)
     assert train.returncode == 0, train.stderr[-3000:]
     metrics = json.loads((out_dir / "metrics.json").read_text())
     assert set(metrics) == {"base", "trained"}
@@ -176,6 +179,9 @@ def test_cli_train_and_eval_end_to_end(tiny_bert, pairs_csv, tmp_path):
     assert (out_dir / "adapter" / "adapter_model.safetensors").exists()
     assert (out_dir / "merged" / "model.safetensors").exists()
     assert [e["step"] for e in _events(out_dir) if e["event"] == "train"] == [1, 2, 3]
+    messages = [e["message"] for e in _events(out_dir) if e["event"] == "log"]
+    held_out = int(re.search(r"(\d+) held out", " ".join(messages)).group(1))
+    assert f"{held_out} queries over {held_out + 20} documents" in " ".join(messages)
 
     evaluate = subprocess.run(
         [sys.executable, "-m", "engine", "eval", "--model", str(out_dir / "merged"), "--data", str(pairs_csv),
