@@ -4,7 +4,6 @@ to a stand-in hub, the worker's stop / resume / reproducibility, and the CLI end
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import subprocess
@@ -14,7 +13,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import torch
 
 from engine import FastSentenceTransformer
 from engine.resolve import ModelNotAvailable
@@ -141,7 +139,7 @@ def test_resume_continues_from_the_latest_checkpoint_and_seed_reproduces(tiny_be
                   learning_rate=1e-3, seed=7, warmup_ratio=0.0)
     first = train({**common, "max_steps": 4, "save_steps": 2, "output_dir": str(tmp_path / "a")})
     assert first.steps == 4 and (tmp_path / "a" / "checkpoints" / "checkpoint-4").is_dir()
-    again = train({**common, "max_steps": 4, "save_steps": 2, "output_dir": str(tmp_path / "b")})
+    train({**common, "max_steps": 4, "save_steps": 2, "output_dir": str(tmp_path / "b")})
     losses = lambda d: [e["loss"] for e in _events(d) if e["event"] == "train"]
     assert losses(tmp_path / "a") == pytest.approx(losses(tmp_path / "b"), rel=1e-5)
 
