@@ -35,7 +35,7 @@ def stock_run(args, queries, documents, output_dir: Path) -> dict:
 
     set_seed(args.seed)
     on_gpu = torch.cuda.is_available()
-    model = SentenceTransformer(str(resolve_model("sentence-transformers/all-MiniLM-L6-v2")),
+    model = SentenceTransformer(str(resolve_model(args.model)),
                                 model_kwargs={"dtype": torch.bfloat16} if on_gpu else {})
     model.max_seq_length = args.max_seq_length
     model.add_adapter(LoraConfig(r=16, lora_alpha=16, target_modules=["query", "key", "value", "dense"],
@@ -56,7 +56,7 @@ def lacker_run(args, output_dir: Path) -> tuple[dict, dict]:
     from engine.train import train
 
     started = time.time()
-    result = train({"data": str(TRAIN), "eval_data": str(TEST), "max_steps": args.max_steps,
+    result = train({"model": args.model, "data": str(TRAIN), "eval_data": str(TEST), "max_steps": args.max_steps,
                     "batch_size": args.batch_size, "max_seq_length": args.max_seq_length, "learning_rate": 2e-4,
                     "lora_r": 16, "lora_alpha": 16, "seed": args.seed, "max_eval_queries": 10_000,
                     "output_dir": str(output_dir)})
@@ -66,6 +66,7 @@ def lacker_run(args, output_dir: Path) -> tuple[dict, dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="sentence-transformers/all-MiniLM-L6-v2", help="hub id or local folder")
     parser.add_argument("--max-steps", type=int, default=200)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--max-seq-length", type=int, default=256)
