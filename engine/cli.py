@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", nargs="?", const="latest", help="resume from a checkpoint (default: the latest in --output)")
     method = train.add_mutually_exclusive_group()
     method.add_argument("--full-finetune", action="store_true", help="train every weight instead of LoRA")
-    method.add_argument("--load-in-4bit", action="store_true", help="QLoRA: a 4-bit base (needs a CUDA GPU)")
+    method.add_argument("--load-in-4bit", action="store_true", help="QLoRA: a 4-bit NF4 base (bitsandbytes)")
     train.add_argument("--gradient-checkpointing", action="store_true")
     train.add_argument("--no-eval", action="store_true", help="skip the base / trained retrieval metrics")
     train.add_argument("--no-fast", action="store_true", help="use the stock padded path even on a GPU")

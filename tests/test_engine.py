@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 from engine import FastSentenceTransformer
 from engine.resolve import ModelNotAvailable
@@ -205,3 +206,21 @@ def test_short_fine_tune_of_minilm_beats_the_base_model(tmp_path):
                     "max_eval_queries": 300, "output_dir": str(tmp_path / "run")})
     base, trained = result.metrics["base"]["ndcg@10"], result.metrics["trained"]["ndcg@10"]
     assert trained >= base + 0.005, (base, trained)
+
+
+def test_qlora_trains_on_a_4bit_base_and_merges_onto_16_bit_weights(tiny_bert, pairs_csv, tmp_path):
+    from safetensors.torch import load_file
+
+    from engine.train import train
+
+    result = train({"model": str(tiny_bert), "data": str(pairs_csv), "method": "qlora", "max_steps": 2,
+                    "batch_size": 8, "max_seq_length": 32, "learning_rate": 1e-2, "evaluate": False,
+                    "output_dir": str(tmp_path / "run")})
+    assert result.model[0].auto_model.is_loaded_in_4bit
+    merged = load_file(str(tmp_path / "run" / "merged" / "model.safetensors"))
+    base = load_file(str(tiny_bert / "model.safetensors"))
+    name = "encoder.layer.0.attention.self.query.weight"
+    assert merged[name].dtype in (torch.bfloat16, torch.float16)
+    assert not torch.allclose(merged[name].float(), base[name].float(), atol=1e-3), "the trained adapter was not merged"
+    assert torch.allclose(merged["embeddings.word_embeddings.weight"].float(),
+                          base["embeddings.word_embeddings.weight"].float(), atol=1e-2)
