@@ -43,14 +43,14 @@ def retrieval_evaluator(queries: list[str], documents: list[str], extra_corpus=(
 
 
 def evaluator_metrics(raw: dict) -> dict[str, float]:
-    """Our metric names from the evaluator's keys (e.g. 'held-out_cosine_ndcg@10' -> 'ndcg@10')."""
-    wanted = {f"cosine_{name}" for name in METRIC_NAMES}
+    """Our metric names from the evaluator's keys, which carry its name and, inside a trainer, an
+    "eval_" prefix: 'eval_held-out_cosine_ndcg@10' -> 'ndcg@10'."""
     metrics = {}
-    for key, value in raw.items():
-        suffix = key.split("_", 1)[1] if "_" in key else key
-        if suffix in wanted:
-            metrics[suffix.removeprefix("cosine_")] = float(value)
-    return {name: metrics[name] for name in METRIC_NAMES if name in metrics}
+    for name in METRIC_NAMES:
+        for key, value in raw.items():
+            if key.endswith(f"cosine_{name}"):
+                metrics[name] = float(value)
+    return metrics
 
 
 def retrieval_metrics(model: SentenceTransformer, queries: list[str], documents: list[str], extra_corpus=(),

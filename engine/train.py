@@ -154,9 +154,11 @@ def relevant_pairs(held_out, task: str, max_queries: int, seed: int):
     elif task == "labelled-pairs":
         rows = rows[rows["label"] != 0]
     chosen = rows.sample(n=min(max_queries, len(rows)), random_state=seed) if len(rows) > max_queries else rows
-    extra = [doc for doc in held_out["positive"].tolist() if doc not in set(chosen["positive"])]
-    if "negative" in held_out:
-        extra += held_out["negative"].tolist()
+    chosen_documents = set(chosen["positive"])
+    extra = [doc for doc in held_out["positive"].tolist() if doc not in chosen_documents]
+    for column in held_out.columns:
+        if column.startswith("negative"):
+            extra += held_out[column].tolist()
     return chosen["anchor"].tolist(), chosen["positive"].tolist(), extra
 
 

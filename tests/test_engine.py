@@ -224,3 +224,14 @@ def test_qlora_trains_on_a_4bit_base_and_merges_onto_16_bit_weights(tiny_bert, p
     assert not torch.allclose(merged[name].float(), base[name].float(), atol=1e-3), "the trained adapter was not merged"
     assert torch.allclose(merged["embeddings.word_embeddings.weight"].float(),
                           base["embeddings.word_embeddings.weight"].float(), atol=1e-2)
+
+
+def test_periodic_evaluation_reports_retrieval_metrics(tiny_bert, pairs_csv, tmp_path):
+    from engine.train import train
+
+    train({"model": str(tiny_bert), "data": str(pairs_csv), "max_steps": 4, "eval_steps": 2, "batch_size": 8,
+           "max_seq_length": 32, "output_dir": str(tmp_path / "run")})
+    evals = [e for e in _events(tmp_path / "run") if e["event"] == "eval"]
+    assert [(e["which"], e["step"]) for e in evals] == [("base", 0), ("trained", 2), ("trained", 4), ("trained", 4)]
+    assert all(set(e["metrics"]) == {"ndcg@10", "mrr@10", "recall@1", "recall@10", "recall@100", "map@100"}
+               for e in evals)
