@@ -1,0 +1,75 @@
+"""Endpoints for programs (gradio_client), beside the ones the tabs' buttons expose.
+
+    from gradio_client import Client
+    client = Client("http://127.0.0.1:7860/")
+    run = client.predict({"max_steps": 20}, "sample", api_name="/start_run")
+    client.predict(run["run_id"], api_name="/run_status")
+"""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from engine import data as data_layer
+from engine.families import DEFAULT_MODEL
+from studio.data_sources import source_from_text
+from studio.events import progress_of
+from studio.store import Run
+
+DEFAULTS = {"model": DEFAULT_MODEL, "eval_size": 0.1, "method": "lora", "lora_r": 16, "lora_alpha": 16,
+            "lora_dropout": 0.0, "target_modules": None, "learning_rate": 2e-4, "epochs": 1.0, "max_steps": None,
+            "batch_size": 32, "max_seq_length": 256, "warmup_ratio": 0.1, "loss": None, "seed": 42,
+            "evaluate": True, "max_eval_queries": 500}
+
+
+def run_record(studio, run: Run) -> dict:
+    progress = progress_of(run.run_dir)
+    return {"run_id": run.id, "status": run.status, "stage": progress.status, "model": run.model, "data": run.data,
+            "method": run.method, "step": progress.step, "total_steps": progress.total_steps,
+            "loss_points": len(progress.losses), "queue_position": studio.runner.queue_position(run.id),
+            "duration": run.duration, "metrics": run.metrics, "error": run.error, "hint": run.hint,
+            "run_dir": run.run_dir}
+
+
+def register(studio) -> None:
+    """Add the endpoints to the Blocks being built."""
+
+    def start_run(config: dict, data: str) -> dict:
+        """Queue a run. `config`: worker config keys (defaults fill the rest); `data`: "sample", an
+        allowed local file or a Hugging Face dataset id. Columns default to the engine's guess."""
+        unknown = sorted(set(config) - set(DEFAULTS) - {"columns", "data_config", "data_split"})
+        if unknown:
+            raise gr.Error(f"unknown config keys: {', '.join(unknown)}; known: {', '.join(sorted(DEFAULTS))}, columns")
+        try:
+            source = source_from_text(data, studio.settings, config.get("data_config"), config.get("data_split"))
+            full = {**DEFAULTS, **{k: v for k, v in config.items() if k in DEFAULTS}}
+            if not config.get("columns"):
+                from studio.data_sources import read_source
+
+                config = {**config, "columns": data_layer.guess_columns(read_source(source, studio.settings))}
+            full["columns"] = config["columns"]
+            run = studio.start_run(full, source)
+        except (ValueError, OSError) as problem:
+            raise gr.Error(str(problem))
+        return run_record(studio, run)
+
+    def run_status(run_id: str) -> dict:
+        """The run's status, progress, metrics and, for a failed run, the error and what to do."""
+        try:
+            return run_record(studio, studio.store.get(run_id))
+        except KeyError as problem:
+            raise gr.Error(str(problem))
+
+    def stop_run(run_id: str) -> dict:
+        """Cancel a queued run, or ask a running one to stop after its current step."""
+        try:
+            return run_record(studio, studio.runner.stop(run_id))
+        except KeyError as problem:
+            raise gr.Error(str(problem))
+
+    def list_runs() -> list:
+        """Every run in the registry, newest first."""
+        return [run_record(studio, run) for run in studio.store.list()]
+
+    for fn in (start_run, run_status, stop_run, list_runs):
+        gr.api(fn, api_name=fn.__name__)

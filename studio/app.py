@@ -1,0 +1,133 @@
+"""The studio: a Gradio Blocks app with tabs Model, Data, Train, Compare, Export and Runs.
+
+    python app.py                       # as Hugging Face Spaces starts it (GRADIO_SERVER_NAME / _PORT honoured)
+    lacker studio [--port 7860] [--auth user:password]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import threading
+import types
+from pathlib import Path
+
+import gradio as gr
+
+from engine import data as data_layer
+from studio import api, hardware
+from studio.commands import lacker_train_command
+from studio.data_sources import DataSource, read_source, write_run_data
+from studio.events import progress_of
+from studio.runner import Runner
+from studio.settings import Settings
+from studio.store import COMPLETED, FAILED, Run, RunStore
+from studio.tabs import compare, data, export, model, runs, train
+from studio.ui import CSS
+
+logger = logging.getLogger(__name__)
+
+
+class Studio:
+    """What every tab shares: the settings, the run registry and the runner."""
+
+    def __init__(self, settings: Settings, warm_compare: bool = False):
+        self.settings = settings
+        settings.home.mkdir(parents=True, exist_ok=True)
+        self.store = RunStore(settings.registry_path)
+        self.runner = Runner(self.store, settings.home, on_finish=self._warm_compare if warm_compare else None)
+
+    def _warm_compare(self, run: Run) -> None:
+        """Load a finished run's two models and encode its held-out split in the background, so
+        Compare answers at once (on a CPU that takes as long as a few training steps)."""
+        if run.status == FAILED or not (Path(run.run_dir) / "merged").exists():
+            return
+
+        def warm():
+            from studio.comparison import comparison_for
+
+            try:
+                comparison_for(run)
+            except Exception:  # Compare will show the same problem when it is opened
+                logger.exception("preparing Compare for run %s failed", run.id)
+
+        threading.Thread(target=warm, name=f"compare-{run.id}", daemon=True).start()
+
+    def start_run(self, config: dict, source: DataSource) -> Run:
+        """Check the data against the mapping, then queue the run (its folder gets a copy of the data)."""
+        table = read_source(source, self.settings)
+        data_layer.validate(table, config["columns"], source.label)
+
+        def write_data(run_dir: Path) -> dict:
+            overrides = write_run_data(run_dir, source, self.settings, config["columns"], config["eval_size"],
+                                       config["seed"])
+            shown = {**config, "data_config": source.config, "data_split": source.split}
+            (run_dir / "command.txt").write_text(lacker_train_command(
+                shown, source.label, str(run_dir), eval_data=source.eval_label) + "\n")
+            return overrides
+
+        return self.runner.submit(config, source.label, write_data)
+
+    def command_for(self, run: Run) -> str:
+        try:
+            return (Path(run.run_dir) / "command.txt").read_text().strip()
+        except OSError:
+            return ""
+
+    def cpu_steps_per_minute(self) -> float | None:
+        """Measured from the latest completed demo-sized run on this machine, if there is one."""
+        for run in self.store.list((COMPLETED,)):
+            cfg = run.config
+            if cfg.get("batch_size") == 16 and cfg.get("max_seq_length") == 128 and cfg.get("method") == "lora":
+                progress = progress_of(run.run_dir)
+                if progress.elapsed and progress.step:
+                    return 60 * progress.step / progress.elapsed
+        return None
+
+
+def build_app(studio: Studio) -> gr.Blocks:
+    with gr.Blocks(title="Lacker Studio") as demo:
+        ui = types.SimpleNamespace(demo=demo)
+        gr.Markdown("# Lacker Studio\nFine-tune an embedding model on your own pairs, watch it train, "
+                    "and see its search results beside the base model's.")
+        notice = gr.Markdown(hardware.device_notice(studio.cpu_steps_per_minute()), elem_id="device-notice",
+                             elem_classes=[] if hardware.gpu_name() else ["lacker-notice"])
+        with gr.Tabs(selected="model") as tabs:
+            ui.tabs = tabs
+            for tab_id, title, module in (("model", "Model", model), ("data", "Data", data), ("train", "Train", train),
+                                          ("compare", "Compare", compare), ("export", "Export", export),
+                                          ("runs", "Runs", runs)):
+                with gr.Tab(title, id=tab_id) as tab:
+                    setattr(ui, f"{tab_id}_tab", tab)
+                    module.build(studio, ui)
+        api.register(studio)
+        demo.load(lambda: hardware.device_notice(studio.cpu_steps_per_minute()), None, notice,
+                  api_visibility="private")
+    return demo
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="lacker studio", description="Start the Lacker Studio web app.")
+    parser.add_argument("--host", help="address to listen on (default GRADIO_SERVER_NAME, else 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="port (default GRADIO_SERVER_PORT, else 7860)")
+    parser.add_argument("--auth", help="user:password to require a login (or set LACKER_AUTH)")
+    parser.add_argument("--home", help="where runs and the run registry live (or set LACKER_HOME; default ./runs)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    environ = None
+    if args.home:
+        import os
+
+        environ = {**os.environ, "LACKER_HOME": args.home}
+    settings = Settings.from_env(environ, auth=args.auth)
+    studio = Studio(settings, warm_compare=True)
+    studio.runner.start_monitor()
+    demo = build_app(studio)
+    demo.queue(default_concurrency_limit=4)
+    demo.launch(server_name=args.host, server_port=args.port, auth=settings.auth,
+                max_file_size=f"{settings.max_upload_mb}mb", allowed_paths=[str(settings.home)],
+                css=CSS, theme=gr.themes.Soft(), show_error=True)

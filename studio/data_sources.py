@@ -1,0 +1,139 @@
+"""Where a run's data comes from (the bundled sample, an uploaded or local file, a Hugging Face
+dataset) and how the studio puts a copy of it into the run folder.
+
+Every run trains on RUN_DIR/data/train.jsonl and is scored on RUN_DIR/data/eval.jsonl, written here
+with the user's column names: the run is reproducible on its own, Compare searches exactly the
+held-out split the worker evaluated, and an upload may be cleaned away later without breaking it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+from pathlib import Path
+
+from engine import data as data_layer
+from engine.data import DataError
+from studio.settings import ASSETS_DIR, REPO_ROOT, Settings
+
+SAMPLE_TRAIN = ASSETS_DIR / "debian-pairs" / "train.jsonl"
+SAMPLE_TEST = ASSETS_DIR / "debian-pairs" / "test.jsonl"
+DATA_SUFFIXES = (".csv", ".tsv", ".json", ".jsonl", ".parquet")
+MB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class DataSource:
+    kind: str  # "sample", "file" or "hub"
+    location: str = ""  # the file's path, or the dataset id
+    config: str | None = None
+    split: str | None = None
+
+    @property
+    def label(self) -> str:
+        """How a user names this source, and what `lacker train --data` takes."""
+        if self.kind == "sample":
+            return str(SAMPLE_TRAIN.relative_to(REPO_ROOT))
+        return self.location
+
+    @property
+    def eval_label(self) -> str | None:
+        return str(SAMPLE_TEST.relative_to(REPO_ROOT)) if self.kind == "sample" else None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict | None) -> "DataSource | None":
+        return cls(**values) if values else None
+
+
+SAMPLE = DataSource("sample")
+
+
+def source_from_text(text: str, settings: Settings, config: str | None = None, split: str | None = None) -> DataSource:
+    """"sample", a local file inside the allowed folders, or a Hugging Face dataset id."""
+    text = (text or "").strip()
+    if not text:
+        raise DataError("give a file path or a Hugging Face dataset id (for example sentence-transformers/natural-questions)")
+    if text.lower() == "sample":
+        return SAMPLE
+    path = Path(text).expanduser()
+    if path.exists():
+        resolved = settings.check_local_path(text)
+        if resolved.is_dir():
+            raise DataError(f"{text} is a folder; give a CSV, TSV, JSON, JSONL or Parquet file inside it")
+        return DataSource("file", str(resolved))
+    if text.startswith(("/", ".", "~")) or path.suffix.lower() in DATA_SUFFIXES:
+        raise DataError(f"{text}: no such file. Upload it, or give the path of a file on the studio's machine")
+    return DataSource("hub", text, config or None, split or None)
+
+
+def source_from_upload(upload_path: str, settings: Settings) -> DataSource:
+    """Check the size of an uploaded file and keep a copy under the runs home (Gradio's copy is temporary)."""
+    path = Path(upload_path)
+    size = path.stat().st_size
+    limit = settings.max_upload_mb * MB
+    name = path.name
+    if size > limit:
+        raise DataError(f"{name} is {size / MB:.0f} MB; this studio accepts uploads up to {settings.max_upload_mb} MB "
+                        "(LACKER_MAX_UPLOAD_MB). Upload a smaller file or use a Hugging Face dataset id.")
+    if path.suffix.lower() not in DATA_SUFFIXES:
+        raise DataError(f"{name}: unsupported file type {path.suffix or '(none)'}; "
+                        f"upload one of {', '.join(DATA_SUFFIXES)}")
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+    target = settings.uploads_dir / digest / name
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, target)
+    return DataSource("file", str(target))
+
+
+def read_source(source: DataSource, settings: Settings):
+    """The source's rows as a DataFrame (cached: the Data tab re-validates on every mapping change)."""
+    if source.kind == "file":
+        settings.check_local_path(source.location)
+        mtime = Path(source.location).stat().st_mtime
+        return _read_cached(source, mtime, settings.max_upload_mb * MB)
+    return _read_cached(source, None, None)
+
+
+@lru_cache(maxsize=4)
+def _read_cached(source: DataSource, mtime: float | None, max_bytes: int | None):
+    if source.kind == "sample":
+        return data_layer.load_sample("train")
+    return data_layer.read_table(source.location, config=source.config, split=source.split, max_bytes=max_bytes)
+
+
+def held_out_frame(source: DataSource):
+    """The sample's own test split; None for other sources (the held-out rows are split off the data)."""
+    return data_layer.load_sample("test") if source.kind == "sample" else None
+
+
+def write_run_data(run_dir: Path, source: DataSource, settings: Settings, mapping: dict, eval_size: float,
+                   seed: int) -> dict:
+    """Write RUN_DIR/data/{train,eval}.jsonl with the mapped columns named by role (the engine's
+    `prepare`); returns the config keys that point the worker at them."""
+    table = data_layer.prepare(read_source(source, settings), mapping)
+    held_out = held_out_frame(source)
+    if held_out is None:
+        table, held_out = data_layer.split(table, eval_size, seed)
+    else:
+        held_out = data_layer.prepare(held_out, mapping)
+    folder = run_dir / "data"
+    folder.mkdir(parents=True, exist_ok=True)
+    table.to_json(folder / "train.jsonl", orient="records", lines=True, force_ascii=False)
+    held_out.to_json(folder / "eval.jsonl", orient="records", lines=True, force_ascii=False)
+    columns = {role: role for role in ("anchor", "positive", "score", "label") if role in table.columns}
+    negatives = [c for c in table.columns if c.startswith("negative")]
+    if negatives:
+        columns["negative"] = negatives
+    return {"data": str(folder / "train.jsonl"), "eval_data": str(folder / "eval.jsonl"),
+            "data_config": None, "data_split": None, "columns": columns}
+
+
+def read_run_eval(run_dir: str | Path):
+    """The held-out rows a run was scored on."""
+    return data_layer.read_table(str(Path(run_dir) / "data" / "eval.jsonl"))

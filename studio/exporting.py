@@ -1,0 +1,80 @@
+"""Getting a run's model out: a zip to download, a copy in an allowed folder, or a push to the Hub.
+
+The Hub token is used for the one push call and nowhere else: it is not written to the run folder,
+the registry, events or logs, and is blanked out of any error text shown to the user.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from studio.settings import Settings
+from studio.store import Run
+
+KINDS = ("merged", "adapter")
+
+
+def model_folder(run: Run, kind: str) -> Path:
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {', '.join(KINDS)}, not {kind!r}")
+    folder = Path(run.run_dir) / kind
+    if not folder.is_dir():
+        if kind == "adapter" and run.method == "full":
+            raise FileNotFoundError(f"run {run.id} was a full fine-tune: it has no adapter; export the merged model")
+        raise FileNotFoundError(f"run {run.id} has no {kind} model (status: {run.status}); "
+                                "export needs a run that completed or was stopped after some steps")
+    return folder
+
+
+def zip_model(run: Run, kind: str) -> Path:
+    """RUN_DIR/exports/<run>-<kind>.zip, built once."""
+    folder = model_folder(run, kind)
+    target = Path(run.run_dir) / "exports" / f"lacker-{run.id}-{kind}"
+    if not target.with_suffix(".zip").exists():
+        target.parent.mkdir(exist_ok=True)
+        shutil.make_archive(str(target), "zip", root_dir=folder)
+    return target.with_suffix(".zip")
+
+
+def save_model(run: Run, kind: str, destination: str, settings: Settings) -> Path:
+    """Copy the model folder into `destination`, which must lie inside the allowed folders."""
+    folder = model_folder(run, kind)
+    target = settings.check_local_path(destination)
+    if target.exists() and any(target.iterdir()):
+        raise FileExistsError(f"{destination} exists and is not empty; pick a new folder name")
+    shutil.copytree(folder, target, dirs_exist_ok=True)
+    return target
+
+
+def redact(text: str, token: str | None) -> str:
+    for secret in {token, os.environ.get("HF_TOKEN"), os.environ.get("HUGGING_FACE_HUB_TOKEN")}:
+        if secret:
+            text = text.replace(secret, "hf_***")
+    return text
+
+
+def push_model(run: Run, kind: str, repo_id: str, token: str | None, private: bool) -> str:
+    """Upload the model with a model card that carries the before / after metrics; returns the repo URL.
+
+    Works on a temporary copy so the card and the Hub base-model id never change the run folder."""
+    from engine.hub import point_adapter_at_hub_base, push_folder, write_model_card
+
+    repo_id = (repo_id or "").strip()
+    if "/" not in repo_id:
+        raise ValueError("repo id must look like your-name/model-name")
+    folder = model_folder(run, kind)
+    token = (token or "").strip() or None
+    try:
+        with tempfile.TemporaryDirectory(prefix="lacker-push-") as staging:
+            staged = Path(staging) / kind
+            shutil.copytree(folder, staged)
+            if kind == "adapter":
+                point_adapter_at_hub_base(staged, run.model)
+            card_kind = "full" if run.method == "full" else kind
+            write_model_card(staged, run.model, card_kind, run.metrics, repo_id=repo_id)
+            return push_folder(staged, repo_id, token=token, private=private)
+    except Exception as problem:  # huggingface_hub raises many kinds; the user needs the words, without the token
+        raise RuntimeError(redact(f"push to {repo_id} failed: {problem}", token)) from None

@@ -1,0 +1,87 @@
+"""Export tab: download the merged model or the adapter as a zip, copy it to a folder, push it to
+the Hub with a model card, and the Python that loads it."""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from studio.commands import load_snippet
+from studio.exporting import push_model, save_model, zip_model
+from studio.settings import PathNotAllowed
+from studio.tabs.compare import comparable_runs
+from studio.ui import error_box, hide_error, show_error
+
+KIND_CHOICES = [("Merged model (plain sentence-transformers)", "merged"), ("LoRA adapter only", "adapter")]
+
+
+def build(studio, ui) -> None:
+    with gr.Row():
+        run_pick = gr.Dropdown(label="Run", choices=comparable_runs(studio), scale=4, allow_custom_value=True,
+                               elem_id="export-run")
+        kind = gr.Radio(KIND_CHOICES, value="merged", label="What to export", scale=3)
+    error = error_box()
+    with gr.Row():
+        with gr.Column():
+            gr.Markdown("### Download")
+            zip_btn = gr.Button("Build the zip", variant="primary", elem_id="export-zip")
+            download = gr.File(label="Download", interactive=False, elem_id="export-download")
+            gr.Markdown("### Save to a folder on this machine")
+            destination = gr.Textbox(label="Folder (inside the allowed folders)",
+                                     placeholder=str(studio.settings.home / "exports" / "my-model"))
+            save_btn = gr.Button("Save")
+            saved_md = gr.Markdown()
+        with gr.Column():
+            gr.Markdown("### Push to the Hugging Face Hub")
+            repo_id = gr.Textbox(label="Repository", placeholder="your-name/my-embedding-model")
+            private = gr.Checkbox(True, label="Private repository")
+            token = gr.Textbox(label="Hub token (write access)", type="password",
+                               placeholder="leave empty to use HF_TOKEN from the environment")
+            push_btn = gr.Button("Push")
+            pushed_md = gr.Markdown(elem_id="export-push-result")
+    snippet = gr.Code(label="Load the result", language="python", elem_id="export-snippet")
+
+    def describe(run_id, what):
+        try:
+            run = studio.store.get(run_id)
+        except KeyError:
+            return ""
+        return load_snippet(f"{run.run_dir}/{what}", what, run.model)
+
+    def build_zip(run_id, what):
+        if not run_id:
+            return gr.skip(), show_error("pick a finished run first")
+        try:
+            return str(zip_model(studio.store.get(run_id), what)), hide_error()
+        except (OSError, ValueError) as problem:
+            return gr.skip(), show_error(str(problem))
+
+    def save(run_id, what, folder):
+        if not run_id or not (folder or "").strip():
+            return gr.skip(), show_error("pick a run and type a folder")
+        try:
+            target = save_model(studio.store.get(run_id), what, folder.strip(), studio.settings)
+        except (PathNotAllowed, OSError, ValueError) as problem:
+            return gr.skip(), show_error(str(problem))
+        return f"Saved to `{target}`.", hide_error()
+
+    def push(run_id, what, repo, is_private, typed_token):
+        if not run_id:
+            return gr.skip(), show_error("pick a finished run first")
+        try:
+            url = push_model(studio.store.get(run_id), what, repo, typed_token, bool(is_private))
+        except (RuntimeError, OSError, ValueError) as problem:
+            return gr.skip(), show_error(str(problem))
+        return f"Pushed: [{url}]({url})", hide_error()
+
+    def refresh_runs(current):
+        choices = comparable_runs(studio)
+        ids = [c[1] for c in choices]
+        return gr.update(choices=choices, value=current if current in ids else (ids[0] if ids else None))
+
+    for trigger in (run_pick.change, kind.change):
+        trigger(describe, [run_pick, kind], snippet, api_visibility="private")
+    zip_btn.click(build_zip, [run_pick, kind], [download, error], api_name="export_zip")
+    save_btn.click(save, [run_pick, kind, destination], [saved_md, error], api_name="export_save")
+    push_btn.click(push, [run_pick, kind, repo_id, private, token], [pushed_md, error], api_name="push_to_hub")
+    ui.export_tab.select(refresh_runs, run_pick, run_pick, api_visibility="private")
+    ui.export_run = run_pick

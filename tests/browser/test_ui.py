@@ -1,0 +1,193 @@
+"""The studio in Debian's Chromium: the sample from loading to an exported model, a run that
+finishes with no page open, a reload that finds the running job, Stop, and a corrupt upload.
+
+Each tab's screenshot goes to assets/screenshots/<tab>.png for the README."""
+
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from studio_helpers import wait_for
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+SCREENSHOTS = Path(__file__).resolve().parents[2] / "assets" / "screenshots"
+RUN_TIMEOUT = 600
+
+
+def open_tab(page, name: str) -> None:
+    page.get_by_role("tab", name=name).click()
+
+
+def loss_points(page) -> int:
+    return page.evaluate("() => { const p = document.querySelector('#loss-plot .js-plotly-plot');"
+                         " return p && p.data && p.data[0] ? p.data[0].x.length : 0; }")
+
+
+def progress(page) -> dict:
+    return page.evaluate("() => { const p = document.querySelector('#run-progress');"
+                         " return p ? {step: +p.dataset.step, total: +p.dataset.total, percent: +p.dataset.percent} : {}; }")
+
+
+def status_text(page) -> str:
+    return page.locator("#train-status").inner_text()
+
+
+def fill_number(page, label: str, value) -> None:
+    box = page.get_by_label(label, exact=True)
+    box.fill(str(value))
+    box.press("Tab")
+
+
+def run_ids(studio_app) -> set[str]:
+    from studio.store import RunStore
+
+    return {run.id for run in RunStore(studio_app.home / "runs.sqlite").list()}
+
+
+def start_sample_run(page, studio_app, max_steps: int, evaluate: bool = True, eval_queries: int = 200) -> str:
+    """Load the sample, set a short run, press Start; returns the new run's id once the Train tab shows it."""
+    before = run_ids(studio_app)
+    open_tab(page, "Data")
+    page.get_by_role("button", name="Use the bundled sample").click()
+    page.locator("#data-summary").get_by_text("4,000 rows").wait_for()
+    open_tab(page, "Train")
+    fill_number(page, "Max steps", max_steps)
+    fill_number(page, "Batch size", 16)
+    fill_number(page, "Max sequence length (tokens)", 128)
+    fill_number(page, "Learning rate", 0.001)
+    fill_number(page, "Eval queries", eval_queries)
+    if not evaluate:
+        page.get_by_label("Evaluate base and trained model").uncheck()
+    page.locator("#start-training").click()
+    new = wait_for(lambda: run_ids(studio_app) - before, 60, "the new run in the registry")
+    run_id = new.pop()
+    page.locator("#train-status").get_by_text(run_id).wait_for()
+    return run_id
+
+
+def finished_as(page, run_id: str, status: str) -> bool:
+    text = status_text(page)
+    return run_id in text and status in text
+
+
+def test_sample_to_exported_model(page, studio_app, tmp_path):
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.locator("#device-notice").get_by_text("GPU").first.wait_for()
+    page.screenshot(path=str(SCREENSHOTS / "model.png"), full_page=True)
+
+    run_id = start_sample_run(page, studio_app, max_steps=20)
+    open_tab(page, "Data")
+    page.screenshot(path=str(SCREENSHOTS / "data.png"), full_page=True)
+    open_tab(page, "Train")
+
+    wait_for(lambda: loss_points(page) >= 2, RUN_TIMEOUT, "the first loss points")
+    first = loss_points(page)
+    wait_for(lambda: loss_points(page) > first, RUN_TIMEOUT, "the loss curve to grow")
+    wait_for(lambda: finished_as(page, run_id, "completed"), RUN_TIMEOUT, "the run to complete")
+    assert progress(page) == {"step": 20, "total": 20, "percent": 100}
+    assert loss_points(page) == 20
+    assert page.locator("#train-command textarea").input_value().startswith("lacker train --model")
+    page.screenshot(path=str(SCREENSHOTS / "train.png"), full_page=True)
+
+    open_tab(page, "Compare")
+    page.locator("#compare-metrics").get_by_text("NDCG@10").wait_for()
+    wait_for(lambda: page.locator("#compare-query textarea, #compare-query input").first.input_value(), 60,
+             "an example query in the query box")
+    page.locator("#compare-search").click()
+    base_rows = page.locator("#compare-base [role=row]")  # a header row, then one per hit
+    trained_rows = page.locator("#compare-trained [role=row]")
+    wait_for(lambda: base_rows.count() == 6 and trained_rows.count() == 6, RUN_TIMEOUT, "both result columns")
+    assert any(marker in page.locator("#compare-trained").inner_text() for marker in ("▲", "▼", "="))
+    page.get_by_role("button", name="Which held-out queries improved most?").click()
+    page.locator(".js-plotly-plot").last.wait_for()
+    wait_for(lambda: page.evaluate("() => document.querySelectorAll('.js-plotly-plot').length") >= 2, RUN_TIMEOUT,
+             "the embedding map")
+    time.sleep(1)
+    page.screenshot(path=str(SCREENSHOTS / "compare.png"), full_page=True)
+
+    open_tab(page, "Export")
+    page.locator("#export-zip").click()
+    link = page.locator("#export-download a").first
+    link.wait_for()
+    with page.expect_download() as download_info:
+        link.click()
+    archive = tmp_path / "merged.zip"
+    download_info.value.save_as(archive)
+    page.screenshot(path=str(SCREENSHOTS / "export.png"), full_page=True)
+    with zipfile.ZipFile(archive) as zipped:
+        zipped.extractall(tmp_path / "merged")
+
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(tmp_path / "merged"), device="cpu")
+    assert model.encode(["a tiny text editor"]).shape == (1, 384)
+
+    open_tab(page, "Runs")
+    wait_for(lambda: run_id in page.locator("#runs-table").inner_text(), 60, "the run in the Runs table")
+
+
+def test_a_run_finishes_with_no_page_open_and_reload_reattaches(browser, studio_app):
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = context.new_page()
+    page.set_default_timeout(60_000)
+    page.goto(studio_app.url)
+    run_id = start_sample_run(page, studio_app, max_steps=6, evaluate=False)
+    context.close()  # nobody is watching now
+
+    from studio.store import RunStore
+
+    store = RunStore(studio_app.home / "runs.sqlite")
+    wait_for(lambda: store.get(run_id).is_finished, RUN_TIMEOUT, "the unwatched run to finish")
+    assert store.get(run_id).status == "completed"
+
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = context.new_page()
+    page.goto(studio_app.url)
+    open_tab(page, "Train")
+    page.locator("#train-status").get_by_text(run_id).wait_for()
+    wait_for(lambda: loss_points(page) == 6, 30, "the finished run's curve")
+    context.close()
+
+
+def test_reload_finds_the_running_job_and_stop_stops_it(page, studio_app):
+    run_id = start_sample_run(page, studio_app, max_steps=400, evaluate=False)
+    wait_for(lambda: progress(page).get("step", 0) >= 1, RUN_TIMEOUT, "the first step")
+    page.reload()
+    open_tab(page, "Train")
+    page.locator("#train-status").get_by_text(run_id).wait_for()
+    wait_for(lambda: loss_points(page) >= 1 and progress(page).get("step", 0) >= 1, 60, "the curve after a reload")
+    page.locator("#stop-training").click()
+    wait_for(lambda: finished_as(page, run_id, "stopped"), 180, "the run to stop")
+    assert progress(page)["step"] < 400
+
+
+def test_a_corrupt_upload_shows_its_error_and_the_app_keeps_working(page, tmp_path):
+    corrupt = tmp_path / "corrupt.parquet"
+    corrupt.write_bytes(b"PAR1 definitely not a parquet file")
+    open_tab(page, "Data")
+    page.locator("#data-upload input[type=file]").set_input_files(str(corrupt))
+    page.locator(".lacker-error").get_by_text("corrupt.parquet").wait_for()
+    page.get_by_role("button", name="Use the bundled sample").click()
+    page.locator("#data-summary").get_by_text("4,000 rows").wait_for()
+    assert not page.locator(".lacker-error").first.is_visible()
+
+
+def test_runs_tab_lists_every_run_and_overlays_two_curves(page, studio_app):
+    """Runs last in this file, when the registry holds the runs of the tests above."""
+    finished = [run_id for run_id in sorted(run_ids(studio_app))]
+    assert len(finished) >= 3
+    open_tab(page, "Runs")
+    table = page.locator("#runs-table")
+    wait_for(lambda: all(run_id in table.inner_text() for run_id in finished), 60, "every run in the table")
+    assert "completed" in table.inner_text() and "stopped" in table.inner_text()
+    for run_id in finished[:2]:
+        page.locator("#runs-overlay input").click()
+        page.get_by_role("option", name=run_id).click()
+    page.keyboard.press("Escape")
+    traces = "() => { const p = document.querySelector('#runs-overlay-plot .js-plotly-plot'); return p ? p.data.length : 0; }"
+    wait_for(lambda: page.evaluate(traces) == 2, 60, "two curves overlaid")
+    time.sleep(1)
+    page.screenshot(path=str(SCREENSHOTS / "runs.png"), full_page=True)

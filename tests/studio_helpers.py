@@ -1,0 +1,97 @@
+"""Shared pieces of the studio tests: a studio on a temporary home, quick configs, waiting for a run."""
+
+from __future__ import annotations
+
+import time
+
+from studio.app import Studio
+from studio.data_sources import SAMPLE
+from studio.settings import Settings
+from studio.tabs.train import training_config
+from studio.tabs.model import describe_model
+from engine.families import DEFAULT_MODEL
+
+
+def make_studio(home, poll_interval: float = 0.5) -> Studio:
+    studio = Studio(Settings.from_env({"LACKER_HOME": str(home)}))
+    studio.runner.poll_interval = poll_interval
+    return studio
+
+
+def quick_config(max_steps: int = 3, evaluate: bool = False, **overrides) -> dict:
+    """The bundled model on the sample: short sequences, small batches, no evaluation by default."""
+    config = training_config(describe_model(DEFAULT_MODEL), {"anchor": "query", "positive": "document"}, 0.1,
+                             "lora", 8, 16, 0.0, None, 1e-3, "max steps", 1, max_steps, 8, 64, 0.1, None, 42,
+                             evaluate, 50)
+    config.update(overrides)
+    return config
+
+
+def start_sample_run(studio: Studio, **config):
+    return studio.start_run(quick_config(**config), SAMPLE)
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.5):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class StudioProcess:
+    """`python app.py` in its own process, as Spaces starts it, with its output in a log file."""
+
+    def __init__(self, home, env: dict | None = None, args: tuple = ()):
+        import os
+        import subprocess
+        import sys
+        from pathlib import Path
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/"
+        self.home = Path(home)
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.log_path = self.home.parent / f"studio-{self.port}.log"
+        root = Path(__file__).resolve().parent.parent
+        full_env = {**os.environ, "LACKER_HOME": str(self.home), "GRADIO_SERVER_NAME": "127.0.0.1",
+                    "GRADIO_SERVER_PORT": str(self.port), "GRADIO_ANALYTICS_ENABLED": "False", **(env or {})}
+        self._log = open(self.log_path, "wb")
+        self.process = subprocess.Popen([sys.executable, "app.py", *args], cwd=root, env=full_env,
+                                        stdout=self._log, stderr=subprocess.STDOUT)
+        self.started_in = self._wait_until_up()
+
+    def _wait_until_up(self, timeout: float = 60) -> float:
+        import urllib.request
+
+        started = time.time()
+
+        def up():
+            if self.process.poll() is not None:
+                raise AssertionError(f"the studio exited: {self.log_path.read_text()[-2000:]}")
+            try:
+                urllib.request.urlopen(self.url, timeout=2)
+                return True
+            except OSError as error:
+                return getattr(error, "code", None) in (401, 403)  # up, behind a login
+
+        wait_for(up, timeout, "the studio to answer")
+        return time.time() - started
+
+    def close(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(20)
+        except Exception:
+            self.process.kill()
+        self._log.close()
