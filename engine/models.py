@@ -134,10 +134,7 @@ class FastSentenceTransformer:
 
             prepare_model_for_kbit_training(model[0].auto_model, use_gradient_checkpointing=False)
         if for_inference:
-            if _has_adapter(model):
-                _merge_adapters_in_place(model)
-            model.eval()
-            model.requires_grad_(False)
+            FastSentenceTransformer.for_inference(model)
         return model
 
     @staticmethod
