@@ -10,7 +10,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import os
+import shutil
 import threading
 import time
 from dataclasses import dataclass, field
@@ -56,6 +58,9 @@ class TrainConfig:
     extra_corpus: str | None = None  # a file of more documents to search among at evaluation (distractors)
     gradient_checkpointing: bool = False
     fast: bool = True  # the GPU fast path (packed attention, fused kernels) where it applies
+    # The packed training loop (engine.loop) for in-batch-negative losses: "auto" on a GPU with the fast
+    # path, "on" also on a CPU (slow there: for tests), "off" always sentence-transformers' trainer.
+    loop: str = "auto"
     output_dir: str = "runs/latest"
 
     @classmethod
@@ -71,6 +76,8 @@ class TrainConfig:
     def check(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"method {self.method!r} is not one of {', '.join(METHODS)}")
+        if self.loop not in ("auto", "on", "off"):
+            raise ValueError(f"loop {self.loop!r} is not one of auto, on, off")
         if self.data is None:
             raise ValueError("no data given: pass a CSV/TSV/JSON/JSONL/Parquet file or a Hugging Face dataset id")
         for name in ("batch_size", "lora_r"):
@@ -234,11 +241,9 @@ def _progress_callback(events: EventLog, stop: threading.Event, batch_size: int)
 def train(config: TrainConfig | dict, events: EventLog | None = None, stop: threading.Event | None = None) -> TrainResult:
     """Train one model as `config` says; write adapter/, merged/ and metrics.json under config.output_dir."""
     import torch
-    from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
-    from sentence_transformers.base.sampler import BatchSamplers
     from transformers import set_seed
 
-    from engine.evaluate import retrieval_evaluator, retrieval_metrics
+    from engine.evaluate import retrieval_metrics
     from engine.models import FastSentenceTransformer, family_of
 
     config = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(config)
@@ -284,12 +289,115 @@ def train(config: TrainConfig | dict, events: EventLog | None = None, stop: thre
         )
     elif config.gradient_checkpointing:
         model[0].auto_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    if config.fast:
-        _enable_fast_path(model, family_of(model), events)
+    family = family_of(model)
+    if config.fast or config.loop == "on":
+        _enable_fast_path(model, family, events, allow_cpu=config.loop == "on")
+    resume = config.resume_from_checkpoint
+    checkpoint_dir = output_dir / "checkpoints"
+    if resume == "latest":
+        resume = _latest_checkpoint(checkpoint_dir)
+        events.log(f"resuming from {resume}" if resume else "no checkpoint to resume from; starting fresh")
+    run = dict(config=config, model=model, train_rows=train_rows, events=events, stop=stop, queries=queries,
+               documents=documents, extra=extra, checkpoint_dir=checkpoint_dir, resume=resume)
+    reason = _loop_unavailable(config, model, loss_name, on_gpu, resume)
+    if reason is None:
+        steps = _train_packed(**run, position_offset=family.position_offset if family else 0)
+    else:
+        if config.loop == "on" or (on_gpu and config.fast):
+            events.log(f"training with sentence-transformers' trainer: {reason}")
+        steps = _train_with_trainer(**run, loss_name=loss_name, on_gpu=on_gpu)
+    stopped = stop.is_set()
+
+    events.status("saving", "saving the adapter and the merged model")
+    if config.method != "full":
+        model.save_pretrained(str(output_dir / "adapter"))
+    model.save_pretrained_merged(str(output_dir / "merged"))
+
+    if config.evaluate and queries:
+        events.status("evaluating", "measuring the trained model on the held-out split")
+        metrics["trained"] = retrieval_metrics(model, queries, documents, extra)
+        events.emit("eval", step=steps, which="trained", metrics=metrics["trained"])
+        (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+
+    events.status("stopped" if stopped else "completed", f"{steps} steps")
+    return TrainResult(model=model, output_dir=output_dir, stopped=stopped, metrics=metrics, steps=steps)
+
+
+def _loop_unavailable(config: TrainConfig, model, loss_name: str, on_gpu: bool, resume) -> str | None:
+    """None when the packed loop (engine.loop) trains this run, else why the trainer does."""
+    if config.loop == "off":
+        return "loop is off"
+    if config.loop == "auto" and not (on_gpu and config.fast):
+        return "the packed loop runs on a GPU with the fast path"
+    from engine.loop import is_loop_checkpoint, loop_unavailable
+
+    if resume and not is_loop_checkpoint(resume):
+        return f"{resume} is a trainer checkpoint"
+
+    return loop_unavailable(model, loss_name)
+
+
+def _train_packed(config: TrainConfig, model, train_rows, events: EventLog, stop: threading.Event, queries,
+                  documents, extra, checkpoint_dir: Path, resume, position_offset: int) -> int:
+    """Train with engine.loop.PackedTrainer; returns the steps done. Same events as the trainer's."""
+    from engine.evaluate import retrieval_metrics
+    from engine.loop import PackedTrainer
+
+    columns = [train_rows[c].tolist() for c in train_rows.columns if c in ("anchor", "positive") or c.startswith("negative")]
+    trainer = PackedTrainer(
+        model, columns, batch_size=config.batch_size, learning_rate=config.learning_rate, steps=config.max_steps,
+        epochs=config.epochs, warmup_ratio=config.warmup_ratio, seed=config.seed, position_offset=position_offset,
+        cuda_graphs=not config.gradient_checkpointing,  # recomputation saves RNG state, which a capture cannot
+    )
+    if resume:
+        trainer.load_state(resume)
+        events.log(f"resumed at step {trainer.step} of {trainer.total_steps}")
+    started, first_step = time.time(), trainer.step
+
+    def on_steps(records):
+        elapsed = time.time() - started
+        for step, loss, grad_norm, learning_rate in records:
+            per_step = elapsed / max(records[-1][0] - first_step, 1)
+            events.emit("train", step=step, total_steps=trainer.total_steps,
+                        epoch=round(step / trainer.batches_per_epoch, 4), loss=loss, learning_rate=learning_rate,
+                        grad_norm=grad_norm, samples_per_second=round(config.batch_size / per_step, 2),
+                        elapsed=round(elapsed, 2), eta=round(per_step * (trainer.total_steps - step), 2))
+
+    def on_every(step):
+        if config.eval_steps and queries and step % config.eval_steps == 0 and step < trainer.total_steps:
+            events.emit("eval", step=step, which="trained", metrics=retrieval_metrics(model, queries, documents, extra))
+        if config.save_steps and step % config.save_steps == 0:
+            _save_loop_checkpoint(trainer, checkpoint_dir, events)
+
+    intervals = [n for n in (config.eval_steps, config.save_steps) if n]
+    every = math.gcd(*intervals) if intervals else None
+    events.status("training", f"{config.method} on {config.model} (packed loop)")
+    steps = trainer.fit(on_steps=on_steps, stop=stop, every=every, on_every=on_every)
+    if trainer.graph_note:
+        events.log(trainer.graph_note)
+    if stop.is_set():
+        _save_loop_checkpoint(trainer, checkpoint_dir, events)
+    return steps
+
+
+def _save_loop_checkpoint(trainer, checkpoint_dir: Path, events: EventLog, keep: int = 2) -> None:
+    folder = trainer.save_state(checkpoint_dir / f"checkpoint-{trainer.step}")
+    events.log(f"checkpoint saved: {folder}")
+    for old in sorted(checkpoint_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _train_with_trainer(config: TrainConfig, model, train_rows, events: EventLog, stop: threading.Event, queries,
+                        documents, extra, checkpoint_dir: Path, resume, loss_name: str, on_gpu: bool) -> int:
+    """Train with sentence-transformers' SentenceTransformerTrainer; returns the steps done."""
+    import torch
+    from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+    from sentence_transformers.base.sampler import BatchSamplers
+
+    from engine.evaluate import retrieval_evaluator
 
     loss = build_loss(loss_name, model, train_rows)
     uses_in_batch_negatives = "MultipleNegatives" in loss_name
-    checkpoint_dir = output_dir / "checkpoints"
     args = SentenceTransformerTrainingArguments(
         output_dir=str(checkpoint_dir),
         num_train_epochs=config.epochs,
@@ -323,37 +431,17 @@ def train(config: TrainConfig | dict, events: EventLog | None = None, stop: thre
         model=model, args=args, train_dataset=data_layer.to_dataset(train_rows), loss=loss, evaluator=evaluator,
         callbacks=[_progress_callback(events, stop, config.batch_size)],
     )
-    resume = config.resume_from_checkpoint
-    if resume == "latest":
-        resume = _latest_checkpoint(checkpoint_dir)
-        events.log(f"resuming from {resume}" if resume else "no checkpoint to resume from; starting fresh")
-
     events.status("training", f"{config.method} on {config.model}")
     trainer.train(resume_from_checkpoint=resume)
-    stopped = stop.is_set()
-    steps = trainer.state.global_step
-
-    events.status("saving", "saving the adapter and the merged model")
-    if config.method != "full":
-        model.save_pretrained(str(output_dir / "adapter"))
-    model.save_pretrained_merged(str(output_dir / "merged"))
-
-    if config.evaluate and queries:
-        events.status("evaluating", "measuring the trained model on the held-out split")
-        metrics["trained"] = retrieval_metrics(model, queries, documents, extra)
-        events.emit("eval", step=steps, which="trained", metrics=metrics["trained"])
-        (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-
-    events.status("stopped" if stopped else "completed", f"{steps} steps")
-    return TrainResult(model=model, output_dir=output_dir, stopped=stopped, metrics=metrics, steps=steps)
+    return trainer.state.global_step
 
 
-def _enable_fast_path(model, family, events: EventLog) -> None:
+def _enable_fast_path(model, family, events: EventLog, allow_cpu: bool = False) -> None:
     try:
         from engine.attention import enable
     except ImportError:
         events.log("fast path not installed; using the stock padded path")
         return
-    enabled = enable(model, family)
+    enabled = enable(model, family, allow_cpu=allow_cpu)
     if enabled:
         events.log(f"fast path: {enabled}")

@@ -1,0 +1,408 @@
+"""The GPU fast path's training loop: in-batch-negative training on packed batches, in CUDA graphs.
+
+SentenceTransformerTrainer keeps a small encoder's GPU mostly idle: on the H100 a MiniLM step with
+packed attention kept the card busy about 7 ms of its 85 (bench/profile.py), because the trainer
+embeds each column in its own forward, tokenizes every batch, syncs every step, and launches each
+of some 2,000 kernels a step from Python. `PackedTrainer` does the same training as the trainer
+with MultipleNegativesRankingLoss (AdamW, linear warm-up then decay, gradient clipping at 1.0,
+batches without duplicate texts) with far less host work:
+
+- every text is tokenized once, up front;
+- a batch's anchors, positives and negatives go into one packed token stream, embedded in one
+  forward (`engine.attention`'s varlen attention keeps the sequences apart), pooled per sequence;
+- on CUDA the stream is padded up to a multiple of `BUCKET` tokens with filler sequences nothing
+  reads, so steps repeat a few shapes, and each shape's whole step (forward, loss, backward,
+  clipping, AdamW) is captured once in a CUDA graph and replayed: one launch instead of thousands;
+- losses are copied back every `READ_EVERY` steps, not every step.
+
+A shape's first step runs eagerly (that warms kernels and allocates gradients and optimizer state
+outside any graph); its second is captured. If a capture fails, the loop says why once and goes on
+eagerly. tests/test_loop.py checks the math step by step against the stock padded forward.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import math
+import queue
+import threading
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+logger = logging.getLogger(__name__)
+
+LOSSES = ("MultipleNegativesRankingLoss",)
+POOLING_MODES = ("mean", "cls", "lasttoken")
+BUCKET = 512  # packed streams are padded up to a multiple of this many tokens on CUDA
+READ_EVERY = 10  # steps between copies of the loss history back to the host
+STATE_FILE = "loop_state.pt"
+
+
+def _pooling_index(st_model) -> int | None:
+    for index, module in enumerate(st_model):
+        if type(module).__name__ == "Pooling":
+            return index
+    return None
+
+
+def loop_unavailable(st_model, loss_name: str) -> str | None:
+    """None when `PackedTrainer` can train `st_model` with `loss_name`, else why not (a short phrase)."""
+    if loss_name not in LOSSES:
+        return f"the packed loop trains {', '.join(LOSSES)}, not {loss_name}"
+    if not getattr(st_model[0], "can_flatten_inputs", False):
+        return "packed attention is not on for this model"
+    index = _pooling_index(st_model)
+    if index != 1:
+        return "the model has no Pooling module right after its transformer"
+    mode = st_model[index].pooling_mode
+    modes = (mode,) if isinstance(mode, str) else tuple(mode)
+    if len(modes) != 1 or modes[0] not in POOLING_MODES:
+        return f"pooling {'+'.join(modes)} is not one of {', '.join(POOLING_MODES)}"
+    device = next(st_model.parameters()).device
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        return "this GPU has no bf16 (fp16 training needs the trainer's loss scaling)"
+    return None
+
+
+@dataclass
+class Packed:
+    """One batch as a packed token stream (host tensors, pinned on CUDA)."""
+
+    input_ids: torch.Tensor  # (tokens,)
+    position_ids: torch.Tensor  # (tokens,)
+    seq_idx: torch.Tensor  # (tokens,) which sequence each token belongs to; filler tokens: n_real
+    cu_seqlens: torch.Tensor  # (sequences + 1,) int32, fillers included
+    lengths: torch.Tensor  # (n_real,) float
+    n_real: int  # anchors + positives + negatives
+    batch: int  # anchors
+    max_length: int
+
+    @property
+    def key(self) -> tuple[int, int, int]:
+        return (self.input_ids.shape[0], self.cu_seqlens.shape[0], self.n_real)
+
+
+class TokenStore:
+    """Every distinct text of the run tokenized once, through the model's own preprocessing."""
+
+    def __init__(self, transformer, texts: list[str], chunk: int = 4096):
+        self.index: dict[str, int] = {}
+        for text in texts:
+            self.index.setdefault(text, len(self.index))
+        unique = list(self.index)
+        ids, lengths = [], []
+        for start in range(0, len(unique), chunk):
+            out = transformer.preprocess(unique[start : start + chunk])
+            cu = out["cu_seq_lens_q"].tolist()
+            ids.append(out["input_ids"].reshape(-1).numpy().astype(np.int64))
+            lengths += [b - a for a, b in zip(cu[:-1], cu[1:])]
+        self.tokens = np.concatenate(ids) if ids else np.zeros(0, np.int64)
+        self.lengths = np.asarray(lengths, dtype=np.int64)
+        self.starts = np.concatenate([[0], np.cumsum(self.lengths)[:-1]]).astype(np.int64)
+
+    def ids(self, texts) -> np.ndarray:
+        return np.fromiter((self.index[t] for t in texts), dtype=np.int64)
+
+
+def no_duplicate_batches(row_texts: np.ndarray, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """One epoch of batches (row indices) in which no text occurs twice: a row that would repeat a
+    text of the batch waits for the next batch (what sentence-transformers' NoDuplicatesBatchSampler does)."""
+    pending = deque(rng.permutation(len(row_texts)).tolist())
+    batches = []
+    while pending:
+        batch, seen, waiting = [], set(), []
+        while pending and len(batch) < batch_size:
+            row = pending.popleft()
+            texts = row_texts[row].tolist()
+            if seen.isdisjoint(texts):
+                batch.append(row)
+                seen.update(texts)
+            else:
+                waiting.append(row)
+        pending.extendleft(reversed(waiting))
+        batches.append(np.asarray(batch, dtype=np.int64))
+    return batches
+
+
+def linear_schedule(step: int, total: int, warmup: int) -> float:
+    """transformers' linear schedule: the factor on the learning rate at 0-based update `step`."""
+    if step < warmup:
+        return step / max(1, warmup)
+    return max(0.0, (total - step) / max(1, total - warmup))
+
+
+class PackedTrainer:
+    """Trains `st_model` on rows of texts (columns: anchor, positive, negatives...) with in-batch
+    negatives. Call `fit()`; the model is trained in place."""
+
+    def __init__(self, st_model, columns: list[list[str]], *, batch_size: int, learning_rate: float,
+                 steps: int | None = None, epochs: float = 1.0, warmup_ratio: float = 0.0, seed: int = 42,
+                 position_offset: int = 0, scale: float = 20.0, max_grad_norm: float = 1.0,
+                 cuda_graphs: bool = True, bucketed: bool | None = None):
+        self.model = st_model
+        self.transformer = st_model[0]
+        self.hf = self.transformer.model
+        self.after_pooling = list(st_model)[2:]
+        mode = st_model[1].pooling_mode
+        self.pooling = mode if isinstance(mode, str) else mode[0]
+        self.device = next(st_model.parameters()).device
+        self.cuda = self.device.type == "cuda"
+        self.batch_size, self.scale, self.max_grad_norm = batch_size, scale, max_grad_norm
+        self.position_offset = position_offset
+
+        self.store = TokenStore(self.transformer, [t for column in columns for t in column])
+        self.row_texts = np.stack([self.store.ids(column) for column in columns], axis=1)  # (rows, columns)
+        self.max_length = int(self.store.lengths.max()) if len(self.store.lengths) else 1
+        # Enough fillers that none is longer than the longest text (positions stay inside the table).
+        bucketed = self.cuda if bucketed is None else bucketed
+        self.filler_count = math.ceil((BUCKET - 1) / max(1, self.max_length - 1)) if bucketed else 0
+        self.pad_id = self.transformer.tokenizer.pad_token_id or 0
+        # Decoder families (Qwen3, Gemma3) build a KV cache by default: nothing here reads it, and
+        # Gemma3's sliding cache copies from the host, which no CUDA graph can hold.
+        self.model_kwargs = {"use_cache": False} if "use_cache" in inspect.signature(self.hf.forward).parameters else {}
+
+        rng = np.random.default_rng(seed)
+        per_epoch = no_duplicate_batches(self.row_texts, batch_size, rng)
+        self.batches_per_epoch = len(per_epoch)
+        self.total_steps = steps or max(1, math.ceil(epochs * self.batches_per_epoch))
+        self.plan = list(per_epoch)
+        while len(self.plan) < self.total_steps:
+            self.plan += no_duplicate_batches(self.row_texts, batch_size, rng)
+        self.plan = self.plan[: self.total_steps]
+        self.warmup = math.ceil(warmup_ratio * self.total_steps)
+        self.base_lr = learning_rate
+
+        self.params = [p for p in st_model.parameters() if p.requires_grad]
+        if self.cuda:
+            self.lr = torch.tensor(learning_rate, device=self.device)
+            self.optimizer = torch.optim.AdamW(self.params, lr=self.lr, weight_decay=0.0, fused=True, capturable=True)
+        else:
+            self.lr = None
+            self.optimizer = torch.optim.AdamW(self.params, lr=learning_rate, weight_decay=0.0)
+        self.amp = torch.bfloat16 if self.cuda else None
+        self.graphs_on = self.cuda and cuda_graphs
+        self.graphs: dict[tuple, object] = {}  # shape key -> "warm" or a CUDAGraph
+        self.static: dict[tuple, dict] = {}
+        self.out = torch.zeros(2, device=self.device)  # loss, grad norm of the last step
+        self.history = torch.zeros(self.total_steps, 2, device=self.device)
+        self.step = 0
+        self.graph_note: str | None = None
+
+    # --- batches -------------------------------------------------------------------------------
+    def pack(self, rows: np.ndarray) -> Packed:
+        """Anchors, then positives, then each negative column, as one stream; on CUDA full batches are
+        padded to a bucket with `filler_count` filler sequences (never pooled), each no longer than the
+        longest text."""
+        seqs = self.row_texts[rows].T.reshape(-1)  # column-major: all anchors first
+        lengths = self.store.lengths[seqs]
+        n, total = len(seqs), int(lengths.sum())
+        fillers = self.filler_count if len(rows) == self.batch_size else 0
+        if fillers:
+            padded = math.ceil((total + fillers) / BUCKET) * BUCKET
+            filler_lengths = np.full(fillers, (padded - total) // fillers, dtype=np.int64)
+            filler_lengths[: (padded - total) % fillers] += 1
+            all_lengths = np.concatenate([lengths, filler_lengths])
+        else:
+            all_lengths = lengths
+        tokens = int(all_lengths.sum())
+        offsets = np.concatenate([[0], np.cumsum(all_lengths)])
+        within = np.arange(tokens) - np.repeat(offsets[:-1], all_lengths)
+        ids = np.full(tokens, self.pad_id, dtype=np.int64)
+        ids[:total] = self.store.tokens[np.repeat(self.store.starts[seqs], lengths) + within[:total]]
+        seq_idx = np.minimum(np.repeat(np.arange(len(all_lengths)), all_lengths), n)
+
+        def host(array, dtype):
+            tensor = torch.from_numpy(np.ascontiguousarray(array)).to(dtype)
+            return tensor.pin_memory() if self.cuda else tensor
+
+        return Packed(
+            input_ids=host(ids, torch.long), position_ids=host(within + self.position_offset, torch.long),
+            seq_idx=host(seq_idx, torch.long), cu_seqlens=host(offsets, torch.int32),
+            lengths=host(lengths, torch.float32), n_real=n, batch=len(rows),
+            max_length=self.max_length if fillers else int(all_lengths.max()),
+        )
+
+    def _prefetch(self, start: int, stop: threading.Event) -> queue.Queue:
+        """Packs the batches from step `start` on in a thread, a few ahead."""
+        batches: queue.Queue = queue.Queue(maxsize=6)
+
+        def work():
+            for rows in self.plan[start:]:
+                if stop.is_set():
+                    break
+                batches.put(self.pack(rows))
+            batches.put(None)
+
+        threading.Thread(target=work, daemon=True, name="lacker-pack").start()
+        return batches
+
+    # --- one step ------------------------------------------------------------------------------
+    def _embed(self, b: dict, n_real: int, max_length: int) -> torch.Tensor:
+        out = self.hf(input_ids=b["input_ids"][None], position_ids=b["position_ids"][None],
+                      cu_seq_lens_q=b["cu_seqlens"], cu_seq_lens_k=b["cu_seqlens"],
+                      max_length_q=max_length, max_length_k=max_length, return_dict=True, **self.model_kwargs)
+        hidden = out.last_hidden_state[0]
+        if self.pooling == "cls":
+            pooled = hidden[b["cu_seqlens"][:n_real].long()]
+        elif self.pooling == "lasttoken":
+            pooled = hidden[(b["cu_seqlens"][1 : n_real + 1] - 1).long()]
+        else:
+            sums = hidden.new_zeros(n_real + 1, hidden.shape[-1], dtype=torch.float32)
+            pooled = sums.index_add_(0, b["seq_idx"], hidden.float())[:n_real] / b["lengths"][:, None]
+        features = {"sentence_embedding": pooled}
+        for module in self.after_pooling:
+            features = module(features)
+        return features["sentence_embedding"]
+
+    def loss(self, b: dict, n_real: int, batch: int, max_length: int) -> torch.Tensor:
+        """MultipleNegativesRankingLoss: cosine similarities x scale, anchor i's target is candidate i."""
+        with torch.autocast(self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None,
+                            cache_enabled=False):
+            embeddings = F.normalize(self._embed(b, n_real, max_length).float(), dim=-1)
+        anchors, candidates = embeddings[:batch], embeddings[batch:]
+        scores = anchors @ candidates.t() * self.scale
+        return F.cross_entropy(scores, torch.arange(batch, device=scores.device))
+
+    def _train_step(self, b: dict, n_real: int, batch: int, max_length: int) -> None:
+        loss = self.loss(b, n_real, batch, max_length)
+        loss.backward()
+        norm = torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=False)
+        self.out.copy_(torch.stack([loss.detach(), norm.detach()]).to(self.out.dtype))
+
+    def _on_device(self, packed: Packed) -> dict:
+        names = ("input_ids", "position_ids", "seq_idx", "cu_seqlens", "lengths")
+        if not self.graphs_on or packed.batch != self.batch_size:
+            return {name: getattr(packed, name).to(self.device, non_blocking=True) for name in names}
+        static = self.static.get(packed.key)
+        if static is None:
+            static = self.static[packed.key] = {name: torch.empty_like(getattr(packed, name), device=self.device)
+                                                for name in names}
+        for name in names:
+            static[name].copy_(getattr(packed, name), non_blocking=True)
+        return static
+
+    def run_step(self, packed: Packed) -> None:
+        """One optimizer update on `packed`; leaves loss and grad norm in `self.history[self.step]`."""
+        factor = linear_schedule(self.step, self.total_steps, self.warmup)
+        if self.lr is not None:
+            self.lr.fill_(self.base_lr * factor)
+        else:
+            for group in self.optimizer.param_groups:
+                group["lr"] = self.base_lr * factor
+        b = self._on_device(packed)
+        args = (packed.n_real, packed.batch, packed.max_length)
+        state = self.graphs.get(packed.key) if self.graphs_on and packed.batch == self.batch_size else None
+        if state is None or state == "warm" and not self._capture(packed.key, b, args):
+            if self.graphs_on and packed.batch == self.batch_size:
+                self.graphs.setdefault(packed.key, "warm")
+            self._train_step(b, *args)
+        else:
+            self.graphs[packed.key].replay()
+        self.history[self.step].copy_(self.out)
+        self.step += 1
+
+    def _capture(self, key, b: dict, args) -> bool:
+        """Capture the step for shape `key` in a CUDA graph (all shapes share one memory pool: nothing
+        made inside a graph outlives its replay). False, once logged, if capture is impossible."""
+        if not hasattr(self, "_pool"):
+            self._pool = torch.cuda.graph_pool_handle()
+        graph = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(graph, pool=self._pool, stream=torch.cuda.current_stream(self.device),
+                                  capture_error_mode="thread_local"):
+                self._train_step(b, *args)
+        except Exception as error:  # an op that syncs or allocates on the host: stay eager
+            torch.cuda.synchronize()
+            self.graphs_on = False
+            self.graph_note = f"CUDA graphs off ({type(error).__name__}: {str(error).splitlines()[0][:160]})"
+            logger.warning(self.graph_note)
+            return False
+        self.graphs[key] = graph
+        return True
+
+    # --- the loop ------------------------------------------------------------------------------
+    def fit(self, on_steps=None, stop: threading.Event | None = None, every: int | None = None, on_every=None,
+            after_step=None) -> int:
+        """Train from `self.step` to the end, or until `stop` is set. `on_steps(records)` gets
+        [(step, loss, grad_norm, lr)] as they are read back; `on_every(step)` runs after every
+        `every`-th step (evaluation, checkpoints), once the records up to it are out; `after_step(step)`
+        after every step, with nothing read back (for timing). Returns the number of steps done."""
+        stop = stop or threading.Event()
+        self.model.train()
+        done_reading = self.step
+        quit_packing = threading.Event()
+        batches = self._prefetch(self.step, quit_packing)
+        stream = torch.cuda.Stream(self.device) if self.cuda else None
+        try:
+            with torch.cuda.stream(stream) if stream is not None else _nothing():
+                while self.step < self.total_steps and not stop.is_set():
+                    packed = batches.get()
+                    if packed is None:
+                        break
+                    self.run_step(packed)
+                    if after_step is not None:
+                        after_step(self.step)
+                    ends_interval = every and self.step % every == 0
+                    if self.step - done_reading >= READ_EVERY or self.step == self.total_steps or ends_interval:
+                        done_reading = self._read_back(done_reading, on_steps)
+                    if ends_interval and on_every is not None:
+                        on_every(self.step)
+                done_reading = self._read_back(done_reading, on_steps)
+        finally:
+            quit_packing.set()
+            while not batches.empty():
+                batches.get_nowait()
+            if stream is not None:
+                torch.cuda.current_stream(self.device).wait_stream(stream)
+        return self.step
+
+    def _read_back(self, start: int, on_steps) -> int:
+        if self.step > start and on_steps is not None:
+            values = self.history[start : self.step].tolist()
+            on_steps([(start + i + 1, loss, norm, self.base_lr * linear_schedule(start + i, self.total_steps, self.warmup))
+                      for i, (loss, norm) in enumerate(values)])
+        return self.step
+
+    # --- checkpoints ---------------------------------------------------------------------------
+    def save_state(self, folder: str | Path) -> Path:
+        """Trainable weights, optimizer state and the step, enough for `load_state` to go on."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        trainable = {name: p.detach().cpu() for name, p in self.model.named_parameters() if p.requires_grad}
+        torch.save({"step": self.step, "trainable": trainable, "optimizer": self.optimizer.state_dict(),
+                    "total_steps": self.total_steps}, folder / STATE_FILE)
+        return folder
+
+    def load_state(self, folder: str | Path) -> None:
+        """Go on from `save_state`'s folder: same data, batch size and seed give the same batches; a
+        different step count keeps the batches done and stretches the schedule to the new end."""
+        state = torch.load(Path(folder) / STATE_FILE, map_location=self.device, weights_only=True)
+        params = dict(self.model.named_parameters())
+        with torch.no_grad():
+            for name, value in state["trainable"].items():
+                params[name].copy_(value)
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.lr is not None:  # the schedule writes into self.lr: the groups must hold that tensor
+            for group in self.optimizer.param_groups:
+                group["lr"] = self.lr
+        self.step = state["step"]
+
+
+def is_loop_checkpoint(folder: str | Path | None) -> bool:
+    return folder is not None and (Path(folder) / STATE_FILE).exists()
+
+
+class _nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False

@@ -1,0 +1,177 @@
+"""The packed training loop (engine.loop) does the trainer's math: on the CPU, step by step, its losses
+and weights match a plain loop over the stock padded model with sentence-transformers' own
+MultipleNegativesRankingLoss, AdamW, linear schedule and gradient clipping. Also its batches, its
+packing, its checkpoints, and `engine.train` driving it. tests/gpu/ runs it on CUDA with graphs."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from bench import models
+from engine.attention import enable
+from engine.families import family_by_name
+from engine.loop import BUCKET, PackedTrainer, linear_schedule, loop_unavailable, no_duplicate_batches
+
+ANCHORS = [f"what does package {i} do for topic {i % 5}" for i in range(24)] + ["shared query"] * 2
+POSITIVES = [f"package {i} is a tool about topic {i % 5} with feature {i * 3} " * (1 + i % 4) for i in range(24)]
+POSITIVES += ["first answer to the shared query", "second answer to the shared query"]
+NEGATIVES = [f"an unrelated note number {i}" for i in range(26)]
+
+
+def lora_model(name: str, checkpoint, packed: bool, device: str = "cpu"):
+    model = models.load(name, checkpoint, device=device)
+    for module in model.modules():  # dropout draws differ between packed and padded batches
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    torch.manual_seed(3)
+    from peft import LoraConfig
+
+    family = family_by_name(models.FAMILY_OF[name])
+    model.add_adapter(LoraConfig(r=4, lora_alpha=8, target_modules=list(family.lora_targets)))
+    with torch.no_grad():  # PEFT starts B at zero; give the adapter something to say from step one
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.02)
+    if packed:
+        assert enable(model, family, allow_cpu=device == "cpu") is not None
+    return model, family
+
+
+@pytest.fixture(scope="module")
+def bert(tmp_path_factory):
+    return models.build("tiny-bert", tmp_path_factory.mktemp("m") / "bert")
+
+
+def reference_losses(model, plan, columns, steps, lr, warmup):
+    """Stock path: padded forward per column, ST's MNRL, AdamW, transformers' linear schedule, clip 1.0
+    (bf16 autocast on CUDA, as the trainer runs)."""
+    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+
+    loss_fn = MultipleNegativesRankingLoss(model)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    losses = []
+    model.train()
+    for step, rows in enumerate(plan[:steps]):
+        for group in optimizer.param_groups:
+            group["lr"] = lr * linear_schedule(step, steps, warmup)
+        device = next(model.parameters()).device
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            features = [model.preprocess([column[r] for r in rows]) for column in columns]
+            embeddings = [model({k: v.to(device) if torch.is_tensor(v) else v for k, v in f.items()})["sentence_embedding"]
+                          for f in features]
+            loss = loss_fn.compute_loss_from_embeddings(embeddings, labels=None)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    return losses
+
+
+@pytest.mark.parametrize("with_negatives", [False, True])
+def test_packed_loop_matches_the_stock_padded_loop_step_by_step(bert, with_negatives):
+    columns = [ANCHORS, POSITIVES] + ([NEGATIVES] if with_negatives else [])
+    packed_model, family = lora_model("tiny-bert", bert, packed=True)
+    stock_model, _ = lora_model("tiny-bert", bert, packed=False)
+    initial = {n: p.detach().clone() for n, p in packed_model.named_parameters() if p.requires_grad}
+    trainer = PackedTrainer(packed_model, columns, batch_size=8, learning_rate=5e-3, steps=6, warmup_ratio=0.2,
+                            position_offset=family.position_offset)
+    records = []
+    trainer.fit(on_steps=records.extend)
+    expected = reference_losses(stock_model, trainer.plan, columns, 6, 5e-3, trainer.warmup)
+
+    assert [r[0] for r in records] == [1, 2, 3, 4, 5, 6]
+    assert [r[1] for r in records] == pytest.approx(expected, rel=1e-4)
+    stock = dict(stock_model.named_parameters())
+    moved = []
+    for name, p in packed_model.named_parameters():
+        if p.requires_grad:
+            torch.testing.assert_close(p, stock[name], rtol=1e-4, atol=1e-5)
+            moved.append(not torch.allclose(p, initial[name]))
+    assert sum(moved) >= 0.9 * len(moved)  # (the unused pooler's adapter stays put) so the match is not of constants
+
+
+def test_batches_never_repeat_a_text_and_cover_every_row_once():
+    rows = np.array([[0, 10], [1, 11], [0, 12], [2, 10], [3, 13], [4, 14], [0, 15]])  # text ids per row
+    batches = no_duplicate_batches(rows, batch_size=3, rng=np.random.default_rng(0))
+    assert sorted(np.concatenate(batches).tolist()) == list(range(len(rows)))
+    for batch in batches:
+        texts = rows[batch].reshape(-1).tolist()
+        assert len(texts) == len(set(texts)), batch
+
+
+def test_packing_lays_out_sequences_and_fillers(bert):
+    model, _ = lora_model("tiny-bert", bert, packed=True)
+    trainer = PackedTrainer(model, [ANCHORS, POSITIVES, NEGATIVES], batch_size=4, learning_rate=1e-3, steps=2,
+                            position_offset=2)
+    rows = trainer.plan[0]
+    plain = trainer.pack(rows)
+    bucketed = PackedTrainer(model, [ANCHORS, POSITIVES, NEGATIVES], batch_size=4, learning_rate=1e-3, steps=2,
+                             position_offset=2, bucketed=True)  # what CUDA runs do, so that steps repeat shapes
+    fillers = bucketed.filler_count
+    texts = [ANCHORS[r] for r in rows] + [POSITIVES[r] for r in rows] + [NEGATIVES[r] for r in rows]
+    tokenized = model.tokenizer(texts, truncation=True, max_length=256)["input_ids"]
+    assert plain.input_ids.tolist() == [t for ids in tokenized for t in ids]
+    assert plain.cu_seqlens.tolist() == np.cumsum([0] + [len(ids) for ids in tokenized]).tolist()
+    assert plain.position_ids.tolist() == [2 + i for ids in tokenized for i in range(len(ids))]
+
+    padded = bucketed.pack(rows)
+    n = len(texts)
+    assert padded.input_ids.shape[0] % BUCKET == 0 and padded.cu_seqlens.shape[0] == n + fillers + 1
+    assert padded.input_ids[: plain.input_ids.shape[0]].tolist() == plain.input_ids.tolist()
+    filler_lengths = np.diff(padded.cu_seqlens.numpy())[n:]
+    assert (filler_lengths >= 1).all() and (filler_lengths <= trainer.max_length).all()
+    assert (padded.seq_idx[plain.input_ids.shape[0]:] == n).all()  # fillers pool into a row nobody reads
+    assert padded.position_ids.max().item() < 2 + trainer.max_length
+
+
+def test_checkpoint_resume_gives_the_uninterrupted_result(bert, tmp_path):
+    columns = [ANCHORS, POSITIVES]
+    straight, family = lora_model("tiny-bert", bert, packed=True)
+    PackedTrainer(straight, columns, batch_size=8, learning_rate=5e-3, steps=6).fit()
+
+    first, _ = lora_model("tiny-bert", bert, packed=True)
+    stop_after_three = PackedTrainer(first, columns, batch_size=8, learning_rate=5e-3, steps=6)
+    stop_after_three.total_steps_done = stop_after_three.fit(every=3, on_every=lambda s: stop_after_three.save_state(tmp_path / f"c{s}"))
+    resumed_model, _ = lora_model("tiny-bert", bert, packed=True)
+    resumed = PackedTrainer(resumed_model, columns, batch_size=8, learning_rate=5e-3, steps=6)
+    resumed.load_state(tmp_path / "c3")
+    assert resumed.step == 3
+    assert resumed.fit() == 6
+    final = dict(resumed_model.named_parameters())
+    for name, p in straight.named_parameters():
+        if p.requires_grad:
+            torch.testing.assert_close(final[name], p, rtol=1e-5, atol=1e-6)
+
+
+def test_loop_reports_what_it_cannot_train(bert):
+    model, _ = lora_model("tiny-bert", bert, packed=False)
+    assert "packed attention" in loop_unavailable(model, "MultipleNegativesRankingLoss")
+    packed, _ = lora_model("tiny-bert", bert, packed=True)
+    assert loop_unavailable(packed, "MultipleNegativesRankingLoss") is None
+    assert "CoSENTLoss" in loop_unavailable(packed, "CoSENTLoss")
+
+
+def test_train_with_the_loop_emits_progress_checkpoints_and_evaluations(tmp_path):
+    from engine.train import train
+    from tiny_models import build_tiny_model
+
+    model = build_tiny_model("bert", tmp_path / "bert")
+    data = tmp_path / "pairs.csv"
+    pd.DataFrame({"question": ANCHORS * 3, "answer": POSITIVES * 3}).drop_duplicates().to_csv(data, index=False)
+    result = train({"model": str(model), "data": str(data), "batch_size": 8, "max_steps": 6, "loop": "on",
+                    "eval_steps": 3, "save_steps": 3, "max_seq_length": 32, "output_dir": str(tmp_path / "run")})
+    events = [json.loads(line) for line in (tmp_path / "run" / "events.jsonl").read_text().splitlines()]
+    assert any(e["event"] == "status" and "packed loop" in e["message"] for e in events)
+    train_steps = [e["step"] for e in events if e["event"] == "train"]
+    assert train_steps == [1, 2, 3, 4, 5, 6] and result.steps == 6
+    assert all(np.isfinite(e["loss"]) and e["total_steps"] == 6 for e in events if e["event"] == "train")
+    assert [e["step"] for e in events if e["event"] == "eval" and e["which"] == "trained"] == [3, 6]
+    assert (tmp_path / "run" / "checkpoints" / "checkpoint-6" / "loop_state.pt").exists()
+    assert (tmp_path / "run" / "adapter").is_dir() and (tmp_path / "run" / "merged").is_dir()
