@@ -1,19 +1,41 @@
-"""Where a training step's time goes: cProfile over the trainer's steps plus a torch.profiler table.
+"""Where a training step's time goes: cProfile over the trainer's steps, then torch.profiler.
 
     python -m bench.profile minilm-l6 ours --seq 256 --batch 64 --steps 30
 
-Prints the top Python functions by own time and the top CUDA/CPU ops; for deciding what to speed
-up next, not for reporting speed (profiling slows the run).
+Prints the top Python functions by own time, then (on CUDA) the top device kernels and the device
+busy time per step against the step's wall time. For deciding what to speed up next, not for
+reporting speed (profiling slows the run).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import cProfile
 import pstats
 import tempfile
+import time
 from pathlib import Path
 from unittest import mock
+
+
+def _run(args, wrap) -> object:
+    from transformers import Trainer
+
+    from bench.models import build
+    from bench.speed import load_pairs, run_one
+
+    original_train = Trainer.train
+
+    def wrapped_train(self, *a, **k):
+        with wrap():
+            return original_train(self, *a, **k)
+
+    with tempfile.TemporaryDirectory() as tmp, mock.patch.object(Trainer, "train", wrapped_train):
+        checkpoint = build(args.model, Path(tmp) / args.model)
+        queries, documents = load_pairs(args.seq, max(1, args.seq // 256))
+        return run_one(args.model, checkpoint, args.seq, args.batch, args.method, args.steps, args.device,
+                       queries, documents, 42, Path(tmp) / "run")
 
 
 def main() -> None:
@@ -23,33 +45,49 @@ def main() -> None:
     parser.add_argument("--seq", type=int, default=256)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--top", type=int, default=35)
+    parser.add_argument("--top", type=int, default=30)
+    parser.add_argument("--device", default="cuda")
     args = parser.parse_args()
 
     import torch
-    from transformers import Trainer
 
-    from bench.models import build
-    from bench.speed import load_pairs, run_one
-
-    original_train = Trainer.train
     profiler = cProfile.Profile()
 
-    def profiled_train(self, *a, **k):
+    @contextlib.contextmanager
+    def python_profile():
         profiler.enable()
         try:
-            return original_train(self, *a, **k)
+            yield
         finally:
             profiler.disable()
 
-    with tempfile.TemporaryDirectory() as tmp, mock.patch.object(Trainer, "train", profiled_train):
-        checkpoint = build(args.model, Path(tmp) / args.model)
-        queries, documents = load_pairs(args.seq, max(1, args.seq // 256))
-        result = run_one(args.model, checkpoint, args.seq, args.batch, args.method, args.steps, "cuda",
-                         queries, documents, 42, Path(tmp) / "run")
+    result = _run(args, python_profile)
     print(f"pairs/s under cProfile: {result.pairs_per_s:.0f}")
     pstats.Stats(profiler).sort_stats("tottime").print_stats(args.top)
     pstats.Stats(profiler).sort_stats("cumulative").print_stats(args.top)
+    if args.device != "cuda":
+        return
+
+    from torch.profiler import ProfilerActivity, profile
+
+    holder = {}
+
+    @contextlib.contextmanager
+    def device_profile():
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            start = time.perf_counter()
+            yield
+            torch.cuda.synchronize()
+            holder["wall"] = time.perf_counter() - start
+        holder["prof"] = prof
+
+    _run(args, device_profile)
+    events = holder["prof"].key_averages()
+    print(events.table(sort_by="self_device_time_total", row_limit=args.top))
+    busy_us = sum(e.self_device_time_total for e in events)
+    launches = sum(e.count for e in events if e.device_type.name == "CUDA")
+    print(f"device busy {busy_us / 1e3 / args.steps:.1f} ms/step, wall {holder['wall'] * 1e3 / args.steps:.1f} ms/step "
+          f"(both under the profiler), {launches / args.steps:.0f} device kernels/step")
 
 
 if __name__ == "__main__":

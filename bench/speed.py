@@ -6,12 +6,15 @@
 
 Every run: the same random-weight checkpoint (bench.models), the same real text pairs (Debian
 package synopsis -> long description), the same seed, batch, sequence length and LoRA settings
-(r=16, alpha=32, no dropout, the family's target layers), SentenceTransformerTrainer with
-MultipleNegativesRankingLoss, bf16 on CUDA. Methods:
-- stock: what a user writes today (padded batches, tokenizing on the main thread);
+(r=16, alpha=32, no dropout, the family's target layers), the same batches (no text twice in a
+batch), MultipleNegativesRankingLoss, AdamW at 2e-4, bf16 on CUDA. Methods:
+- stock: SentenceTransformerTrainer as a user writes it today (padded batches, tokenizing on the main thread);
 - stock-compile: stock plus `torch_compile=True`;
-- ours: `engine.attention.enable` (packed batches, fused LoRA) + tokenizing in DataLoader workers;
-- ours-compile: ours plus per-layer torch.compile (compile time counted in the end-to-end time).
+- ours: what `lacker train` runs on a GPU: `engine.attention.enable` (packed attention, fused LoRA) and
+  `engine.loop.PackedTrainer` (texts tokenized once, one forward a batch, CUDA graphs);
+- ours-trainer: `engine.attention.enable` inside SentenceTransformerTrainer, tokenizing in DataLoader workers;
+- ours-compile: ours-trainer plus per-layer torch.compile (compile time counted in the end-to-end time).
+A method ending in -qlora loads the base in 4-bit NF4 (bitsandbytes); -full trains every weight, no LoRA.
 Pairs/s is steady state, from step 10 to the last step. End to end is load -> trained -> saved.
 Utilisation counts useful FLOPs only (GPU_NOTES.md): 4*N*T + 6*P*T + 12*L*d*S2 over 790 TFLOP/s.
 """
@@ -22,6 +25,7 @@ import argparse
 import gc
 import json
 import logging
+import math
 import os
 import platform
 import shutil
@@ -35,13 +39,26 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PEAK_TFLOPS = 790.0  # dense bf16 matmul ceiling measured on the lent H100 (GPU_NOTES.md)
 
-# model:seq:batch:methods. 30 minutes of device time cover this much; see BENCHMARKS.md for what was run.
+# model:seq:batch:methods. The whole plan takes about 20 minutes on an H100; BENCHMARKS.md says which
+# --only chunks made its table (a lent GPU runs 10 minutes a command).
 GPU_PLAN = (
+    # LoRA at sequence length 256, every model in the issue
+    "minilm-l6:256:64:stock,ours,stock-compile",
     "bert-base:256:64:stock,ours",
+    "xlm-roberta-large:256:32:stock,ours",
+    "mpnet-base:256:64:stock,ours",
     "modernbert-base:256:64:stock,ours",
     "qwen3-0.6b:256:32:stock,ours",
+    "embeddinggemma-300m:256:64:stock,ours",
+    # long sequences (BERT has 512 positions)
+    "bert-base:512:32:stock,ours",
+    "xlm-roberta-large:1024:16:stock,ours",
     "modernbert-base:1024:32:stock,ours",
-    "minilm-l6:256:64:stock,ours,ours-compile,stock-compile",
+    "qwen3-0.6b:1024:16:stock,ours",
+    "embeddinggemma-300m:1024:32:stock,ours",
+    # QLoRA (4-bit NF4 base) and full fine-tuning
+    "bert-base:256:64:stock-qlora,ours-qlora,stock-full,ours-full",
+    "qwen3-0.6b:256:32:stock-qlora,ours-qlora",
 )
 CPU_PLAN = ("minilm-l6:64:8:stock,ours",)
 
@@ -81,28 +98,22 @@ def load_pairs(seq: int, join: int) -> tuple[list[str], list[str]]:
 
 
 class _Clock:
-    """Trainer callback: step timestamps (synchronised only where read) and the logged losses."""
+    """Trainer callback: `mark(step)` after every step, and the logged losses."""
 
-    def __init__(self, steady_from: int, last: int, cuda: bool):
+    def __init__(self, mark):
         from transformers import TrainerCallback
 
         clock = self
 
         class Callback(TrainerCallback):
             def on_step_end(self, args, state, control, **kwargs):
-                if state.global_step in (1, steady_from, last):
-                    if cuda:
-                        import torch
-
-                        torch.cuda.synchronize()
-                    clock.times[state.global_step] = time.perf_counter()
+                mark(state.global_step)
 
             def on_log(self, args, state, control, logs=None, **kwargs):
                 if logs and "loss" in logs:
                     clock.losses.append((state.global_step, float(logs["loss"])))
 
         self.callback = Callback()
-        self.times: dict[int, float] = {}
         self.losses: list[tuple[int, float]] = []
 
 
@@ -121,8 +132,28 @@ def _flop_counts(hf_model) -> tuple[int, int, int]:
     return n, layers, heads * head_dim
 
 
+def _variant(method: str) -> tuple[str, str]:
+    """'ours-qlora' -> ('ours', 'qlora'); 'stock-compile' -> ('stock-compile', 'lora')."""
+    for kind in ("qlora", "full"):
+        if method.endswith("-" + kind):
+            return method[: -len(kind) - 1], kind
+    return method, "lora"
+
+
+class _PlanSampler(list):
+    """The batches every method of a row trains on, as a trainer batch sampler (a list of index lists)."""
+
+    def __init__(self, plan):
+        super().__init__([rows.tolist() for rows in plan])
+
+    def __call__(self, dataset, **kwargs):
+        return self
+
+
 def run_one(name: str, checkpoint: Path, seq: int, batch: int, method: str, steps: int, device: str,
-            queries: list[str], documents: list[str], seed: int, workdir: Path) -> Result:
+            queries: list[str], documents: list[str], seed: int, workdir: Path,
+            gradient_checkpointing: bool = False) -> Result:
+    import numpy as np
     import torch
     from datasets import Dataset
     from peft import LoraConfig
@@ -133,59 +164,98 @@ def run_one(name: str, checkpoint: Path, seq: int, batch: int, method: str, step
     from bench.models import FAMILY_OF, load
     from engine.attention import enable
     from engine.families import family_by_name
+    from engine.loop import PackedTrainer, loop_unavailable, no_duplicate_batches
 
     cuda = device == "cuda"
+    path, kind = _variant(method)
     result = Result(name, seq, batch, method, steps)
     family = family_by_name(FAMILY_OF[name])
     if cuda:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     torch._dynamo.reset()
+    rows = steps * batch
+    # One batch order for every method: no text twice in a batch, as in-batch negatives want.
+    row_texts = np.array([[hash(q), hash(d)] for q, d in zip(queries[:rows], documents[:rows])])
+    plan = no_duplicate_batches(row_texts, batch, np.random.default_rng(seed))
+    plan = [b for b in plan if len(b) == batch][:steps]
     start = time.perf_counter()
     set_seed(seed)
-    model = load(name, checkpoint, max_seq_length=seq, device=device)
+    model_kwargs = {}
+    if kind == "qlora":
+        from transformers import BitsAndBytesConfig
+
+        model_kwargs = {"quantization_config": BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16,
+            bnb_4bit_quant_storage=torch.bfloat16), "dtype": torch.bfloat16}
+    model = load(name, checkpoint, max_seq_length=seq, device=None if kind == "qlora" else device, **model_kwargs)
     tokenizer = model[0].tokenizer
     limit = getattr(model[0].model.config, "max_position_embeddings", None)
     if limit is not None and seq + family.position_offset > limit:  # would index past the position table
         raise ValueError(f"{name} has {limit} positions; sequence length {seq} does not fit")
     n_linear, layers, width = _flop_counts(model[0].model)
-    model.add_adapter(LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules=list(family.lora_targets)))
-    lora_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    ours = method.startswith("ours")
-    if ours:
-        result.enabled = enable(model, family, compile=method == "ours-compile") or "nothing (see log)"
-    rows = steps * batch
-    data = Dataset.from_dict({"anchor": queries[:rows], "positive": documents[:rows]})
-    args = SentenceTransformerTrainingArguments(
-        output_dir=str(workdir / "trainer"),
-        max_steps=steps,
-        per_device_train_batch_size=batch,
-        learning_rate=2e-4,
-        warmup_steps=0,
-        bf16=cuda,
-        use_cpu=not cuda,
-        logging_steps=5,
-        save_strategy="no",
-        report_to=[],
-        seed=seed,
-        data_seed=seed,
-        dataloader_drop_last=True,
-        torch_compile=method == "stock-compile",
-        disable_tqdm=True,
-        **({"dataloader_num_workers": 2, "dataloader_prefetch_factor": 4, "dataloader_pin_memory": True,
-            "dataloader_persistent_workers": True} if ours and cuda else {}),
-    )
+    if kind != "full":
+        model.add_adapter(LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules=list(family.lora_targets)))
+    trained_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    if gradient_checkpointing:
+        model[0].auto_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if path.startswith("ours"):
+        result.enabled = enable(model, family, compile=path == "ours-compile") or "nothing (see log)"
     steady_from = min(10, steps // 2)
-    clock = _Clock(steady_from=steady_from, last=steps, cuda=cuda)
-    trainer = SentenceTransformerTrainer(
-        model=model, args=args, train_dataset=data, loss=MultipleNegativesRankingLoss(model), callbacks=[clock.callback]
-    )
-    trainer.train()
+    times: dict[int, float] = {}
+
+    def mark(step):
+        if step in (1, steady_from, steps):
+            if cuda:
+                torch.cuda.synchronize()
+            times[step] = time.perf_counter()
+
+    unavailable = loop_unavailable(model, "MultipleNegativesRankingLoss") if path == "ours" else None
+    if unavailable:  # what the engine does then: the trainer
+        result.enabled += f"; trainer ({unavailable})"
+    if path == "ours" and not unavailable:
+        trainer = PackedTrainer(model, [queries[:rows], documents[:rows]], batch_size=batch, learning_rate=2e-4,
+                                steps=steps, seed=seed, position_offset=family.position_offset,
+                                cuda_graphs=not gradient_checkpointing)
+        trainer.plan = plan
+        records = []
+        trainer.fit(on_steps=records.extend, after_step=mark)
+        result.losses = [(step, sum(r[1] for r in records[step - 5 : step]) / 5) for step in range(5, steps + 1, 5)]
+        if trainer.graph_note:
+            result.enabled += f"; {trainer.graph_note}"
+        elif cuda:
+            result.enabled += f"; CUDA graphs over {sum(not isinstance(g, str) for g in trainer.graphs.values())} shapes"
+    else:
+        data = Dataset.from_dict({"anchor": queries[:rows], "positive": documents[:rows]})
+        args = SentenceTransformerTrainingArguments(
+            output_dir=str(workdir / "trainer"),
+            max_steps=steps,
+            per_device_train_batch_size=batch,
+            learning_rate=2e-4,
+            warmup_steps=0,
+            bf16=cuda,
+            use_cpu=not cuda,
+            logging_steps=5,
+            save_strategy="no",
+            report_to=[],
+            seed=seed,
+            data_seed=seed,
+            batch_sampler=_PlanSampler(plan),
+            torch_compile=path == "stock-compile",
+            disable_tqdm=True,
+            **({"dataloader_num_workers": 2, "dataloader_prefetch_factor": 4, "dataloader_pin_memory": True,
+                "dataloader_persistent_workers": True} if path.startswith("ours") and cuda else {}),
+        )
+        clock = _Clock(mark)
+        trainer = SentenceTransformerTrainer(
+            model=model, args=args, train_dataset=data, loss=MultipleNegativesRankingLoss(model), callbacks=[clock.callback]
+        )
+        trainer.train()
+        result.losses = clock.losses
     model.save(str(workdir / "model"))
     result.end_to_end_s = time.perf_counter() - start
-    result.first_step_s = clock.times[1] - start
-    result.pairs_per_s = (steps - steady_from) * batch / (clock.times[steps] - clock.times[steady_from])
-    result.losses = clock.losses
+    result.first_step_s = times[1] - start
+    result.pairs_per_s = (steps - steady_from) * batch / (times[steps] - times[steady_from])
     result.peak_gib = torch.cuda.max_memory_allocated() / 2**30 if cuda else 0.0
 
     # Real (non-pad) tokens and squared lengths per pair, averaged over the run's pairs after truncation.
@@ -196,7 +266,9 @@ def run_one(name: str, checkpoint: Path, seq: int, batch: int, method: str, step
     tokens_per_pair = sum(lens) / rows
     squares_per_pair = sum(length * length for length in lens) / rows
     result.real_tokens_per_s = result.pairs_per_s * tokens_per_pair
-    flops_per_pair = 4 * n_linear * tokens_per_pair + 6 * lora_params * tokens_per_pair + 12 * layers * width * squares_per_pair
+    base_flops = 6 if kind == "full" else 4  # a frozen base needs no weight gradients
+    extra = 0 if kind == "full" else 6 * trained_params
+    flops_per_pair = base_flops * n_linear * tokens_per_pair + extra * tokens_per_pair + 12 * layers * width * squares_per_pair
     result.utilisation = result.pairs_per_s * flops_per_pair / (PEAK_TFLOPS * 1e12)
     del trainer, model
     gc.collect()
@@ -204,9 +276,10 @@ def run_one(name: str, checkpoint: Path, seq: int, batch: int, method: str, step
 
 
 def loss_gap(result: Result, stock: Result, after: int = 20) -> float | None:
-    """Largest relative gap between two loss curves at logged steps after `after`."""
-    ref = dict(stock.losses)
-    gaps = [abs(loss - ref[step]) / abs(ref[step]) for step, loss in result.losses if step > after and step in ref]
+    """Largest relative gap between two loss curves at logged steps after `after` (steps where stock's
+    loss is not finite and positive, e.g. once stock has diverged, are left out)."""
+    ref = {step: loss for step, loss in stock.losses if math.isfinite(loss) and loss > 0}
+    gaps = [abs(loss - ref[step]) / ref[step] for step, loss in result.losses if step > after and step in ref]
     return max(gaps) if gaps else None
 
 
@@ -253,12 +326,13 @@ def write_report(results: list[Result], path: Path, device: str, command: str, p
         "| model | seq | batch | method | pairs/s | x stock | end to end s | x stock | first step s | real tok/s | util % | peak GiB | loss gap | enabled |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    stocks = {(r.model, r.seq, r.batch): r for r in results if r.method == "stock" and not r.error}
+    stocks = {(r.model, r.seq, r.batch, _variant(r.method)[1]): r for r in results
+              if _variant(r.method)[0] == "stock" and not r.error}
     for r in results:
         if r.error:
             lines.append(f"| {r.model} | {r.seq} | {r.batch} | {r.method} | failed: {r.error} |  |  |  |  |  |  |  |  |  |")
             continue
-        stock = stocks.get((r.model, r.seq, r.batch))
+        stock = stocks.get((r.model, r.seq, r.batch, _variant(r.method)[1]))
         speed = f"{r.pairs_per_s / stock.pairs_per_s:.2f}" if stock else ""
         wall = f"{stock.end_to_end_s / r.end_to_end_s:.2f}" if stock else ""
         gap = loss_gap(r, stock) if stock and r is not stock else None
@@ -308,6 +382,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"))
     parser.add_argument("--plot", default=str(ROOT / "bench" / "speed.png"))
+    parser.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations in backward")
     parser.add_argument("--json", default=None, help="also write every result (loss curves too) as JSON here")
     parser.add_argument("--from-json", nargs="*", help="no runs: rewrite the report from results saved by --json")
     args = parser.parse_args(argv)
@@ -346,7 +421,7 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"== {name} seq {seq} batch {batch} {method}", flush=True)
                 try:
                     result = run_one(name, checkpoint, seq, batch, method, steps, device, queries, documents,
-                                     args.seed, tmp / "run")
+                                     args.seed, tmp / "run", gradient_checkpointing=args.gradient_checkpointing)
                 except Exception as error:  # one failed row must not lose the others
                     logging.exception("run failed")
                     result = Result(name, seq, batch, method, steps, error=f"{type(error).__name__}: {str(error)[:120]}")
