@@ -13,7 +13,7 @@ batches without duplicate texts) with far less host work:
 - on CUDA the stream is padded up to a multiple of `BUCKET` tokens with filler sequences nothing
   reads, so steps repeat a few shapes, and each shape's whole step (forward, loss, backward,
   clipping, AdamW) is captured once in a CUDA graph and replayed: one launch instead of thousands;
-- losses are copied back every `READ_EVERY` steps, not every step.
+- losses are copied back every `READ_EVERY` steps (or `READ_SECONDS`), not every step.
 
 A shape's first step runs eagerly (that warms kernels and allocates gradients and optimizer state
 outside any graph); its second is captured. If a capture fails, the loop says why once and goes on
@@ -27,6 +27,7 @@ import logging
 import math
 import queue
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +41,8 @@ logger = logging.getLogger(__name__)
 LOSSES = ("MultipleNegativesRankingLoss",)
 POOLING_MODES = ("mean", "cls", "lasttoken")
 BUCKET = 512  # packed streams are padded up to a multiple of this many tokens on CUDA
-READ_EVERY = 10  # steps between copies of the loss history back to the host
+READ_EVERY = 10  # steps between copies of the loss history back to the host...
+READ_SECONDS = 1.0  # ...or seconds, whichever comes first (the studio streams the loss curve)
 STATE_FILE = "loop_state.pt"
 
 
@@ -337,7 +339,7 @@ class PackedTrainer:
         after every step, with nothing read back (for timing). Returns the number of steps done."""
         stop = stop or threading.Event()
         self.model.train()
-        done_reading = self.step
+        done_reading, last_read = self.step, time.monotonic()
         quit_packing = threading.Event()
         batches = self._prefetch(self.step, quit_packing)
         stream = torch.cuda.Stream(self.device) if self.cuda else None
@@ -351,8 +353,9 @@ class PackedTrainer:
                     if after_step is not None:
                         after_step(self.step)
                     ends_interval = every and self.step % every == 0
-                    if self.step - done_reading >= READ_EVERY or self.step == self.total_steps or ends_interval:
-                        done_reading = self._read_back(done_reading, on_steps)
+                    due = self.step - done_reading >= READ_EVERY or time.monotonic() - last_read >= READ_SECONDS
+                    if due or self.step == self.total_steps or ends_interval:
+                        done_reading, last_read = self._read_back(done_reading, on_steps), time.monotonic()
                     if ends_interval and on_every is not None:
                         on_every(self.step)
                 done_reading = self._read_back(done_reading, on_steps)
