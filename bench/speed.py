@@ -355,20 +355,26 @@ def write_plot(results: list[Result], path: Path) -> bool:
     except ImportError:
         return False
     ok = [r for r in results if not r.error]
-    groups = list(dict.fromkeys(f"{r.model}\nseq {r.seq}" for r in ok))
-    methods = list(dict.fromkeys(r.method for r in ok))
-    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(groups)), 4))
-    width = 0.8 / len(methods)
+    stocks = {(r.model, r.seq, r.batch, _variant(r.method)[1]): r for r in ok if _variant(r.method)[0] == "stock"}
+    bars = [(r, stocks.get((r.model, r.seq, r.batch, _variant(r.method)[1]))) for r in ok if _variant(r.method)[0] != "stock"]
+    bars = [(r, stock) for r, stock in bars if stock is not None]
+    groups = list(dict.fromkeys(f"{r.model}\nseq {r.seq}" for r, _ in bars))
+    methods = list(dict.fromkeys(r.method for r, _ in bars))
+    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(groups)), 4))
+    width = 0.8 / max(1, len(methods))
     for i, method in enumerate(methods):
         xs, ys = [], []
-        for r in ok:
+        for r, stock in bars:
             if r.method == method:
                 xs.append(groups.index(f"{r.model}\nseq {r.seq}") + i * width)
-                ys.append(r.pairs_per_s)
+                ys.append(r.pairs_per_s / stock.pairs_per_s)
         ax.bar(xs, ys, width, label=method)
-    ax.set_xticks([g + 0.4 - width / 2 for g in range(len(groups))], groups, fontsize=8)
-    ax.set_ylabel("pairs/s (steady state)")
-    ax.legend()
+    ax.axhline(1.0, color="black", linewidth=0.8)
+    ax.axhline(4.0, color="grey", linewidth=0.8, linestyle="--", label="4x target")
+    ax.set_yscale("log")
+    ax.set_xticks([g + 0.4 - width / 2 for g in range(len(groups))], groups, fontsize=7)
+    ax.set_ylabel("steady-state pairs/s, x stock (log)")
+    ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     return True
