@@ -323,6 +323,7 @@ class PackedTrainer:
                 self._train_step(b, *args)
         except Exception as error:  # an op that syncs or allocates on the host: stay eager
             torch.cuda.synchronize()
+            self.optimizer.zero_grad(set_to_none=True)  # gradients may point into the abandoned capture
             self.graphs_on = False
             self.graph_note = f"CUDA graphs off ({type(error).__name__}: {str(error).splitlines()[0][:160]})"
             logger.warning(self.graph_note)
