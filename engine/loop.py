@@ -1,4 +1,4 @@
-"""The GPU fast path's training loop: in-batch-negative training on packed batches, in CUDA graphs.
+"""The fast path's training loop: in-batch-negative training on packed batches, in CUDA graphs.
 
 SentenceTransformerTrainer keeps a small encoder's GPU mostly idle: on the H100 a MiniLM step with
 packed attention kept the card busy about 7 ms of its 85 (bench/profile.py), because the trainer
@@ -14,6 +14,10 @@ batches without duplicate texts) with far less host work:
   reads, so steps repeat a few shapes, and each shape's whole step (forward, loss, backward,
   clipping, AdamW) is captured once in a CUDA graph and replayed: one launch instead of thousands;
 - losses are copied back every `READ_EVERY` steps (or `READ_SECONDS`), not every step.
+
+Models without packed attention (MPNet, with its relative position bias) get the same loop over
+padded columns instead, each column's length rounded up to a multiple of 16 on CUDA. On a CPU the
+loop runs eagerly, packed through PyTorch's attention (engine.attention.varlen's reference).
 
 A shape's first step runs eagerly (that warms kernels and allocates gradients and optimizer state
 outside any graph); its second is captured. If a capture fails, the loop says why once and goes on
@@ -57,8 +61,8 @@ def loop_unavailable(st_model, loss_name: str) -> str | None:
     """None when `PackedTrainer` can train `st_model` with `loss_name`, else why not (a short phrase)."""
     if loss_name not in LOSSES:
         return f"the packed loop trains {', '.join(LOSSES)}, not {loss_name}"
-    if not getattr(st_model[0], "can_flatten_inputs", False):
-        return "packed attention is not on for this model"
+    if not hasattr(st_model[0], "model") or not hasattr(st_model[0], "preprocess"):
+        return "the first module is not a sentence-transformers Transformer"
     index = _pooling_index(st_model)
     if index != 1:
         return "the model has no Pooling module right after its transformer"
@@ -73,21 +77,18 @@ def loop_unavailable(st_model, loss_name: str) -> str | None:
 
 
 @dataclass
-class Packed:
-    """One batch as a packed token stream (host tensors, pinned on CUDA)."""
+class Batch:
+    """One batch, ready to copy to the device: host tensors (pinned on CUDA) by name."""
 
-    input_ids: torch.Tensor  # (tokens,)
-    position_ids: torch.Tensor  # (tokens,)
-    seq_idx: torch.Tensor  # (tokens,) which sequence each token belongs to; filler tokens: n_real
-    cu_seqlens: torch.Tensor  # (sequences + 1,) int32, fillers included
-    lengths: torch.Tensor  # (n_real,) float
-    n_real: int  # anchors + positives + negatives
+    tensors: dict  # packed: input_ids, position_ids, seq_idx, cu_seqlens, lengths; padded: ids_i, mask_i a column
     batch: int  # anchors
-    max_length: int
+    n_real: int  # sequences pooled: anchors + positives + negatives
+    max_length: int  # longest sequence of the packed stream, fillers included (unused when padded)
+    full: bool  # a full batch, padded to its bucket: may run from a CUDA graph
 
     @property
-    def key(self) -> tuple[int, int, int]:
-        return (self.input_ids.shape[0], self.cu_seqlens.shape[0], self.n_real)
+    def key(self) -> tuple:
+        return (self.n_real, self.max_length) + tuple(tuple(t.shape) for t in self.tensors.values())
 
 
 class TokenStore:
@@ -101,9 +102,14 @@ class TokenStore:
         ids, lengths = [], []
         for start in range(0, len(unique), chunk):
             out = transformer.preprocess(unique[start : start + chunk])
-            cu = out["cu_seq_lens_q"].tolist()
-            ids.append(out["input_ids"].reshape(-1).numpy().astype(np.int64))
-            lengths += [b - a for a, b in zip(cu[:-1], cu[1:])]
+            if "cu_seq_lens_q" in out:  # flattened: one stream
+                cu = out["cu_seq_lens_q"].tolist()
+                ids.append(out["input_ids"].reshape(-1).numpy().astype(np.int64))
+                lengths += [b - a for a, b in zip(cu[:-1], cu[1:])]
+            else:  # padded rows: keep the real tokens, whichever side the padding is on
+                mask = out["attention_mask"].bool()
+                ids.append(out["input_ids"][mask].numpy().astype(np.int64))
+                lengths += mask.sum(1).tolist()
         self.tokens = np.concatenate(ids) if ids else np.zeros(0, np.int64)
         self.lengths = np.asarray(lengths, dtype=np.int64)
         self.starts = np.concatenate([[0], np.cumsum(self.lengths)[:-1]]).astype(np.int64)
@@ -162,12 +168,15 @@ class PackedTrainer:
         self.row_texts = np.stack([self.store.ids(column) for column in columns], axis=1)  # (rows, columns)
         self.max_length = int(self.store.lengths.max()) if len(self.store.lengths) else 1
         # Enough fillers that none is longer than the longest text (positions stay inside the table).
-        bucketed = self.cuda if bucketed is None else bucketed
+        self.packed = bool(getattr(self.transformer, "can_flatten_inputs", False))
+        bucketed = self.bucketed = self.cuda if bucketed is None else bucketed
         self.filler_count = math.ceil((BUCKET - 1) / max(1, self.max_length - 1)) if bucketed else 0
         self.pad_id = self.transformer.tokenizer.pad_token_id or 0
         # Decoder families (Qwen3, Gemma3) build a KV cache by default: nothing here reads it, and
         # Gemma3's sliding cache copies from the host, which no CUDA graph can hold.
         self.model_kwargs = {"use_cache": False} if "use_cache" in inspect.signature(self.hf.forward).parameters else {}
+        if self.cuda:
+            _position_bias_on_device(self.hf)
 
         rng = np.random.default_rng(seed)
         per_epoch = no_duplicate_batches(self.row_texts, batch_size, rng)
@@ -197,10 +206,12 @@ class PackedTrainer:
         self.graph_note: str | None = None
 
     # --- batches -------------------------------------------------------------------------------
-    def pack(self, rows: np.ndarray) -> Packed:
+    def pack(self, rows: np.ndarray) -> Batch:
         """Anchors, then positives, then each negative column, as one stream; on CUDA full batches are
         padded to a bucket with `filler_count` filler sequences (never pooled), each no longer than the
-        longest text."""
+        longest text. Models without packed attention get `pad` instead."""
+        if not self.packed:
+            return self.pad(rows)
         seqs = self.row_texts[rows].T.reshape(-1)  # column-major: all anchors first
         lengths = self.store.lengths[seqs]
         n, total = len(seqs), int(lengths.sum())
@@ -219,16 +230,33 @@ class PackedTrainer:
         ids[:total] = self.store.tokens[np.repeat(self.store.starts[seqs], lengths) + within[:total]]
         seq_idx = np.minimum(np.repeat(np.arange(len(all_lengths)), all_lengths), n)
 
-        def host(array, dtype):
-            tensor = torch.from_numpy(np.ascontiguousarray(array)).to(dtype)
-            return tensor.pin_memory() if self.cuda else tensor
+        tensors = {"input_ids": self._host(ids, torch.long),
+                   "position_ids": self._host(within + self.position_offset, torch.long),
+                   "seq_idx": self._host(seq_idx, torch.long), "cu_seqlens": self._host(offsets, torch.int32),
+                   "lengths": self._host(lengths, torch.float32)}
+        return Batch(tensors, batch=len(rows), n_real=n, full=bool(fillers),
+                     max_length=self.max_length if fillers else int(all_lengths.max()))
 
-        return Packed(
-            input_ids=host(ids, torch.long), position_ids=host(within + self.position_offset, torch.long),
-            seq_idx=host(seq_idx, torch.long), cu_seqlens=host(offsets, torch.int32),
-            lengths=host(lengths, torch.float32), n_real=n, batch=len(rows),
-            max_length=self.max_length if fillers else int(all_lengths.max()),
-        )
+    def pad(self, rows: np.ndarray) -> Batch:
+        """Each column as a right-padded (rows, length) block with its attention mask; on CUDA the
+        length is rounded up to a multiple of 16 so that steps repeat a few shapes."""
+        tensors = {}
+        for column, seqs in enumerate(self.row_texts[rows].T):
+            lengths = self.store.lengths[seqs]
+            width = int(lengths.max())
+            if self.bucketed:  # never past the model's own limit
+                width = min(math.ceil(width / 16) * 16, max(self.transformer.max_seq_length or width, width))
+            mask = np.arange(width)[None, :] < lengths[:, None]
+            ids = np.full((len(seqs), width), self.pad_id, dtype=np.int64)
+            ids[mask] = self.store.tokens[np.repeat(self.store.starts[seqs], lengths) + np.nonzero(mask)[1]]
+            tensors[f"ids_{column}"] = self._host(ids, torch.long)
+            tensors[f"mask_{column}"] = self._host(mask, torch.long)
+        full = self.bucketed and len(rows) == self.batch_size
+        return Batch(tensors, batch=len(rows), n_real=len(rows) * self.row_texts.shape[1], max_length=0, full=full)
+
+    def _host(self, array, dtype) -> torch.Tensor:
+        tensor = torch.from_numpy(np.ascontiguousarray(array)).to(dtype)
+        return tensor.pin_memory() if self.cuda else tensor
 
     def _prefetch(self, start: int, stop: threading.Event) -> queue.Queue:
         """Packs the batches from step `start` on in a thread, a few ahead."""
@@ -246,6 +274,8 @@ class PackedTrainer:
 
     # --- one step ------------------------------------------------------------------------------
     def _embed(self, b: dict, n_real: int, max_length: int) -> torch.Tensor:
+        if not self.packed:
+            return torch.cat([self._embed_padded(b[f"ids_{c}"], b[f"mask_{c}"]) for c in range(self.row_texts.shape[1])])
         out = self.hf(input_ids=b["input_ids"][None], position_ids=b["position_ids"][None],
                       cu_seq_lens_q=b["cu_seqlens"], cu_seq_lens_k=b["cu_seqlens"],
                       max_length_q=max_length, max_length_k=max_length, return_dict=True, **self.model_kwargs)
@@ -257,6 +287,20 @@ class PackedTrainer:
         else:
             sums = hidden.new_zeros(n_real + 1, hidden.shape[-1], dtype=torch.float32)
             pooled = sums.index_add_(0, b["seq_idx"], hidden.float())[:n_real] / b["lengths"][:, None]
+        return self._after_pooling(pooled)
+
+    def _embed_padded(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.hf(input_ids=ids, attention_mask=mask, return_dict=True, **self.model_kwargs).last_hidden_state
+        if self.pooling == "cls":
+            pooled = hidden[:, 0]
+        elif self.pooling == "lasttoken":  # right padding: the last real token
+            pooled = hidden[torch.arange(ids.shape[0], device=ids.device), mask.sum(1) - 1]
+        else:
+            weights = mask.unsqueeze(-1).to(torch.float32)
+            pooled = (hidden.float() * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
+        return self._after_pooling(pooled)
+
+    def _after_pooling(self, pooled: torch.Tensor) -> torch.Tensor:
         features = {"sentence_embedding": pooled}
         for module in self.after_pooling:
             features = module(features)
@@ -279,19 +323,18 @@ class PackedTrainer:
         self.optimizer.zero_grad(set_to_none=False)
         self.out.copy_(torch.stack([loss.detach(), norm.detach()]).to(self.out.dtype))
 
-    def _on_device(self, packed: Packed) -> dict:
-        names = ("input_ids", "position_ids", "seq_idx", "cu_seqlens", "lengths")
-        if not self.graphs_on or packed.batch != self.batch_size:
-            return {name: getattr(packed, name).to(self.device, non_blocking=True) for name in names}
+    def _on_device(self, packed: Batch) -> dict:
+        if not (self.graphs_on and packed.full):
+            return {name: t.to(self.device, non_blocking=True) for name, t in packed.tensors.items()}
         static = self.static.get(packed.key)
         if static is None:
-            static = self.static[packed.key] = {name: torch.empty_like(getattr(packed, name), device=self.device)
-                                                for name in names}
-        for name in names:
-            static[name].copy_(getattr(packed, name), non_blocking=True)
+            static = self.static[packed.key] = {name: torch.empty_like(t, device=self.device)
+                                                for name, t in packed.tensors.items()}
+        for name, t in packed.tensors.items():
+            static[name].copy_(t, non_blocking=True)
         return static
 
-    def run_step(self, packed: Packed) -> None:
+    def run_step(self, packed: Batch) -> None:
         """One optimizer update on `packed`; leaves loss and grad norm in `self.history[self.step]`."""
         factor = linear_schedule(self.step, self.total_steps, self.warmup)
         if self.lr is not None:
@@ -301,9 +344,9 @@ class PackedTrainer:
                 group["lr"] = self.base_lr * factor
         b = self._on_device(packed)
         args = (packed.n_real, packed.batch, packed.max_length)
-        state = self.graphs.get(packed.key) if self.graphs_on and packed.batch == self.batch_size else None
+        state = self.graphs.get(packed.key) if self.graphs_on and packed.full else None
         if state is None or state == "warm" and not self._capture(packed.key, b, args):
-            if self.graphs_on and packed.batch == self.batch_size:
+            if self.graphs_on and packed.full:
                 self.graphs.setdefault(packed.key, "warm")
             self._train_step(b, *args)
         else:
@@ -398,6 +441,29 @@ class PackedTrainer:
             for group in self.optimizer.param_groups:
                 group["lr"] = self.lr
         self.step = state["step"]
+
+
+def _position_bias_on_device(model: torch.nn.Module) -> None:
+    """MPNet builds its relative-position buckets on the host and copies them over every forward,
+    which no CUDA graph can hold: build them on the device, once per length (the bias lookup itself,
+    which may be trained, still runs every forward)."""
+    for module in model.modules():
+        if not (hasattr(module, "compute_position_bias") and hasattr(module, "relative_attention_bias")):
+            continue
+        original, buckets = module.compute_position_bias, {}
+
+        def compute_position_bias(x, position_ids=None, num_buckets=32, module=module, original=original, buckets=buckets):
+            if position_ids is not None:
+                return original(x, position_ids, num_buckets)
+            length = x.size(1)
+            key = (length, x.device, num_buckets)
+            if key not in buckets:
+                positions = torch.arange(length, device=x.device)
+                buckets[key] = module.relative_position_bucket(positions[None, :] - positions[:, None], num_buckets=num_buckets)
+            values = module.relative_attention_bias(buckets[key]).permute(2, 0, 1).unsqueeze(0)
+            return values.expand(x.size(0), -1, length, length).contiguous()
+
+        module.compute_position_bias = compute_position_bias
 
 
 def is_loop_checkpoint(folder: str | Path | None) -> bool:

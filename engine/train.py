@@ -58,8 +58,9 @@ class TrainConfig:
     extra_corpus: str | None = None  # a file of more documents to search among at evaluation (distractors)
     gradient_checkpointing: bool = False
     fast: bool = True  # the GPU fast path (packed attention, fused kernels) where it applies
-    # The packed training loop (engine.loop) for in-batch-negative losses: "auto" on a GPU with the fast
-    # path, "on" also on a CPU (slow there: for tests), "off" always sentence-transformers' trainer.
+    # The packed training loop (engine.loop) for in-batch-negative losses: "auto" wherever the fast path is
+    # on (GPU: CUDA graphs; CPU: eager, packed through PyTorch's attention), "on" even with fast off,
+    # "off" always sentence-transformers' trainer.
     loop: str = "auto"
     output_dir: str = "runs/latest"
 
@@ -291,7 +292,8 @@ def train(config: TrainConfig | dict, events: EventLog | None = None, stop: thre
         model[0].auto_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     family = family_of(model)
     if config.fast or config.loop == "on":
-        _enable_fast_path(model, family, events, allow_cpu=config.loop == "on")
+        # On a CPU packing only pays inside the loop (one forward a batch, no trainer), so it comes with it.
+        _enable_fast_path(model, family, events, allow_cpu=config.loop != "off")
     resume = config.resume_from_checkpoint
     checkpoint_dir = output_dir / "checkpoints"
     if resume == "latest":
@@ -299,14 +301,18 @@ def train(config: TrainConfig | dict, events: EventLog | None = None, stop: thre
         events.log(f"resuming from {resume}" if resume else "no checkpoint to resume from; starting fresh")
     run = dict(config=config, model=model, train_rows=train_rows, events=events, stop=stop, queries=queries,
                documents=documents, extra=extra, checkpoint_dir=checkpoint_dir, resume=resume)
-    reason = _loop_unavailable(config, model, loss_name, on_gpu, resume)
+    reason = _loop_unavailable(config, model, loss_name, resume)
     if reason is None:
         steps = _train_packed(**run, position_offset=family.position_offset if family else 0)
     else:
-        if config.loop == "on" or (on_gpu and config.fast):
+        if config.loop == "on" or config.fast:
             events.log(f"training with sentence-transformers' trainer: {reason}")
         steps = _train_with_trainer(**run, loss_name=loss_name, on_gpu=on_gpu)
     stopped = stop.is_set()
+    if not on_gpu and getattr(model[0], "can_flatten_inputs", False):
+        from engine.attention import disable
+
+        disable(model)  # encoding many texts on a CPU is faster padded than through the per-sequence reference
 
     events.status("saving", "saving the adapter and the merged model")
     if config.method != "full":
@@ -323,12 +329,12 @@ def train(config: TrainConfig | dict, events: EventLog | None = None, stop: thre
     return TrainResult(model=model, output_dir=output_dir, stopped=stopped, metrics=metrics, steps=steps)
 
 
-def _loop_unavailable(config: TrainConfig, model, loss_name: str, on_gpu: bool, resume) -> str | None:
+def _loop_unavailable(config: TrainConfig, model, loss_name: str, resume) -> str | None:
     """None when the packed loop (engine.loop) trains this run, else why the trainer does."""
     if config.loop == "off":
         return "loop is off"
-    if config.loop == "auto" and not (on_gpu and config.fast):
-        return "the packed loop runs on a GPU with the fast path"
+    if config.loop == "auto" and not config.fast:
+        return "the fast path is off"
     from engine.loop import is_loop_checkpoint, loop_unavailable
 
     if resume and not is_loop_checkpoint(resume):

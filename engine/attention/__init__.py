@@ -104,7 +104,7 @@ def _fallback(reason: str) -> None:
     return None
 
 
-def enable(st_model, family, *, compile: bool = False, allow_cpu: bool = False) -> str | None:
+def enable(st_model, family, *, compile: bool = False, allow_cpu: bool = False, packing: bool = True) -> str | None:
     """Switch a loaded SentenceTransformer to the GPU fast path where it applies; say what was done.
 
     - packed (padding-free) batches through `lacker_varlen` attention, for families whose row lists
@@ -116,7 +116,7 @@ def enable(st_model, family, *, compile: bool = False, allow_cpu: bool = False) 
     A family without a packed path still gets the fused LoRA and compile, and the reason is logged.
     Call it after adapters are added and before the trainer builds its DataLoader (workers copy the
     collator when they start). `allow_cpu=True` runs the packed path on CPU through the PyTorch
-    reference attention: for tests.
+    reference attention: for tests. `packing=False` keeps padded batches (the fused LoRA and compile still apply).
 
     Saving is unaffected: the attention implementation is not written to config.json,
     sentence-transformers saves `unpad_inputs` only when set by hand, and the LoRA layers keep
@@ -132,7 +132,9 @@ def enable(st_model, family, *, compile: bool = False, allow_cpu: bool = False) 
         return _fallback(unavailable)
 
     done = []
-    if (reason := _packing_unavailable(transformer, family)) is not None:
+    if not packing:
+        pass
+    elif (reason := _packing_unavailable(transformer, family)) is not None:
         _fallback(reason)
     else:
         _enable_packing(transformer, hf_model, family)

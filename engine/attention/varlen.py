@@ -61,14 +61,18 @@ def varlen_attention_reference(
         q = query[starts_q[i] : starts_q[i + 1]].transpose(0, 1)  # (heads, len, head_dim)
         k = key[starts_k[i] : starts_k[i + 1]].transpose(0, 1)
         v = value[starts_k[i] : starts_k[i + 1]].transpose(0, 1)
-        offset = torch.arange(k.shape[1], device=q.device)[None, :] - torch.arange(q.shape[1], device=q.device)[:, None]
-        allowed = torch.ones_like(offset, dtype=torch.bool)
-        if left >= 0:
-            allowed &= offset >= -left
-        if right >= 0:
-            allowed &= offset <= right
+        mask, causal = None, False
+        if (left, right) == (-1, 0) and q.shape[1] == k.shape[1]:
+            causal = True  # SDPA's own causal path, no mask to build
+        elif (left, right) != (-1, -1):
+            offset = torch.arange(k.shape[1], device=q.device)[None, :] - torch.arange(q.shape[1], device=q.device)[:, None]
+            mask = torch.ones_like(offset, dtype=torch.bool)
+            if left >= 0:
+                mask &= offset >= -left
+            if right >= 0:
+                mask &= offset <= right
         o = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=allowed, scale=scale, enable_gqa=k.shape[0] != q.shape[0]
+            q, k, v, attn_mask=mask, is_causal=causal, scale=scale, enable_gqa=k.shape[0] != q.shape[0]
         )
         out[starts_q[i] : starts_q[i + 1]] = o.transpose(0, 1)
     return out
