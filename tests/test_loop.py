@@ -111,24 +111,26 @@ def test_packing_lays_out_sequences_and_fillers(bert):
     trainer = PackedTrainer(model, [ANCHORS, POSITIVES, NEGATIVES], batch_size=4, learning_rate=1e-3, steps=2,
                             position_offset=2)
     rows = trainer.plan[0]
-    plain = trainer.pack(rows)
+    plain = trainer.pack(rows).tensors
     bucketed = PackedTrainer(model, [ANCHORS, POSITIVES, NEGATIVES], batch_size=4, learning_rate=1e-3, steps=2,
                              position_offset=2, bucketed=True)  # what CUDA runs do, so that steps repeat shapes
     fillers = bucketed.filler_count
     texts = [ANCHORS[r] for r in rows] + [POSITIVES[r] for r in rows] + [NEGATIVES[r] for r in rows]
     tokenized = model.tokenizer(texts, truncation=True, max_length=256)["input_ids"]
-    assert plain.input_ids.tolist() == [t for ids in tokenized for t in ids]
-    assert plain.cu_seqlens.tolist() == np.cumsum([0] + [len(ids) for ids in tokenized]).tolist()
-    assert plain.position_ids.tolist() == [2 + i for ids in tokenized for i in range(len(ids))]
+    assert plain["input_ids"].tolist() == [t for ids in tokenized for t in ids]
+    assert plain["cu_seqlens"].tolist() == np.cumsum([0] + [len(ids) for ids in tokenized]).tolist()
+    assert plain["position_ids"].tolist() == [2 + i for ids in tokenized for i in range(len(ids))]
 
-    padded = bucketed.pack(rows)
+    batch = bucketed.pack(rows)
+    padded = batch.tensors
     n = len(texts)
-    assert padded.input_ids.shape[0] % BUCKET == 0 and padded.cu_seqlens.shape[0] == n + fillers + 1
-    assert padded.input_ids[: plain.input_ids.shape[0]].tolist() == plain.input_ids.tolist()
-    filler_lengths = np.diff(padded.cu_seqlens.numpy())[n:]
+    assert batch.full and batch.n_real == n
+    assert padded["input_ids"].shape[0] % BUCKET == 0 and padded["cu_seqlens"].shape[0] == n + fillers + 1
+    assert padded["input_ids"][: plain["input_ids"].shape[0]].tolist() == plain["input_ids"].tolist()
+    filler_lengths = np.diff(padded["cu_seqlens"].numpy())[n:]
     assert (filler_lengths >= 1).all() and (filler_lengths <= trainer.max_length).all()
-    assert (padded.seq_idx[plain.input_ids.shape[0]:] == n).all()  # fillers pool into a row nobody reads
-    assert padded.position_ids.max().item() < 2 + trainer.max_length
+    assert (padded["seq_idx"][plain["input_ids"].shape[0]:] == n).all()  # fillers pool into a row nobody reads
+    assert padded["position_ids"].max().item() < 2 + trainer.max_length
 
 
 def test_checkpoint_resume_gives_the_uninterrupted_result(bert, tmp_path):
@@ -151,11 +153,39 @@ def test_checkpoint_resume_gives_the_uninterrupted_result(bert, tmp_path):
 
 
 def test_loop_reports_what_it_cannot_train(bert):
-    model, _ = lora_model("tiny-bert", bert, packed=False)
-    assert "packed attention" in loop_unavailable(model, "MultipleNegativesRankingLoss")
     packed, _ = lora_model("tiny-bert", bert, packed=True)
     assert loop_unavailable(packed, "MultipleNegativesRankingLoss") is None
     assert "CoSENTLoss" in loop_unavailable(packed, "CoSENTLoss")
+
+
+@pytest.mark.parametrize("bucketed", [False, True])
+def test_padded_loop_for_models_without_packed_attention_matches_stock(tmp_path, bucketed):
+    """MPNet (relative position bias) has no packed path: the loop pads each column instead, rounded up
+    to a multiple of 16 tokens when bucketed (as on CUDA), and must still do the stock math."""
+    checkpoint = models.build("tiny-mpnet", tmp_path / "mpnet")
+    columns = [ANCHORS, POSITIVES, NEGATIVES]
+    padded_model, _ = lora_model("tiny-mpnet", checkpoint, packed=False)
+    stock_model, _ = lora_model("tiny-mpnet", checkpoint, packed=False)
+    trainer = PackedTrainer(padded_model, columns, batch_size=8, learning_rate=5e-3, steps=5, bucketed=bucketed)
+    assert not trainer.packed and loop_unavailable(padded_model, "MultipleNegativesRankingLoss") is None
+    if bucketed:
+        assert all(t.shape[1] % 16 == 0 for name, t in trainer.pack(trainer.plan[0]).tensors.items())
+    records = []
+    trainer.fit(on_steps=records.extend)
+    expected = reference_losses(stock_model, trainer.plan, columns, 5, 5e-3, trainer.warmup)
+    assert [r[1] for r in records] == pytest.approx(expected, rel=1e-4)
+
+
+def test_mpnet_position_bias_built_on_the_device_gives_the_same_bias(tmp_path):
+    from engine.loop import _position_bias_on_device
+
+    model = models.load("tiny-mpnet", models.build("tiny-mpnet", tmp_path / "mpnet"), device="cpu")
+    encoder = model[0].model.encoder
+    hidden = torch.randn(3, 37, 64)
+    before = encoder.compute_position_bias(hidden)
+    _position_bias_on_device(model[0].model)
+    assert encoder.compute_position_bias is not before
+    torch.testing.assert_close(encoder.compute_position_bias(hidden), before)
 
 
 def test_train_with_the_loop_emits_progress_checkpoints_and_evaluations(tmp_path):

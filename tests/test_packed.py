@@ -80,7 +80,10 @@ def test_packed_attention_does_not_leak_across_sequences(checkpoints):
     torch.testing.assert_close(together, alone, atol=1e-5, rtol=1e-4)
 
 
-def test_mpnet_and_cpu_fall_back_with_one_log_line(checkpoints, caplog):
+def test_mpnet_and_cpu_fall_back_with_one_log_line(checkpoints, caplog, monkeypatch):
+    import engine.attention
+
+    monkeypatch.setattr(engine.attention, "_logged", set())  # earlier tests may have logged these already
     mpnet = models.load("tiny-mpnet", checkpoints["tiny-mpnet"], device="cpu")
     bert = models.load("tiny-bert", checkpoints["tiny-bert"], device="cpu")
     with caplog.at_level(logging.INFO, logger="engine.attention"):

@@ -1,4 +1,5 @@
-"""The packed loop on CUDA, as `lacker train` runs it on a GPU: bf16, CUDA graphs, every packed family.
+"""The packed loop on CUDA, as `lacker train` runs it on a GPU: bf16, CUDA graphs, every family (MPNet
+padded, the others packed).
 Its per-step losses against the stock padded loop (tests/test_loop.py's reference) on the same batches,
 dropout off: `pytest -m gpu tests/gpu`."""
 
@@ -16,7 +17,7 @@ from bench import models  # noqa: E402
 from engine.loop import PackedTrainer  # noqa: E402
 from test_loop import ANCHORS, NEGATIVES, POSITIVES, lora_model, reference_losses  # noqa: E402
 
-FAMILIES = ["tiny-bert", "tiny-xlm-roberta", "tiny-distilbert", "tiny-modernbert", "tiny-qwen3", "tiny-gemma3"]
+FAMILIES = ["tiny-bert", "tiny-xlm-roberta", "tiny-distilbert", "tiny-modernbert", "tiny-qwen3", "tiny-gemma3", "tiny-mpnet"]
 
 
 @pytest.mark.parametrize("name", FAMILIES)
