@@ -12,6 +12,7 @@ batch), MultipleNegativesRankingLoss, AdamW at 2e-4, bf16 on CUDA. Methods:
 - stock-compile: stock plus `torch_compile=True`;
 - ours: what `lacker train` runs on a GPU: `engine.attention.enable` (packed attention, fused LoRA) and
   `engine.loop.PackedTrainer` (texts tokenized once, one forward a batch, CUDA graphs);
+- ours-padded: the loop over padded columns (what MPNet gets; on a CPU, to show what packing adds);
 - ours-trainer: `engine.attention.enable` inside SentenceTransformerTrainer, tokenizing in DataLoader workers;
 - ours-compile: ours-trainer plus per-layer torch.compile (compile time counted in the end-to-end time).
 A method ending in -qlora loads the base in 4-bit NF4 (bitsandbytes); -full trains every weight, no LoRA.
@@ -60,7 +61,7 @@ GPU_PLAN = (
     "bert-base:256:64:stock-qlora,ours-qlora,stock-full,ours-full",
     "qwen3-0.6b:256:32:stock-qlora,ours-qlora",
 )
-CPU_PLAN = ("minilm-l6:64:8:stock,ours",)
+CPU_PLAN = ("minilm-l6:128:16:stock,ours,ours-padded",)  # the studio's CPU demo preset: seq 128, batch 16
 
 
 @dataclass
@@ -200,7 +201,8 @@ def run_one(name: str, checkpoint: Path, seq: int, batch: int, method: str, step
     if gradient_checkpointing:
         model[0].auto_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if path.startswith("ours"):
-        result.enabled = enable(model, family, compile=path == "ours-compile") or "nothing (see log)"
+        result.enabled = enable(model, family, compile=path == "ours-compile", allow_cpu=path == "ours",
+                                packing=path != "ours-padded") or "nothing (see log)"
     steady_from = min(10, steps // 2)
     times: dict[int, float] = {}
 
@@ -210,10 +212,11 @@ def run_one(name: str, checkpoint: Path, seq: int, batch: int, method: str, step
                 torch.cuda.synchronize()
             times[step] = time.perf_counter()
 
-    unavailable = loop_unavailable(model, "MultipleNegativesRankingLoss") if path == "ours" else None
+    loop = path in ("ours", "ours-padded")
+    unavailable = loop_unavailable(model, "MultipleNegativesRankingLoss") if loop else None
     if unavailable:  # what the engine does then: the trainer
         result.enabled += f"; trainer ({unavailable})"
-    if path == "ours" and not unavailable:
+    if loop and not unavailable:
         trainer = PackedTrainer(model, [queries[:rows], documents[:rows]], batch_size=batch, learning_rate=2e-4,
                                 steps=steps, seed=seed, position_offset=family.position_offset,
                                 cuda_graphs=not gradient_checkpointing)
@@ -384,7 +387,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     parser.add_argument("--only", nargs="*", help="rows as model:seq:batch:method,method (default: the device's plan)")
-    parser.add_argument("--steps", type=int, default=None, help="steps per run (default 60 on cuda, 20 on cpu)")
+    parser.add_argument("--steps", type=int, default=None, help="steps per run (default 60 on cuda, 16 on cpu)")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"))
     parser.add_argument("--plot", default=str(ROOT / "bench" / "speed.png"))
@@ -398,7 +401,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    steps = args.steps or (60 if device == "cuda" else 12)
+    steps = args.steps or (60 if device == "cuda" else 16)
     plan = args.only or (GPU_PLAN if device == "cuda" else CPU_PLAN)
     command = "python -m bench.speed " + " ".join(sys.argv[1:] if argv is None else argv)
 
