@@ -32,6 +32,7 @@ import math
 import queue
 import threading
 import time
+import traceback
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -290,7 +291,10 @@ class PackedTrainer:
         return self._after_pooling(pooled)
 
     def _embed_padded(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        hidden = self.hf(input_ids=ids, attention_mask=mask, return_dict=True, **self.model_kwargs).last_hidden_state
+        # The additive (rows, 1, 1, length) form goes through transformers untouched: its own conversion
+        # of a 0/1 mask calls torch.where with a host scalar, which a CUDA graph cannot capture.
+        additive = (1.0 - mask[:, None, None, :].to(torch.float32)) * torch.finfo(torch.float32).min
+        hidden = self.hf(input_ids=ids, attention_mask=additive, return_dict=True, **self.model_kwargs).last_hidden_state
         if self.pooling == "cls":
             pooled = hidden[:, 0]
         elif self.pooling == "lasttoken":  # right padding: the last real token
@@ -368,8 +372,10 @@ class PackedTrainer:
             torch.cuda.synchronize()
             self.optimizer.zero_grad(set_to_none=True)  # gradients may point into the abandoned capture
             self.graphs_on = False
-            self.graph_note = f"CUDA graphs off ({type(error).__name__}: {str(error).splitlines()[0][:160]})"
-            logger.warning(self.graph_note)
+            where = next((f"{Path(f.filename).name}:{f.lineno}" for f in reversed(traceback.extract_tb(error.__traceback__))
+                          if "/torch/" not in f.filename), "?")
+            self.graph_note = f"CUDA graphs off ({type(error).__name__} at {where}: {str(error).splitlines()[0][:120]})"
+            logger.warning(self.graph_note, exc_info=True)
             return False
         self.graphs[key] = graph
         return True
