@@ -350,6 +350,7 @@ def _train_packed(config: TrainConfig, model, train_rows, events: EventLog, stop
     from engine.loop import PackedTrainer
 
     columns = [train_rows[c].tolist() for c in train_rows.columns if c in ("anchor", "positive") or c.startswith("negative")]
+    events.status("loading", f"tokenizing {sum(map(len, columns))} texts once, for the packed loop")
     trainer = PackedTrainer(
         model, columns, batch_size=config.batch_size, learning_rate=config.learning_rate, steps=config.max_steps,
         epochs=config.epochs, warmup_ratio=config.warmup_ratio, seed=config.seed, position_offset=position_offset,
