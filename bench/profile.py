@@ -84,8 +84,9 @@ def main() -> None:
     _run(args, device_profile)
     events = holder["prof"].key_averages()
     print(events.table(sort_by="self_device_time_total", row_limit=args.top))
-    busy_us = sum(e.self_device_time_total for e in events)
-    launches = sum(e.count for e in events if e.device_type.name == "CUDA")
+    kernels = [e for e in events if e.device_type.name == "CUDA"]  # ops would count their kernels twice
+    busy_us = sum(e.self_device_time_total for e in kernels)
+    launches = sum(e.count for e in kernels)
     print(f"device busy {busy_us / 1e3 / args.steps:.1f} ms/step, wall {holder['wall'] * 1e3 / args.steps:.1f} ms/step "
           f"(both under the profiler), {launches / args.steps:.0f} device kernels/step")
 
