@@ -26,6 +26,7 @@ eagerly. tests/test_loop.py checks the math step by step against the stock padde
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import math
@@ -205,6 +206,7 @@ class PackedTrainer:
         self.history = torch.zeros(self.total_steps, 2, device=self.device)
         self.step = 0
         self.graph_note: str | None = None
+        self._pool = None  # the CUDA graphs' shared memory pool, made at the first capture
 
     # --- batches -------------------------------------------------------------------------------
     def pack(self, rows: np.ndarray) -> Batch:
@@ -361,7 +363,7 @@ class PackedTrainer:
     def _capture(self, key, b: dict, args) -> bool:
         """Capture the step for shape `key` in a CUDA graph (all shapes share one memory pool: nothing
         made inside a graph outlives its replay). False, once logged, if capture is impossible."""
-        if not hasattr(self, "_pool"):
+        if self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()
         graph = torch.cuda.CUDAGraph()
         try:
@@ -394,7 +396,7 @@ class PackedTrainer:
         batches = self._prefetch(self.step, quit_packing)
         stream = torch.cuda.Stream(self.device) if self.cuda else None
         try:
-            with torch.cuda.stream(stream) if stream is not None else _nothing():
+            with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
                 while self.step < self.total_steps and not stop.is_set():
                     packed = batches.get()
                     if packed is None:
@@ -474,11 +476,3 @@ def _position_bias_on_device(model: torch.nn.Module) -> None:
 
 def is_loop_checkpoint(folder: str | Path | None) -> bool:
     return folder is not None and (Path(folder) / STATE_FILE).exists()
-
-
-class _nothing:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False

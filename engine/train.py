@@ -191,8 +191,13 @@ def build_loss(name: str, model, train_rows):
     return getattr(losses, name)(model)
 
 
+def _checkpoints(checkpoint_dir: Path) -> list[Path]:
+    """checkpoint-N folders, oldest (lowest N) first."""
+    return sorted(checkpoint_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+
+
 def _latest_checkpoint(checkpoint_dir: Path) -> str | None:
-    checkpoints = sorted(checkpoint_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+    checkpoints = _checkpoints(checkpoint_dir)
     return str(checkpoints[-1]) if checkpoints else None
 
 
@@ -363,8 +368,8 @@ def _train_packed(config: TrainConfig, model, train_rows, events: EventLog, stop
 
     def on_steps(records):
         elapsed = time.time() - started
+        per_step = elapsed / max(records[-1][0] - first_step, 1)
         for step, loss, grad_norm, learning_rate in records:
-            per_step = elapsed / max(records[-1][0] - first_step, 1)
             events.emit("train", step=step, total_steps=trainer.total_steps,
                         epoch=round(step / trainer.batches_per_epoch, 4), loss=loss, learning_rate=learning_rate,
                         grad_norm=grad_norm, samples_per_second=round(config.batch_size / per_step, 2),
@@ -390,7 +395,7 @@ def _train_packed(config: TrainConfig, model, train_rows, events: EventLog, stop
 def _save_loop_checkpoint(trainer, checkpoint_dir: Path, events: EventLog, keep: int = 2) -> None:
     folder = trainer.save_state(checkpoint_dir / f"checkpoint-{trainer.step}")
     events.log(f"checkpoint saved: {folder}")
-    for old in sorted(checkpoint_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))[:-keep]:
+    for old in _checkpoints(checkpoint_dir)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
 
 
