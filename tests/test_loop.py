@@ -74,14 +74,22 @@ def reference_losses(model, plan, columns, steps, lr, warmup):
     return losses
 
 
-@pytest.mark.parametrize("with_negatives", [False, True])
-def test_packed_loop_matches_the_stock_padded_loop_step_by_step(bert, with_negatives):
+@pytest.fixture(scope="module")
+def mpnet(tmp_path_factory):
+    return models.build("tiny-mpnet", tmp_path_factory.mktemp("m") / "mpnet")
+
+
+@pytest.mark.parametrize("name, with_negatives", [("tiny-bert", False), ("tiny-bert", True), ("tiny-mpnet", True)])
+def test_packed_loop_matches_the_stock_padded_loop_step_by_step(request, name, with_negatives):
+    """MPNet packs through its relative-position-bias path (engine.attention.relative)."""
+    checkpoint = request.getfixturevalue(name.removeprefix("tiny-"))
     columns = [ANCHORS, POSITIVES] + ([NEGATIVES] if with_negatives else [])
-    packed_model, family = lora_model("tiny-bert", bert, packed=True)
-    stock_model, _ = lora_model("tiny-bert", bert, packed=False)
+    packed_model, family = lora_model(name, checkpoint, packed=True)
+    stock_model, _ = lora_model(name, checkpoint, packed=False)
     initial = {n: p.detach().clone() for n, p in packed_model.named_parameters() if p.requires_grad}
     trainer = PackedTrainer(packed_model, columns, batch_size=8, learning_rate=5e-3, steps=6, warmup_ratio=0.2,
                             position_offset=family.position_offset)
+    assert trainer.packed
     records = []
     trainer.fit(on_steps=records.extend)
     expected = reference_losses(stock_model, trainer.plan, columns, 6, 5e-3, trainer.warmup)
@@ -159,10 +167,10 @@ def test_loop_reports_what_it_cannot_train(bert):
 
 
 @pytest.mark.parametrize("bucketed", [False, True])
-def test_padded_loop_for_models_without_packed_attention_matches_stock(tmp_path, bucketed):
-    """MPNet (relative position bias) has no packed path: the loop pads each column instead, rounded up
+def test_padded_loop_for_models_without_packed_attention_matches_stock(mpnet, bucketed):
+    """Without packed attention (here MPNet left padded) the loop pads each column instead, rounded up
     to a multiple of 16 tokens when bucketed (as on CUDA), and must still do the stock math."""
-    checkpoint = models.build("tiny-mpnet", tmp_path / "mpnet")
+    checkpoint = mpnet
     columns = [ANCHORS, POSITIVES, NEGATIVES]
     padded_model, _ = lora_model("tiny-mpnet", checkpoint, packed=False)
     stock_model, _ = lora_model("tiny-mpnet", checkpoint, packed=False)

@@ -24,13 +24,14 @@ TEXTS = [
     "Real-time strategy game of ancient warfare with a long name",
     "short one",
 ]
-PACKED = ["tiny-bert", "tiny-xlm-roberta", "tiny-distilbert", "tiny-modernbert", "tiny-qwen3", "tiny-gemma3"]
+PACKED = ["tiny-bert", "tiny-xlm-roberta", "tiny-distilbert", "tiny-modernbert", "tiny-qwen3", "tiny-gemma3",
+          "tiny-mpnet"]
 
 
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
     root = tmp_path_factory.mktemp("models")
-    return {name: models.build(name, root / name) for name in PACKED + ["tiny-mpnet"]}
+    return {name: models.build(name, root / name) for name in PACKED}
 
 
 def _pair(name, checkpoints):
@@ -64,34 +65,36 @@ def test_packed_embeddings_and_gradients_match_padded(name, checkpoints):
         torch.testing.assert_close(out_grads[n], ref_grads[n], atol=1e-5, rtol=1e-3, msg=n)
 
 
-def test_xlm_roberta_positions_start_at_two(checkpoints):
-    _, packed = _pair("tiny-xlm-roberta", checkpoints)
+@pytest.mark.parametrize("name", ["tiny-xlm-roberta", "tiny-mpnet"])
+def test_roberta_like_positions_start_at_two(name, checkpoints):
+    _, packed = _pair(name, checkpoints)
     features = packed.preprocess(["one two", "three"])
     lengths = (features["cu_seq_lens_q"][1:] - features["cu_seq_lens_q"][:-1]).tolist()
     expected = torch.cat([torch.arange(n) + 2 for n in lengths])
     assert features["position_ids"][0].tolist() == expected.tolist()
 
 
-def test_packed_attention_does_not_leak_across_sequences(checkpoints):
+@pytest.mark.parametrize("name", ["tiny-bert", "tiny-mpnet"])
+def test_packed_attention_does_not_leak_across_sequences(name, checkpoints):
     """A sequence's embedding must not depend on which sequences share its packed batch."""
-    _, packed = _pair("tiny-bert", checkpoints)
+    _, packed = _pair(name, checkpoints)
     alone = packed.encode(TEXTS[:1], convert_to_tensor=True)
     together = packed.encode(TEXTS, convert_to_tensor=True)[:1]
     torch.testing.assert_close(together, alone, atol=1e-5, rtol=1e-4)
 
 
-def test_mpnet_and_cpu_fall_back_with_one_log_line(checkpoints, caplog, monkeypatch):
+def test_unknown_architectures_and_cpu_fall_back_with_one_log_line(checkpoints, caplog, monkeypatch):
     import engine.attention
 
     monkeypatch.setattr(engine.attention, "_logged", set())  # earlier tests may have logged these already
-    mpnet = models.load("tiny-mpnet", checkpoints["tiny-mpnet"], device="cpu")
+    unknown = models.load("tiny-mpnet", checkpoints["tiny-mpnet"], device="cpu")
     bert = models.load("tiny-bert", checkpoints["tiny-bert"], device="cpu")
     with caplog.at_level(logging.INFO, logger="engine.attention"):
-        assert enable(mpnet, family_by_name("mpnet"), allow_cpu=True) is None
+        assert enable(unknown, None, allow_cpu=True) is None
         assert enable(bert, family_by_name("bert")) is None
         assert enable(bert, family_by_name("bert")) is None
     messages = [r.getMessage() for r in caplog.records]
-    assert any("mpnet" in m and "padded SDPA" in m for m in messages)
+    assert any("not in the family table" in m and "padded SDPA" in m for m in messages)
     assert sum("unavailable on cpu" in m for m in messages) <= 1
     assert "cu_seq_lens_q" not in bert.preprocess(TEXTS)
 
@@ -110,3 +113,28 @@ def test_saved_model_loads_as_plain_sentence_transformer(checkpoints, tmp_path):
     reloaded.eval()
     assert reloaded[0].model.config._attn_implementation != ATTN_IMPLEMENTATION
     torch.testing.assert_close(reloaded.encode(TEXTS, convert_to_tensor=True), expected, atol=1e-5, rtol=1e-4)
+
+
+def test_mpnet_flex_attention_matches_its_reference(checkpoints):
+    """The FlexAttention form of MPNet's relative position bias (score modifier + block mask built
+    from the sequence boundaries) against the one-sequence-at-a-time reference; forward only, since
+    FlexAttention has no CPU backward (tests/gpu repeats it with gradients). Sequences longer than
+    a 128-token block and distances past MPNet's 128-token reach are both covered."""
+    from engine.attention.relative import packed_bias, relative_attention, relative_attention_reference
+
+    encoder = models.load("tiny-mpnet", checkpoints["tiny-mpnet"], device="cpu")[0].model.encoder
+    torch.nn.init.normal_(encoder.relative_attention_bias.weight)  # a bias big enough to matter
+    lengths = [5, 300, 1, 140, 37]
+    cu_seqlens = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32)
+    q, k, v = (torch.randn(1, 4, sum(lengths), 16) for _ in range(3))
+    with torch.no_grad():
+        flex = packed_bias(encoder, cu_seqlens, sum(lengths), flex=True)
+        reference = packed_bias(encoder, cu_seqlens, sum(lengths), flex=False)
+        assert flex.block_mask is not None and reference.block_mask is None
+        out = relative_attention(q, k, v, flex, scale=0.25)
+        expected = relative_attention_reference(q, k, v, reference, scale=0.25)
+        # MPNet's own bias, for the 300-token sequence, equals the table lookup
+        own = encoder.compute_position_bias(torch.zeros(1, 300, 64))[0]
+        distance = torch.arange(300)[None, :] - torch.arange(300)[:, None]
+        torch.testing.assert_close(flex.table[:, distance.clamp(-128, 128) + 128], own)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-4)

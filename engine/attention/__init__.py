@@ -108,7 +108,8 @@ def enable(st_model, family, *, compile: bool = False, allow_cpu: bool = False, 
     """Switch a loaded SentenceTransformer to the GPU fast path where it applies; say what was done.
 
     - packed (padding-free) batches through `lacker_varlen` attention, for families whose row lists
-      the "varlen" fast path;
+      the "varlen" fast path, or through FlexAttention with MPNet's relative position bias for the
+      "flex" row (`.relative`);
     - PEFT LoRA layers through the fused LoRA function (`engine.kernels.lora`);
     - with `compile=True`, torch.compile per transformer layer (`engine.kernels.compile`).
 
@@ -137,8 +138,7 @@ def enable(st_model, family, *, compile: bool = False, allow_cpu: bool = False, 
     elif (reason := _packing_unavailable(transformer, family)) is not None:
         _fallback(reason)
     else:
-        _enable_packing(transformer, hf_model, family)
-        done.append(f"packed varlen attention ({family.attention}, positions from {family.position_offset})")
+        done.append(_enable_packing(transformer, hf_model, family))
     if device.type == "cuda":
         from engine.kernels import patch_peft_lora
 
@@ -159,18 +159,26 @@ def enable(st_model, family, *, compile: bool = False, allow_cpu: bool = False, 
 def _packing_unavailable(transformer, family) -> str | None:
     if family is None:
         return "architecture not in the family table, so no packed path"
-    if "varlen" not in family.fast_paths:
-        return f"{family.name} attention ({family.attention}) has no packed varlen path"
+    if "varlen" not in family.fast_paths and "flex" not in family.fast_paths:
+        return f"{family.name} attention ({family.attention}) has no packed path"
     if transformer.transformer_task not in ("feature-extraction", "fill-mask") or "text" not in transformer.modality_config:
         return f"task {transformer.transformer_task!r} cannot take flattened inputs"
     return None
 
 
-def _enable_packing(transformer, hf_model, family) -> None:
+def _enable_packing(transformer, hf_model, family) -> str:
     from transformers import DataCollatorWithFlattening
 
-    register()
-    _set_attn_implementation(hf_model, ATTN_IMPLEMENTATION)
+    if "varlen" in family.fast_paths:
+        register()
+        _set_attn_implementation(hf_model, ATTN_IMPLEMENTATION)
+        description = f"packed varlen attention ({family.attention}"
+    else:  # relative position bias: MPNet
+        from .relative import patch_mpnet
+
+        if not patch_mpnet(hf_model):
+            raise ValueError(f"{family.name}: no MPNet attention layers found to patch")
+        description = "packed FlexAttention (relative position bias"
     # What sentence-transformers' own `_can_flatten_inputs` sets up for flash attention.
     transformer.data_collator = DataCollatorWithFlattening(
         return_seq_idx=True, return_flash_attn_kwargs=True, return_position_ids=True
@@ -179,13 +187,15 @@ def _enable_packing(transformer, hf_model, family) -> None:
         transformer.model_forward_params |= _FLASH_KWARGS
     transformer._flatten_position_offset = family.position_offset
     transformer.can_flatten_inputs = True
+    return f"{description}, positions from {family.position_offset})"
 
 
 def disable(st_model) -> None:
     """Back to padded SDPA batches (e.g. before handing the model to code that needs masks)."""
     transformer = st_model[0]
-    transformer.can_flatten_inputs = False
-    _set_attn_implementation(transformer.model, "sdpa")
+    transformer.can_flatten_inputs = False  # MPNet's patched forward then only sees padded calls
+    if getattr(transformer.model.config, "_attn_implementation", None) == ATTN_IMPLEMENTATION:
+        _set_attn_implementation(transformer.model, "sdpa")
 
 
 __all__ = ["ATTN_IMPLEMENTATION", "enable", "disable", "register", "packed_attention_forward", "varlen_attention"]

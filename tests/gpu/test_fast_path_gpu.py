@@ -7,6 +7,7 @@ float64 references; a short training run's loss curve against stock's.
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -68,7 +69,7 @@ def test_fast_path_matches_stock_in_bf16(name, checkpoints):
     fast, _ = _with_lora(name, checkpoints[name])
     description = enable(fast, family)
     assert description is not None and "fused LoRA" in description
-    assert ("packed" in description) == ("varlen" in family.fast_paths)
+    assert ("packed" in description) == bool({"varlen", "flex"} & set(family.fast_paths))
     results = []
     for model in (stock, fast):
         model.zero_grad()
@@ -106,6 +107,47 @@ def test_varlen_kernel_matches_reference(dtype, window, kv_heads):
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_mpnet_flex_attention_matches_reference_with_gradients(dtype, checkpoints):
+    """Compiled FlexAttention with MPNet's bias table against the per-sequence reference in float64,
+    every gradient included (the bias table's: full fine-tuning trains it); then the same call
+    captured in a CUDA graph (block mask built from the boundaries on the device) and replayed."""
+    from engine.attention.relative import packed_bias, relative_attention, relative_attention_reference
+
+    encoder = models.load("tiny-mpnet", checkpoints["tiny-mpnet"], device="cuda")[0].model.encoder
+    torch.nn.init.normal_(encoder.relative_attention_bias.weight)
+    lengths = [17, 1, 300, 64, 140, 33]
+    cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32, device="cuda")
+    total = sum(lengths)
+    q, k, v = (torch.randn(1, 4, total, 64, device="cuda", dtype=dtype, requires_grad=True) for _ in range(3))
+    grad = torch.randn(1, 4, total, 64, device="cuda", dtype=dtype)
+    bias = packed_bias(encoder, cu, total)
+    assert bias.block_mask is not None
+    out = relative_attention(q, k, v, bias, scale=0.125)
+    fast_grads = torch.autograd.grad(out, [q, k, v, encoder.relative_attention_bias.weight], grad)
+
+    cpu_encoder = copy.deepcopy(encoder).cpu().double()
+    reference = packed_bias(cpu_encoder, cu.cpu(), total)
+    leaves = [t.detach().cpu().double().requires_grad_() for t in (q, k, v)]
+    ref = relative_attention_reference(*leaves, reference, scale=0.125)
+    slow_grads = torch.autograd.grad(ref, [*leaves, cpu_encoder.relative_attention_bias.weight], grad.cpu().double())
+    assert rel_error(out.cpu(), ref) < 1e-2
+    for fast, slow in zip(fast_grads, slow_grads):
+        assert rel_error(fast.cpu(), slow.cpu()) < 2e-2
+
+    static_cu = cu.clone()
+    with torch.no_grad():
+        relative_attention(q, k, v, packed_bias(encoder, static_cu, total), scale=0.125)  # warm
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            captured = relative_attention(q, k, v, packed_bias(encoder, static_cu, total), scale=0.125)
+        shuffled = [300, 17, 33, 1, 140, 64]  # same total, other boundaries: the graph must follow them
+        static_cu.copy_(torch.tensor([0, *torch.tensor(shuffled).cumsum(0).tolist()], dtype=torch.int32))
+        graph.replay()
+        expected = relative_attention(q, k, v, packed_bias(encoder, static_cu, total), scale=0.125)
+    assert rel_error(captured, expected) < 1e-3
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("shape", [(4096, 384, 384, 16), (3000, 768, 3072, 16), (777, 1024, 128, 8)])
 def test_fused_lora_matches_reference_on_cuda(dtype, shape):
     tokens, d_in, d_out, rank = shape
@@ -127,8 +169,6 @@ def test_fused_lora_matches_reference_on_cuda(dtype, shape):
 
 
 def test_compiled_layers_match_eager(checkpoints):
-    from engine.kernels import compile_layers
-
     eager, family = _with_lora("tiny-bert", checkpoints["tiny-bert"])
     compiled, _ = _with_lora("tiny-bert", checkpoints["tiny-bert"])
     enable(eager, family)
