@@ -298,7 +298,8 @@ def train(config: TrainConfig | dict, events: EventLog | None = None, stop: thre
     family = family_of(model)
     if config.fast or config.loop == "on":
         # On a CPU packing only pays inside the loop (one forward a batch, no trainer), so it comes with it.
-        _enable_fast_path(model, family, events, allow_cpu=config.loop != "off")
+        planned = config.max_steps or math.ceil(config.epochs * len(train_rows) / config.batch_size)
+        _enable_fast_path(model, family, events, allow_cpu=config.loop != "off", steps=planned)
     resume = config.resume_from_checkpoint
     checkpoint_dir = output_dir / "checkpoints"
     if resume == "latest":
@@ -448,12 +449,12 @@ def _train_with_trainer(config: TrainConfig, model, train_rows, events: EventLog
     return trainer.state.global_step
 
 
-def _enable_fast_path(model, family, events: EventLog, allow_cpu: bool = False) -> None:
+def _enable_fast_path(model, family, events: EventLog, allow_cpu: bool = False, steps: int | None = None) -> None:
     try:
         from engine.attention import enable
     except ImportError:
         events.log("fast path not installed; using the stock padded path")
         return
-    enabled = enable(model, family, allow_cpu=allow_cpu)
+    enabled = enable(model, family, allow_cpu=allow_cpu, steps=steps)
     if enabled:
         events.log(f"fast path: {enabled}")

@@ -138,3 +138,20 @@ def test_mpnet_flex_attention_matches_its_reference(checkpoints):
         distance = torch.arange(300)[None, :] - torch.arange(300)[:, None]
         torch.testing.assert_close(flex.table[:, distance.clamp(-128, 128) + 128], own)
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-4)
+
+
+def test_short_mpnet_runs_on_cuda_stay_padded_long_ones_pack(caplog):
+    """FlexAttention's compile (~14 s on an H100) makes a short MPNet run slower end to end than the
+    padded loop: below the measured break-even the run stays padded, and says so once."""
+    from engine.attention import _short_run_stays_padded
+    from engine.attention.relative import PAYS_OFF_FROM_STEPS
+
+    mpnet, bert, cuda = family_by_name("mpnet"), family_by_name("bert"), torch.device("cuda")
+    with caplog.at_level(logging.INFO, logger="engine.attention"):
+        assert _short_run_stays_padded(mpnet, cuda, 60)
+    assert any("60-step run stays padded" in r.getMessage() for r in caplog.records)
+    assert not _short_run_stays_padded(mpnet, cuda, PAYS_OFF_FROM_STEPS)
+    assert not _short_run_stays_padded(mpnet, cuda, None)
+    assert not _short_run_stays_padded(mpnet, torch.device("cpu"), 60)  # the CPU reference compiles nothing
+    assert not _short_run_stays_padded(bert, cuda, 60)
+    assert not _short_run_stays_padded(None, cuda, 60)

@@ -104,7 +104,8 @@ def _fallback(reason: str) -> None:
     return None
 
 
-def enable(st_model, family, *, compile: bool = False, allow_cpu: bool = False, packing: bool = True) -> str | None:
+def enable(st_model, family, *, compile: bool = False, allow_cpu: bool = False, packing: bool = True,
+           steps: int | None = None) -> str | None:
     """Switch a loaded SentenceTransformer to the GPU fast path where it applies; say what was done.
 
     - packed (padding-free) batches through `lacker_varlen` attention, for families whose row lists
@@ -118,6 +119,8 @@ def enable(st_model, family, *, compile: bool = False, allow_cpu: bool = False, 
     Call it after adapters are added and before the trainer builds its DataLoader (workers copy the
     collator when they start). `allow_cpu=True` runs the packed path on CPU through the PyTorch
     reference attention: for tests. `packing=False` keeps padded batches (the fused LoRA and compile still apply).
+    `steps`, the run's planned optimizer steps, lets a short run skip a packed path whose compile
+    would not pay for itself (MPNet's FlexAttention on CUDA: `relative.PAYS_OFF_FROM_STEPS`).
 
     Saving is unaffected: the attention implementation is not written to config.json,
     sentence-transformers saves `unpad_inputs` only when set by hand, and the LoRA layers keep
@@ -133,7 +136,7 @@ def enable(st_model, family, *, compile: bool = False, allow_cpu: bool = False, 
         return _fallback(unavailable)
 
     done = []
-    if not packing:
+    if not packing or _short_run_stays_padded(family, device, steps):
         pass
     elif (reason := _packing_unavailable(transformer, family)) is not None:
         _fallback(reason)
@@ -154,6 +157,18 @@ def enable(st_model, family, *, compile: bool = False, allow_cpu: bool = False, 
     description = "; ".join(done)
     _log_once(f"{family.name if family else 'model'}: {description}")
     return description
+
+
+def _short_run_stays_padded(family, device: torch.device, steps: int | None) -> bool:
+    """MPNet's packed path first compiles FlexAttention (~14 s on an H100): a short run is done sooner padded."""
+    from .relative import PAYS_OFF_FROM_STEPS
+
+    if family is None or steps is None or steps >= PAYS_OFF_FROM_STEPS or device.type != "cuda" \
+            or "flex" not in family.fast_paths:
+        return False
+    _log_once(f"{family.name}: a {steps}-step run stays padded; compiling FlexAttention for packed batches pays "
+              f"off from about {PAYS_OFF_FROM_STEPS} steps")
+    return True
 
 
 def _packing_unavailable(transformer, family) -> str | None:
