@@ -1,11 +1,14 @@
-"""The Triton kernels (engine.kernels.norm, .pooling, .contrastive) against PyTorch, forward + backward.
+"""The Triton kernels (engine.kernels: norm, pooling, contrastive, activations, rope) against PyTorch,
+forward + backward.
 
     python -m bench.kernels --out kernels.md          # on CUDA
     python -m bench.kernels --no-compile               # without the torch.compile column
 
 bf16 inputs at the shapes a training step sees. Each time is the median of
 `triton.testing.do_bench` (which clears L2 between runs) over one forward and one
-`torch.autograd.grad`. "torch" is what the code does without our kernels: the add and LayerNorm /
+`torch.autograd.grad`, and of `triton.testing.do_bench_cudagraph` over the same step captured in a
+CUDA graph (as the packed loop replays it: the Python-side cost of a call, ~80 us for ours, drops
+out). "torch" is what the code does without our kernels: the add and LayerNorm /
 RMSNorm as transformers writes them, mean pooling as engine/loop.py does it (index_add over a
 precomputed sequence id per token, fp32 out as ours here), MultipleNegativesRankingLoss's full
 matrix (and once, chunked_contrastive_loss_torch); "compiled" is the torch function through
@@ -80,7 +83,10 @@ def cases() -> list[Case]:
                         contrastive_loss, contrastive_loss_reference))
     out.append(Case("contrastive vs chunked torch", "B = C = 8192, d 768, chunks of 1024", [anchors, candidates],
                     contrastive_loss, lambda a, c: chunked_contrastive_loss_torch(a, c, 20.0, 1024), compile=False))
-    return out
+
+    from bench import kernels_activations, kernels_rope
+
+    return out + kernels_activations.cases() + kernels_rope.cases()
 
 
 def forward_backward(fn: Callable, inputs: list) -> Callable[[], None]:
@@ -110,20 +116,30 @@ def main() -> None:
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("bench.kernels times CUDA kernels; no CUDA device here")
-    from triton.testing import do_bench
+    from triton.testing import do_bench, do_bench_cudagraph
 
     def ms(run):
         return do_bench(run, warmup=25, rep=100, return_mode="median")
 
-    rows = ["| op | shape | ms ours | ms torch | speedup | ms compiled | peak MiB ours | peak MiB torch |",
-            "|---|---|---|---|---|---|---|---|"]
+    def ms_graph(run) -> float:
+        try:
+            return do_bench_cudagraph(run, rep=100, return_mode="median")
+        except RuntimeError as error:  # a step that syncs with the host cannot be captured
+            print(f"  not capturable: {str(error).splitlines()[0][:100]}", flush=True)
+            return float("nan")
+
+    rows = ["| op | shape | ms ours | ms torch | speedup | graphed: ms ours | ms torch | speedup | ms compiled "
+            "| peak MiB ours | peak MiB torch |",
+            "|---|---|---|---|---|---|---|---|---|---|---|"]
     for case in cases():
         ours, plain = forward_backward(case.ours, case.inputs), forward_backward(case.torch, case.inputs)
         t_ours, t_torch = ms(ours), ms(plain)
+        g_ours, g_torch = ms_graph(ours), ms_graph(plain)
         compiled = ""
         if case.compile and not args.no_compile:
             compiled = f"{ms(forward_backward(torch.compile(case.torch), case.inputs)):.3f}"
-        rows.append(f"| {case.op} | {case.shape} | {t_ours:.3f} | {t_torch:.3f} | {t_torch / t_ours:.2f}x | {compiled} "
+        rows.append(f"| {case.op} | {case.shape} | {t_ours:.3f} | {t_torch:.3f} | {t_torch / t_ours:.2f}x "
+                    f"| {g_ours:.3f} | {g_torch:.3f} | {g_torch / g_ours:.2f}x | {compiled} "
                     f"| {peak_mib(ours):.0f} | {peak_mib(plain):.0f} |")
         print(rows[-1], flush=True)
     device = torch.cuda.get_device_name()

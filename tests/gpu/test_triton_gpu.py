@@ -77,6 +77,20 @@ def _inputs(op, gen):
 
 
 @pytest.mark.parametrize("op", [_norm_step, _pool_step, _contrastive_step])
+def capture(step):
+    """Run `step` once on a side stream (Triton compiles there, outside any capture), then capture it
+    in a CUDA graph; returns the graph and the captured step's outputs (refreshed by each replay)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = step()
+    return graph, captured
+
+
 def test_forward_and_backward_replay_in_a_cuda_graph(op):
     """Captured once, replayed on new inputs: same results as eager on those inputs."""
     gen = generator(op.__name__)
@@ -87,14 +101,7 @@ def test_forward_and_backward_replay_in_a_cuda_graph(op):
         grads = torch.autograd.grad(outs, wrt, [torch.ones_like(o) for o in outs])
         return [o.detach() for o in outs] + list(grads)
 
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):  # warm-up: Triton compiles here, outside the capture
-        step()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        captured = step()
+    graph, captured = capture(step)
 
     fresh = _inputs(op, gen)
     with torch.no_grad():
