@@ -12,11 +12,25 @@ batch), MultipleNegativesRankingLoss, AdamW at 2e-4, bf16 on CUDA. Methods:
 - stock-compile: stock plus `torch_compile=True`;
 - ours: what `lacker train` runs on a GPU: `engine.attention.enable` (packed attention, fused LoRA) and
   `engine.loop.PackedTrainer` (texts tokenized once, one forward a batch, CUDA graphs);
+- ours-nokernels: ours without the Triton RoPE / RMSNorm / gated-activation kernels the loop patches in;
 - ours-padded: the loop over padded columns (what MPNet gets; on a CPU, to show what packing adds);
 - ours-trainer: `engine.attention.enable` inside SentenceTransformerTrainer, tokenizing in DataLoader workers;
-- ours-compile: ours-trainer plus per-layer torch.compile (compile time counted in the end-to-end time).
+- ours-compile: ours-trainer plus per-layer torch.compile (compile time counted in the end-to-end time);
+- unsloth: the model loaded and given its LoRA the way Unsloth documents for sentence-transformers
+  (`FastSentenceTransformer.from_pretrained` + `get_peft_model`: bf16 weights, its default), trained by the same
+  SentenceTransformerTrainer as stock. Unsloth compiles the encoder by itself only when max_steps passes a
+  break-even it estimates (thousands of steps for MiniLM), so at 60 steps it runs uncompiled;
+- unsloth-compile: unsloth with that compile forced (Unsloth's own `_apply_torch_compile`, what it runs past the
+  break-even).
+Unsloth must be imported before transformers and patches transformers, PEFT and sentence-transformers globally,
+so each unsloth row runs in a process of its own (`--unsloth-child`, the result comes back as JSON) and the other
+rows never see its patches. The child puts .devcarry/unsloth (Unsloth and its pure-Python needs, GPU_NOTES.md)
+first on its path when that folder exists; where `import unsloth` fails (no GPU, not installed) the row is
+reported as skipped with the reason.
 A method ending in -qlora loads the base in 4-bit NF4 (bitsandbytes); -full trains every weight, no LoRA.
-Pairs/s is steady state, from step 10 to the last step. End to end is load -> trained -> saved.
+Pairs/s is steady state, from step 10 to the last step. End to end is load -> trained -> saved. The 600-step
+end to end is measured when a run has 600 steps or more, else projected: the run's end to end plus the missing
+steps at its steady-state pace.
 Utilisation counts useful FLOPs only (GPU_NOTES.md): 4*N*T + 6*P*T + 12*L*d*S2 over 790 TFLOP/s.
 """
 
@@ -24,12 +38,14 @@ from __future__ import annotations
 
 import argparse
 import gc
+import importlib
 import json
 import logging
 import math
 import os
 import platform
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -39,15 +55,19 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PEAK_TFLOPS = 790.0  # dense bf16 matmul ceiling measured on the lent H100 (GPU_NOTES.md)
+UNSLOTH_BUNDLE = ROOT / ".devcarry" / "unsloth"  # carried to the lent GPU, which has no Unsloth (GPU_NOTES.md)
+LONG_RUN = 600  # steps of the longer run whose end to end is reported (measured, or projected from steady state)
 
-# model:seq:batch:methods. The whole plan takes about 20 minutes on an H100; BENCHMARKS.md says which
-# --only chunks made its table (a lent GPU runs 10 minutes a command).
+# model:seq:batch:methods. The whole plan takes about 25 minutes on an H100; BENCHMARKS.md says which
+# --only chunks made its table (a lent GPU runs 10 minutes a command). unsloth-compile spends 1.5-3 minutes
+# compiling before its first step (GPU_NOTES.md).
 GPU_PLAN = (
     # LoRA at sequence length 256, every model in the issue
-    "minilm-l6:256:64:stock,ours,stock-compile",
-    "bert-base:256:64:stock,ours",
+    "minilm-l6:256:64:stock,ours,stock-compile,unsloth,unsloth-compile",
+    "bert-base:256:64:stock,ours,unsloth,unsloth-compile",
     "xlm-roberta-large:256:32:stock,ours",
-    "mpnet-base:256:64:stock,ours",
+    "mpnet-base:256:64:stock,ours",  # 60 steps: MPNet stays padded (FlexAttention's compile would not pay)
+    "mpnet-base:256:64:stock,ours:600",  # ...and packed through FlexAttention from 300 steps on
     "modernbert-base:256:64:stock,ours",
     "qwen3-0.6b:256:32:stock,ours",
     "embeddinggemma-300m:256:64:stock,ours",
@@ -80,6 +100,9 @@ class Result:
     losses: list = field(default_factory=list)  # (step, loss)
     enabled: str = ""
     error: str = ""
+    # Fields added later default to "not measured", so results saved before them still load.
+    end_to_end_600_s: float = 0.0  # load -> LONG_RUN (600) steps -> saved; 0 when the run was shorter
+    skipped: str = ""  # why the row did not run (e.g. `import unsloth` failed)
 
 
 def load_pairs(seq: int, join: int) -> tuple[list[str], list[str]]:
@@ -151,6 +174,21 @@ class _PlanSampler(list):
         return self
 
 
+def _unsloth_note(model, batch: int, seq: int) -> str:
+    """Unsloth's version and whether it compiled the encoder, with the break-even its trainer patch uses
+    (LoRA and QLoRA only: it never compiles full fine-tuning, nor with gradient checkpointing, by itself)."""
+    import torch
+    from unsloth import FastSentenceTransformer, __version__
+
+    compiled = isinstance(model[0].auto_model, torch._dynamo.eval_frame.OptimizedModule)
+    note = f"Unsloth {__version__}, encoder {'compiled' if compiled else 'not compiled'}"
+    if hasattr(model, "_compile_threshold"):
+        threshold = FastSentenceTransformer._estimate_compile_threshold(model, batch_size=batch, grad_accum=1,
+                                                                         max_seq_length=seq)
+        return f"{note}; it compiles by itself from {threshold} steps"
+    return f"{note}; it does not compile this run by itself"
+
+
 def run_one(name: str, checkpoint: Path, seq: int, batch: int, method: str, steps: int, device: str,
             queries: list[str], documents: list[str], seed: int, workdir: Path,
             gradient_checkpointing: bool = False) -> Result:
@@ -169,6 +207,9 @@ def run_one(name: str, checkpoint: Path, seq: int, batch: int, method: str, step
 
     cuda = device == "cuda"
     path, kind = _variant(method)
+    unsloth = path.startswith("unsloth")
+    if unsloth and "unsloth" not in sys.modules:
+        raise RuntimeError(f"{method} needs Unsloth imported before transformers: run it through run_in_unsloth_process")
     result = Result(name, seq, batch, method, steps)
     family = family_by_name(FAMILY_OF[name])
     if cuda:
@@ -182,48 +223,61 @@ def run_one(name: str, checkpoint: Path, seq: int, batch: int, method: str, step
     plan = [b for b in plan if len(b) == batch][:steps]
     start = time.perf_counter()
     set_seed(seed)
-    model_kwargs = {}
-    if kind == "qlora":
-        from transformers import BitsAndBytesConfig
+    if unsloth:  # `checkpoint` is a SentenceTransformer folder (write_sentence_transformer)
+        from unsloth import FastSentenceTransformer
 
-        model_kwargs = {"quantization_config": BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16,
-            bnb_4bit_quant_storage=torch.bfloat16), "dtype": torch.bfloat16}
-    model = load(name, checkpoint, max_seq_length=seq, device=None if kind == "qlora" else device, **model_kwargs)
+        model = FastSentenceTransformer.from_pretrained(
+            str(checkpoint), max_seq_length=seq, load_in_4bit=kind == "qlora", load_in_16bit=kind != "qlora",
+            full_finetuning=kind == "full", use_gradient_checkpointing=gradient_checkpointing)
+    else:
+        model_kwargs = {}
+        if kind == "qlora":
+            from transformers import BitsAndBytesConfig
+
+            model_kwargs = {"quantization_config": BitsAndBytesConfig(
+                load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16,
+                bnb_4bit_quant_storage=torch.bfloat16), "dtype": torch.bfloat16}
+        model = load(name, checkpoint, max_seq_length=seq, device=None if kind == "qlora" else device, **model_kwargs)
     tokenizer = model[0].tokenizer
     limit = getattr(model[0].model.config, "max_position_embeddings", None)
     if limit is not None and seq + family.position_offset > limit:  # would index past the position table
         raise ValueError(f"{name} has {limit} positions; sequence length {seq} does not fit")
     n_linear, layers, width = _flop_counts(model[0].model)
-    if kind != "full":
+    if kind != "full" and unsloth:
+        model = FastSentenceTransformer.get_peft_model(
+            model, r=16, lora_alpha=32, lora_dropout=0.0, target_modules=list(family.lora_targets),
+            use_gradient_checkpointing=gradient_checkpointing, random_state=seed)
+    elif kind != "full":
         model.add_adapter(LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules=list(family.lora_targets)))
     trained_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     if gradient_checkpointing:
         model[0].auto_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if path.startswith("ours"):
         result.enabled = enable(model, family, compile=path == "ours-compile", allow_cpu=path == "ours",
-                                packing=path != "ours-padded") or "nothing (see log)"
+                                packing=path != "ours-padded", steps=steps) or "nothing (see log)"
     steady_from = min(10, steps // 2)
     times: dict[int, float] = {}
 
     def mark(step):
-        if step in (1, steady_from, steps):
+        if step in (1, steady_from, LONG_RUN, steps):
             if cuda:
                 torch.cuda.synchronize()
             times[step] = time.perf_counter()
 
-    loop = path in ("ours", "ours-padded")
+    loop = path in ("ours", "ours-padded", "ours-nokernels")
     unavailable = loop_unavailable(model, "MultipleNegativesRankingLoss") if loop else None
     if unavailable:  # what the engine does then: the trainer
         result.enabled += f"; trainer ({unavailable})"
     if loop and not unavailable:
         trainer = PackedTrainer(model, [queries[:rows], documents[:rows]], batch_size=batch, learning_rate=2e-4,
                                 steps=steps, seed=seed, position_offset=family.position_offset,
-                                cuda_graphs=not gradient_checkpointing)
+                                cuda_graphs=not gradient_checkpointing, kernels=path != "ours-nokernels")
         trainer.plan = plan
         records = []
         trainer.fit(on_steps=records.extend, after_step=mark)
         result.losses = [(step, sum(r[1] for r in records[step - 5 : step]) / 5) for step in range(5, steps + 1, 5)]
+        if trainer.kernel_note:
+            result.enabled += f"; {trainer.kernel_note}"
         if trainer.graph_note:
             result.enabled += f"; {trainer.graph_note}"
         elif cuda:
@@ -249,14 +303,23 @@ def run_one(name: str, checkpoint: Path, seq: int, batch: int, method: str, step
             **({"dataloader_num_workers": 2, "dataloader_prefetch_factor": 4, "dataloader_pin_memory": True,
                 "dataloader_persistent_workers": True} if path.startswith("ours") and cuda else {}),
         )
+        if path == "unsloth-compile":  # what Unsloth's trainer patch runs once max_steps passes its break-even
+            FastSentenceTransformer._apply_torch_compile(model, mode=getattr(model, "_compile_mode", None) or "default")
+            model._compile_pending = False
         clock = _Clock(mark)
         trainer = SentenceTransformerTrainer(
             model=model, args=args, train_dataset=data, loss=MultipleNegativesRankingLoss(model), callbacks=[clock.callback]
         )
+        if unsloth:
+            result.enabled = _unsloth_note(model, batch, seq)
         trainer.train()
         result.losses = clock.losses
+    trained = time.perf_counter()
     model.save(str(workdir / "model"))
-    result.end_to_end_s = time.perf_counter() - start
+    saved = time.perf_counter()
+    result.end_to_end_s = saved - start
+    if steps >= LONG_RUN:  # the same run stopped at LONG_RUN steps: its time then, plus the save
+        result.end_to_end_600_s = times[LONG_RUN] - start + saved - trained
     result.first_step_s = times[1] - start
     result.pairs_per_s = (steps - steady_from) * batch / (times[steps] - times[steady_from])
     result.peak_gib = torch.cuda.max_memory_allocated() / 2**30 if cuda else 0.0
@@ -276,6 +339,86 @@ def run_one(name: str, checkpoint: Path, seq: int, batch: int, method: str, step
     del trainer, model
     gc.collect()
     return result
+
+
+def warm_up(device: str) -> None:
+    """CUDA context and cuBLAS start-up belong to no method."""
+    if device == "cuda":
+        import torch
+
+        (torch.randn(256, 256, device="cuda") @ torch.randn(256, 256, device="cuda")).sum().item()
+
+
+def _one_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0] if text else ''}"[:200]
+
+
+def run_in_unsloth_process(name: str, checkpoint: Path, seq: int, batch: int, method: str, steps: int, device: str,
+                           seed: int, workdir: Path, gradient_checkpointing: bool = False) -> Result:
+    """One unsloth row in a child `python -m bench.speed --unsloth-child SPEC`: Unsloth has to be imported before
+    transformers and patches transformers, PEFT and sentence-transformers for the whole process, so it gets a
+    process of its own and the other rows stay stock. The child's Result comes back as JSON in a file."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    out = workdir / "unsloth-result.json"
+    spec = dict(name=name, checkpoint=str(checkpoint), seq=seq, batch=batch, method=method, steps=steps, device=device,
+                seed=seed, workdir=str(workdir), gradient_checkpointing=gradient_checkpointing, out=str(out))
+    env = dict(os.environ)
+    paths = ([str(UNSLOTH_BUNDLE)] if UNSLOTH_BUNDLE.is_dir() else []) + [str(ROOT), env.get("PYTHONPATH", "")]
+    env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
+    if device == "cuda":  # leave the child the card's memory
+        import torch
+
+        torch.cuda.empty_cache()
+    code = subprocess.run([sys.executable, "-m", "bench.speed", "--unsloth-child", json.dumps(spec)], env=env).returncode
+    if out.exists():
+        return Result(**json.loads(out.read_text()))
+    return Result(name, seq, batch, method, steps, error=f"the unsloth process exited with code {code} (its log is above)")
+
+
+def write_sentence_transformer(name: str, checkpoint: Path, seq: int, directory: Path) -> Path:
+    """The bench checkpoint as a SentenceTransformer folder (modules.json: Transformer + the family's pooling), the
+    form Unsloth's FastSentenceTransformer supports best (it guesses the pooling of a bare transformers folder)."""
+    from bench.models import load
+
+    load(name, checkpoint, max_seq_length=seq, device="cpu").save(str(directory))
+    return directory
+
+
+def run_unsloth_child(spec: dict) -> None:
+    """The child side of run_in_unsloth_process: Unsloth first, then the row; writes the Result to spec["out"]."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    os.environ.setdefault("UNSLOTH_DISABLE_STATISTICS", "1")  # it would fetch a file from the Hub
+    os.environ.setdefault("UNSLOTH_DISABLE_CPU_FALLBACK", "1")  # no GPU: fail the import, do not train on the CPU
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # every model here is a local folder
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    workdir = Path(spec["workdir"])
+    # Unsloth writes generated trainer sources into ./unsloth_compiled_cache: keep them out of the repo. Fresh
+    # compile caches too, so unsloth-compile pays a first compile, as a user does, not stock-compile's leftovers.
+    os.environ["UNSLOTH_COMPILE_LOCATION"] = str(workdir / "unsloth_compiled_cache")
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(workdir / "inductor")
+    os.environ["TRITON_CACHE_DIR"] = str(workdir / "triton")
+    name, seq, batch, method, steps = (spec[key] for key in ("name", "seq", "batch", "method", "steps"))
+    result = Result(name, seq, batch, method, steps)
+    began = time.perf_counter()
+    try:
+        importlib.import_module("unsloth").FastSentenceTransformer  # before anything imports transformers
+    except Exception as error:  # no GPU, not installed, a version it refuses, or its CPU backend (no such class)
+        where = "" if UNSLOTH_BUNDLE.is_dir() else f"; no {UNSLOTH_BUNDLE.relative_to(ROOT)} here"
+        result.skipped = f"import unsloth failed: {_one_line(error)}{where}"
+    else:
+        imported = time.perf_counter() - began
+        try:
+            warm_up(spec["device"])
+            checkpoint = write_sentence_transformer(name, Path(spec["checkpoint"]), seq, workdir / "checkpoint")
+            queries, documents = load_pairs(seq, join=max(1, seq // 256))
+            result = run_one(name, checkpoint, seq, batch, method, steps, spec["device"], queries, documents,
+                             spec["seed"], workdir, gradient_checkpointing=spec["gradient_checkpointing"])
+            result.enabled += f"; import unsloth took {imported:.1f} s (not in end to end, like stock's imports)"
+        except Exception as error:
+            logging.exception("run failed")
+            result.error = f"{type(error).__name__}: {str(error)[:120]}"
+    Path(spec["out"]).write_text(json.dumps(asdict(result)))
 
 
 def loss_gap(result: Result, stock: Result, after: int = 20) -> float | None:
@@ -311,6 +454,23 @@ def card(device: str) -> str:
     return f"CPU ({os.cpu_count()} cores, {platform.processor() or platform.machine()})"
 
 
+def end_to_end_600(result: Result) -> tuple[float, bool]:
+    """(seconds from load to a LONG_RUN-step run saved, whether projected): measured when the run had LONG_RUN steps
+    or more, else its end to end plus the missing steps at its steady-state seconds per step."""
+    if result.end_to_end_600_s:
+        return result.end_to_end_600_s, False
+    return result.end_to_end_s + (LONG_RUN - result.steps) * result.batch / result.pairs_per_s, True
+
+
+def _ran(result: Result) -> bool:
+    return not (result.error or result.skipped)
+
+
+def _stock_key(r: Result) -> tuple:
+    """The stock row a row is compared with: same model, length, batch, steps and weights (LoRA, QLoRA, full)."""
+    return r.model, r.seq, r.batch, r.steps, _variant(r.method)[1]
+
+
 def write_report(results: list[Result], path: Path, device: str, command: str, plot: str | None) -> None:
     lines = [
         "# Training speed",
@@ -325,22 +485,37 @@ def write_report(results: list[Result], path: Path, device: str, command: str, p
         "- pairs/s: steady state, from step min(10, steps/2) to the last; end to end: load -> trained -> adapter saved, compile included;",
         f"  utilisation: useful FLOPs (4NT + 6PT + 12 L d S2) over {PEAK_TFLOPS:.0f} TFLOP/s; loss gap: largest relative",
         "  difference from stock's loss at the logged steps (every 5) after step 20.",
-        "",
-        "| model | seq | batch | method | pairs/s | x stock | end to end s | x stock | first step s | real tok/s | util % | peak GiB | loss gap | enabled |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        f"- {LONG_RUN}-step end to end: measured where a run had {LONG_RUN} steps or more; marked ~ where projected from",
+        f"  this run: its end to end + ({LONG_RUN} - steps) x its steady-state seconds per step (the same code path: an",
+        "  unsloth row that Unsloth would compile by itself at that length, see enabled, is closer to unsloth-compile).",
     ]
-    stocks = {(r.model, r.seq, r.batch, _variant(r.method)[1]): r for r in results
-              if _variant(r.method)[0] == "stock" and not r.error}
+    if any(_variant(r.method)[0].startswith("unsloth") for r in results):
+        lines += [
+            "- unsloth rows: Unsloth's `FastSentenceTransformer.from_pretrained` + `get_peft_model` (bf16 weights, its",
+            "  default; QLoRA: its NF4 with double quantization) trained by the same SentenceTransformerTrainer, each",
+            "  row in a process of its own, so the other rows ran without Unsloth's patches.",
+        ]
+    lines += [
+        "",
+        f"| model | seq | batch | steps | method | pairs/s | x stock | end to end s | x stock | {LONG_RUN}-step end to end s (~ projected) "
+        "| x stock | first step s | real tok/s | util % | peak GiB | loss gap | enabled |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    stocks = {_stock_key(r): r for r in results if _variant(r.method)[0] == "stock" and _ran(r)}
     for r in results:
-        if r.error:
-            lines.append(f"| {r.model} | {r.seq} | {r.batch} | {r.method} | failed: {r.error} |  |  |  |  |  |  |  |  |  |")
+        if not _ran(r):
+            outcome = f"skipped: {r.skipped}" if r.skipped else f"failed: {r.error}"
+            lines.append(f"| {r.model} | {r.seq} | {r.batch} | {r.steps} | {r.method} | {outcome} |" + "  |" * 11)
             continue
-        stock = stocks.get((r.model, r.seq, r.batch, _variant(r.method)[1]))
+        stock = stocks.get(_stock_key(r))
         speed = f"{r.pairs_per_s / stock.pairs_per_s:.2f}" if stock else ""
         wall = f"{stock.end_to_end_s / r.end_to_end_s:.2f}" if stock else ""
+        long, projected = end_to_end_600(r)
+        long_wall = f"{end_to_end_600(stock)[0] / long:.2f}" if stock else ""
         gap = loss_gap(r, stock) if stock and r is not stock else None
         lines.append(
-            f"| {r.model} | {r.seq} | {r.batch} | {r.method} | {r.pairs_per_s:.0f} | {speed} | {r.end_to_end_s:.1f} | {wall} "
+            f"| {r.model} | {r.seq} | {r.batch} | {r.steps} | {r.method} | {r.pairs_per_s:.0f} | {speed} | {r.end_to_end_s:.1f} | {wall} "
+            f"| {'~' if projected else ''}{long:.1f} | {long_wall} "
             f"| {r.first_step_s:.1f} | {r.real_tokens_per_s / 1e3:.0f}k | {100 * r.utilisation:.1f} | {r.peak_gib:.1f} "
             f"| {'' if gap is None else f'{100 * gap:.1f}%'} | {r.enabled} |"
         )
@@ -357,11 +532,14 @@ def write_plot(results: list[Result], path: Path) -> bool:
         import matplotlib.pyplot as plt
     except ImportError:
         return False
-    ok = [r for r in results if not r.error]
-    stocks = {(r.model, r.seq, r.batch, _variant(r.method)[1]): r for r in ok if _variant(r.method)[0] == "stock"}
-    bars = [(r, stocks.get((r.model, r.seq, r.batch, _variant(r.method)[1]))) for r in ok if _variant(r.method)[0] != "stock"]
+    ok = [r for r in results if _ran(r)]
+    stocks = {_stock_key(r): r for r in ok if _variant(r.method)[0] == "stock"}
+    bars = [(r, stocks.get(_stock_key(r))) for r in ok if _variant(r.method)[0] != "stock"]
     bars = [(r, stock) for r, stock in bars if stock is not None]
-    groups = list(dict.fromkeys(f"{r.model}\nseq {r.seq}" for r, _ in bars))
+    def group(r):
+        return f"{r.model}\nseq {r.seq}" + (f", {r.steps} steps" if r.steps != bars[0][0].steps else "")
+
+    groups = list(dict.fromkeys(group(r) for r, _ in bars))
     methods = list(dict.fromkeys(r.method for r, _ in bars))
     fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(groups)), 4))
     width = 0.8 / max(1, len(methods))
@@ -369,7 +547,7 @@ def write_plot(results: list[Result], path: Path) -> bool:
         xs, ys = [], []
         for r, stock in bars:
             if r.method == method:
-                xs.append(groups.index(f"{r.model}\nseq {r.seq}") + i * width)
+                xs.append(groups.index(group(r)) + i * width)
                 ys.append(r.pairs_per_s / stock.pairs_per_s)
         ax.bar(xs, ys, width, label=method)
     ax.axhline(1.0, color="black", linewidth=0.8)
@@ -386,15 +564,23 @@ def write_plot(results: list[Result], path: Path) -> bool:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
-    parser.add_argument("--only", nargs="*", help="rows as model:seq:batch:method,method (default: the device's plan)")
+    parser.add_argument("--only", nargs="*", help="rows as model:seq:batch:method,method[:steps] (default: the device's plan)")
     parser.add_argument("--steps", type=int, default=None, help="steps per run (default 60 on cuda, 16 on cpu)")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"))
-    parser.add_argument("--plot", default=str(ROOT / "bench" / "speed.png"))
+    parser.add_argument("--plot", default=None, help="bar chart of pairs/s over stock (default: bench/speed.png with the "
+                        "default --out, else beside --out with .png; '' for none)")
     parser.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations in backward")
     parser.add_argument("--json", default=None, help="also write every result (loss curves too) as JSON here")
     parser.add_argument("--from-json", nargs="*", help="no runs: rewrite the report from results saved by --json")
+    parser.add_argument("--unsloth-child", metavar="SPEC", help=argparse.SUPPRESS)  # run_in_unsloth_process's child
     args = parser.parse_args(argv)
+    if args.plot is None:  # a report written elsewhere must not overwrite the committed chart
+        out = Path(args.out)
+        args.plot = str(ROOT / "bench" / "speed.png" if out.resolve() == ROOT / "BENCHMARKS.md" else out.with_suffix(".png"))
+    if args.unsloth_child:  # before anything imports torch or transformers
+        run_unsloth_child(json.loads(args.unsloth_child))
+        return
 
     import torch
 
@@ -414,14 +600,14 @@ def main(argv: list[str] | None = None) -> None:
 
     from bench.models import build
 
-    if device == "cuda":  # context and cuBLAS start-up belong to no method
-        (torch.randn(256, 256, device="cuda") @ torch.randn(256, 256, device="cuda")).sum().item()
+    warm_up(device)
     results: list[Result] = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         for row in plan:
-            name, seq, batch, methods = row.split(":")
+            name, seq, batch, methods, *row_steps = row.split(":")
             seq, batch = int(seq), int(batch)
+            run_steps = int(row_steps[0]) if row_steps else steps
             checkpoint = tmp / name
             if not checkpoint.exists():
                 build(name, checkpoint)
@@ -429,11 +615,15 @@ def main(argv: list[str] | None = None) -> None:
             for method in methods.split(","):
                 print(f"== {name} seq {seq} batch {batch} {method}", flush=True)
                 try:
-                    result = run_one(name, checkpoint, seq, batch, method, steps, device, queries, documents,
-                                     args.seed, tmp / "run", gradient_checkpointing=args.gradient_checkpointing)
+                    if method.startswith("unsloth"):
+                        result = run_in_unsloth_process(name, checkpoint, seq, batch, method, run_steps, device, args.seed,
+                                                        tmp / "run", gradient_checkpointing=args.gradient_checkpointing)
+                    else:
+                        result = run_one(name, checkpoint, seq, batch, method, run_steps, device, queries, documents,
+                                         args.seed, tmp / "run", gradient_checkpointing=args.gradient_checkpointing)
                 except Exception as error:  # one failed row must not lose the others
                     logging.exception("run failed")
-                    result = Result(name, seq, batch, method, steps, error=f"{type(error).__name__}: {str(error)[:120]}")
+                    result = Result(name, seq, batch, method, run_steps, error=f"{type(error).__name__}: {str(error)[:120]}")
                 shutil.rmtree(tmp / "run", ignore_errors=True)
                 results.append(result)
                 print(json.dumps({k: v for k, v in asdict(result).items() if k != "losses"}), flush=True)

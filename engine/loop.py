@@ -154,7 +154,7 @@ class PackedTrainer:
     def __init__(self, st_model, columns: list[list[str]], *, batch_size: int, learning_rate: float,
                  steps: int | None = None, epochs: float = 1.0, warmup_ratio: float = 0.0, seed: int = 42,
                  position_offset: int = 0, scale: float = 20.0, max_grad_norm: float = 1.0,
-                 cuda_graphs: bool = True, bucketed: bool | None = None):
+                 cuda_graphs: bool = True, bucketed: bool | None = None, kernels: bool = True):
         self.model = st_model
         self.transformer = st_model[0]
         self.hf = self.transformer.model
@@ -200,6 +200,13 @@ class PackedTrainer:
             self.optimizer = torch.optim.AdamW(self.params, lr=learning_rate, weight_decay=0.0)
         self.amp = torch.bfloat16 if self.cuda else None
         self.graphs_on = self.cuda and cuda_graphs
+        # Replayed from graphs, the Triton RoPE / RMSNorm / gated-activation kernels cost one launch each;
+        # eager, their Python-side cost can exceed the GPU time they save.
+        self.kernel_note = None
+        if self.graphs_on and kernels:
+            from engine.kernels import patch_layers
+
+            self.kernel_note = patch_layers(self.hf)
         self.graphs: dict[tuple, object] = {}  # shape key -> "warm" or a CUDAGraph
         self.static: dict[tuple, dict] = {}
         self.out = torch.zeros(2, device=self.device)  # loss, grad norm of the last step

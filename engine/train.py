@@ -386,8 +386,9 @@ def _train_packed(config: TrainConfig, model, train_rows, events: EventLog, stop
     every = math.gcd(*intervals) if intervals else None
     events.status("training", f"{config.method} on {config.model} (packed loop)")
     steps = trainer.fit(on_steps=on_steps, stop=stop, every=every, on_every=on_every)
-    if trainer.graph_note:
-        events.log(trainer.graph_note)
+    for note in (trainer.kernel_note, trainer.graph_note):
+        if note:
+            events.log(note)
     if stop.is_set():
         _save_loop_checkpoint(trainer, checkpoint_dir, events)
     return steps
