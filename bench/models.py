@@ -25,7 +25,7 @@ def _config(name: str):
             vocab_size=250002, hidden_size=1024, num_hidden_layers=24, num_attention_heads=16,
             intermediate_size=4096, max_position_embeddings=8194, pad_token_id=1,
         ),
-        "mpnet-base": lambda: tf.MPNetConfig(vocab_size=30527),
+        "mpnet-base": lambda: tf.MPNetConfig(vocab_size=30527, max_position_embeddings=514),  # as all-mpnet-base-v2
         "modernbert-base": lambda: tf.ModernBertConfig(),
         "qwen3-0.6b": lambda: tf.Qwen3Config(
             vocab_size=151669, hidden_size=1024, num_hidden_layers=28, num_attention_heads=16, num_key_value_heads=8,

@@ -73,6 +73,7 @@ GPU_PLAN = (
     "embeddinggemma-300m:256:64:stock,ours",
     # long sequences (BERT has 512 positions)
     "bert-base:512:32:stock,ours",
+    "mpnet-base:512:32:stock,ours",  # MPNet's limit too
     "xlm-roberta-large:1024:16:stock,ours",
     "modernbert-base:1024:32:stock,ours",
     "qwen3-0.6b:1024:16:stock,ours",
