@@ -193,7 +193,7 @@ def _enable_packing(transformer, hf_model, family) -> str:
 
         if not patch_mpnet(hf_model):
             raise ValueError(f"{family.name}: no MPNet attention layers found to patch")
-        description = "packed FlexAttention (relative position bias"
+        description = "packed attention with relative position bias (FlexAttention on CUDA"
     # What sentence-transformers' own `_can_flatten_inputs` sets up for flash attention.
     transformer.data_collator = DataCollatorWithFlattening(
         return_seq_idx=True, return_flash_attn_kwargs=True, return_position_ids=True

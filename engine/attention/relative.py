@@ -45,7 +45,7 @@ class PackedRelativeBias:
     cu_seqlens: torch.Tensor  # (sequences + 1,) int32
     doc: torch.Tensor  # (T,) long: the sequence each token belongs to
     pos: torch.Tensor  # (T,) long: its position inside that sequence
-    block_mask: object | None  # FlexAttention BlockMask (CUDA only)
+    block_mask: object | None  # FlexAttention BlockMask; None: the per-sequence reference runs
 
 
 def bias_table(encoder) -> torch.Tensor:
