@@ -9,8 +9,8 @@ bf16 inputs at the shapes a training step sees. Each time is the median of
 `torch.autograd.grad`, and of `triton.testing.do_bench_cudagraph` over the same step captured in a
 CUDA graph (as the packed loop replays it: the Python-side cost of a call, ~80 us for ours, drops
 out). "torch" is what the code does without our kernels: the add and LayerNorm /
-RMSNorm as transformers writes them, mean pooling as engine/loop.py does it (index_add over a
-precomputed sequence id per token, fp32 out as ours here), MultipleNegativesRankingLoss's full
+RMSNorm as transformers writes them, mean pooling as engine/loop.py does it (`sequence_means`:
+index_add over a precomputed sequence id per token, fp32 out as ours here), MultipleNegativesRankingLoss's full
 matrix (and once, chunked_contrastive_loss_torch); "compiled" is the torch function through
 torch.compile (compiling is most of the run's time). Peak MiB is the device memory beyond the
 inputs at the peak of one forward + backward.
@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from engine.kernels.contrastive import chunked_contrastive_loss_torch, contrastive_loss, contrastive_loss_reference
 from engine.kernels.norm import add_layer_norm, add_rms_norm, add_rms_norm_reference
-from engine.kernels.pooling import mean_pool
+from engine.kernels.pooling import mean_pool, sequence_means
 
 
 @dataclass
@@ -50,8 +50,7 @@ def torch_rms_norm(x, residual, weight):
 
 
 def torch_mean_pool(hidden, seq_idx, lengths):
-    sums = hidden.new_zeros(lengths.shape[0] + 1, hidden.shape[-1], dtype=torch.float32)
-    return F.normalize(sums.index_add_(0, seq_idx, hidden.float())[:-1] / lengths[:, None], dim=-1)
+    return F.normalize(sequence_means(hidden, seq_idx, lengths), dim=-1)
 
 
 def cases() -> list[Case]:

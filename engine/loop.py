@@ -42,6 +42,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from engine.kernels.pooling import sequence_means
+
 logger = logging.getLogger(__name__)
 
 LOSSES = ("MultipleNegativesRankingLoss",)
@@ -295,8 +297,7 @@ class PackedTrainer:
         elif self.pooling == "lasttoken":
             pooled = hidden[(b["cu_seqlens"][1 : n_real + 1] - 1).long()]
         else:
-            sums = hidden.new_zeros(n_real + 1, hidden.shape[-1], dtype=torch.float32)
-            pooled = sums.index_add_(0, b["seq_idx"], hidden.float())[:n_real] / b["lengths"][:, None]
+            pooled = sequence_means(hidden, b["seq_idx"], b["lengths"])
         return self._after_pooling(pooled)
 
     def _embed_padded(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -32,14 +32,20 @@ except ImportError:  # the reference serves
 logger = logging.getLogger(__name__)
 
 
+def sequence_means(hidden, seq_idx, lengths):
+    """Plain PyTorch, no host sync (the packed loop runs it inside CUDA graphs): (n, d) means, summed in
+    fp32 or wider. seq_idx (tokens,) long: each token's sequence, n for fillers (dropped); lengths (n,)."""
+    acc_dtype = torch.promote_types(hidden.dtype, torch.float32)
+    sums = hidden.new_zeros(lengths.shape[0] + 1, hidden.shape[-1], dtype=acc_dtype)
+    sums.index_add_(0, seq_idx, hidden.to(acc_dtype))
+    return sums[:-1] / lengths[:, None]
+
+
 def mean_pool_reference(hidden, cu_seqlens, normalize: bool = True, eps: float = 1e-12, out_dtype=None):
     """Plain PyTorch (host syncs: for CPUs and tests). Same contract as `mean_pool`."""
     lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).long()
     seq_ids = torch.repeat_interleave(torch.arange(len(lengths), device=hidden.device), lengths)
-    acc_dtype = torch.promote_types(hidden.dtype, torch.float32)
-    sums = hidden.new_zeros(len(lengths), hidden.shape[1], dtype=acc_dtype)
-    sums.index_add_(0, seq_ids, hidden[: len(seq_ids)].to(acc_dtype))
-    means = sums / lengths.clamp(min=1)[:, None]
+    means = sequence_means(hidden[: len(seq_ids)], seq_ids, lengths.clamp(min=1))
     out = F.normalize(means, dim=-1, eps=eps) if normalize else means
     return out.to(out_dtype or hidden.dtype)
 
