@@ -253,8 +253,9 @@ def run_one(name: str, checkpoint: Path, seq: int, batch: int, method: str, step
     trained_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     if gradient_checkpointing:
         model[0].auto_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    loop = path in ("ours", "ours-padded", "ours-nokernels")
     if path.startswith("ours"):
-        result.enabled = enable(model, family, compile=path == "ours-compile", allow_cpu=path == "ours",
+        result.enabled = enable(model, family, compile=path == "ours-compile", allow_cpu=loop,
                                 packing=path != "ours-padded", steps=steps) or "nothing (see log)"
     steady_from = min(10, steps // 2)
     times: dict[int, float] = {}
@@ -265,7 +266,6 @@ def run_one(name: str, checkpoint: Path, seq: int, batch: int, method: str, step
                 torch.cuda.synchronize()
             times[step] = time.perf_counter()
 
-    loop = path in ("ours", "ours-padded", "ours-nokernels")
     unavailable = loop_unavailable(model, "MultipleNegativesRankingLoss") if loop else None
     if unavailable:  # what the engine does then: the trainer
         result.enabled += f"; trainer ({unavailable})"
