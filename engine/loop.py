@@ -15,8 +15,9 @@ batches without duplicate texts) with far less host work:
   clipping, AdamW) is captured once in a CUDA graph and replayed: one launch instead of thousands;
 - losses are copied back every `READ_EVERY` steps (or `READ_SECONDS`), not every step.
 
-Models without packed attention (MPNet, with its relative position bias) get the same loop over
-padded columns instead, each column's length rounded up to a multiple of 16 on CUDA. On a CPU the
+Models left without packed attention (an MPNet run too short for FlexAttention's compile to pay,
+`engine.attention.enable(steps=...)`) get the same loop over padded columns instead, each column's
+length rounded up to a multiple of 16 on CUDA. On a CPU the
 loop runs eagerly, packed through PyTorch's attention (engine.attention.varlen's reference).
 
 A shape's first step runs eagerly (that warms kernels and allocates gradients and optimizer state
@@ -461,23 +462,23 @@ class PackedTrainer:
 
 def _position_bias_on_device(model: torch.nn.Module) -> None:
     """MPNet builds its relative-position buckets on the host and copies them over every forward,
-    which no CUDA graph can hold: build them on the device, once per length (the bias lookup itself,
-    which may be trained, still runs every forward)."""
+    which no CUDA graph can hold: look the bias up on the device instead, from the packed path's
+    table of every distance (`engine.attention.relative.bias_table`, rebuilt each forward: the bias
+    may be trained). Calls with other buckets than MPNet's default 32 keep MPNet's own code."""
+    from engine.attention.relative import REACH, bias_table
+
     for module in model.modules():
         if not (hasattr(module, "compute_position_bias") and hasattr(module, "relative_attention_bias")):
             continue
-        original, buckets = module.compute_position_bias, {}
+        original = module.compute_position_bias
 
-        def compute_position_bias(x, position_ids=None, num_buckets=32, module=module, original=original, buckets=buckets):
-            if position_ids is not None:
+        def compute_position_bias(x, position_ids=None, num_buckets=32, module=module, original=original):
+            if position_ids is not None or num_buckets != 32:
                 return original(x, position_ids, num_buckets)
-            length = x.size(1)
-            key = (length, x.device, num_buckets)
-            if key not in buckets:
-                positions = torch.arange(length, device=x.device)
-                buckets[key] = module.relative_position_bucket(positions[None, :] - positions[:, None], num_buckets=num_buckets)
-            values = module.relative_attention_bias(buckets[key]).permute(2, 0, 1).unsqueeze(0)
-            return values.expand(x.size(0), -1, length, length).contiguous()
+            positions = torch.arange(x.size(1), device=x.device)
+            distance = (positions[None, :] - positions[:, None]).clamp(-REACH, REACH) + REACH
+            values = bias_table(module)[:, distance].to(module.relative_attention_bias.weight.dtype)
+            return values.unsqueeze(0).expand(x.size(0), -1, -1, -1).contiguous()
 
         module.compute_position_bias = compute_position_bias
 

@@ -189,11 +189,12 @@ def test_mpnet_position_bias_built_on_the_device_gives_the_same_bias(tmp_path):
 
     model = models.load("tiny-mpnet", models.build("tiny-mpnet", tmp_path / "mpnet"), device="cpu")
     encoder = model[0].model.encoder
-    hidden = torch.randn(3, 37, 64)
-    before = encoder.compute_position_bias(hidden)
+    hiddens = [torch.randn(3, 37, 64), torch.randn(2, 300, 64)]  # 300: distances past MPNet's reach of 128
+    before = [encoder.compute_position_bias(hidden) for hidden in hiddens]
     _position_bias_on_device(model[0].model)
-    assert encoder.compute_position_bias is not before
-    torch.testing.assert_close(encoder.compute_position_bias(hidden), before)
+    assert "compute_position_bias" in vars(encoder)  # the device-side lookup is installed
+    for hidden, expected in zip(hiddens, before):
+        torch.testing.assert_close(encoder.compute_position_bias(hidden), expected)
 
 
 def test_train_with_the_loop_emits_progress_checkpoints_and_evaluations(tmp_path):
