@@ -22,12 +22,15 @@ loop runs eagerly, packed through PyTorch's attention (engine.attention.varlen's
 
 A shape's first step runs eagerly (that warms kernels and allocates gradients and optimizer state
 outside any graph); its second is captured. If a capture fails, the loop says why once and goes on
-eagerly. tests/test_loop.py checks the math step by step against the stock padded forward.
+eagerly. Under gradient checkpointing steps are captured too, unless the forward draws random numbers
+(`checkpointing_blocks_graphs`). tests/test_loop.py checks the math step by step against the stock
+padded forward.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import logging
 import math
@@ -203,6 +206,10 @@ class PackedTrainer:
             self.optimizer = torch.optim.AdamW(self.params, lr=learning_rate, weight_decay=0.0)
         self.amp = torch.bfloat16 if self.cuda else None
         self.graphs_on = self.cuda and cuda_graphs
+        self.graph_note: str | None = checkpointing_blocks_graphs(self.hf) if self.graphs_on else None
+        if self.graph_note:
+            self.graphs_on = False
+            logger.warning(self.graph_note)
         # Replayed from graphs, the Triton RoPE / RMSNorm / gated-activation kernels cost one launch each;
         # eager, their Python-side cost can exceed the GPU time they save.
         self.kernel_note = None
@@ -215,7 +222,6 @@ class PackedTrainer:
         self.out = torch.zeros(2, device=self.device)  # loss, grad norm of the last step
         self.history = torch.zeros(self.total_steps, 2, device=self.device)
         self.step = 0
-        self.graph_note: str | None = None
         self._pool = None  # the CUDA graphs' shared memory pool, made at the first capture
 
     # --- batches -------------------------------------------------------------------------------
@@ -458,6 +464,48 @@ class PackedTrainer:
             for group in self.optimizer.param_groups:
                 group["lr"] = self.lr
         self.step = state["step"]
+
+
+def draws_random(model: torch.nn.Module) -> bool:
+    """Whether a forward of `model` in train mode may draw random numbers: a dropout module with p > 0
+    (PEFT's lora_dropout included; PEFT uses nn.Identity for 0), or a config value named *dropout* above
+    0 (attention dropouts go to the attention functions as floats, not modules). Conservative: a head's
+    dropout in the config counts too."""
+    if any(isinstance(m, torch.nn.modules.dropout._DropoutNd) and m.p > 0 for m in model.modules()):
+        return True
+    config = getattr(model, "config", None)
+    return config is not None and _config_has_dropout(config.to_dict())
+
+
+def _config_has_dropout(values: dict) -> bool:
+    for name, value in values.items():
+        if isinstance(value, dict) and _config_has_dropout(value):  # a sub-config (text, vision)
+            return True
+        if "dropout" in str(name) and isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+            return True
+    return False
+
+
+def checkpointing_blocks_graphs(model: torch.nn.Module) -> str | None:
+    """Make gradient checkpointing capturable in a CUDA graph, or say why it cannot be.
+
+    transformers checkpoints each layer through `torch.utils.checkpoint` with preserve_rng_state=True,
+    which copies the RNG state to the host before every layer so that the backward's recompute draws
+    the same dropout masks; a capture cannot hold that copy. A forward that draws no random numbers
+    recomputes the same values without it, so there each module's checkpoint function is rewrapped
+    with preserve_rng_state=False (its other arguments, use_reentrant, kept) and None is returned.
+    With dropout the saved state is needed: returns the reason graphs must stay off."""
+    if not getattr(model, "is_gradient_checkpointing", False):
+        return None
+    if draws_random(model):
+        return ("CUDA graphs off: gradient checkpointing with dropout saves the RNG state on the host every "
+                "layer, which a CUDA graph capture cannot hold; set dropout and lora_dropout to 0, or turn "
+                "checkpointing off, to keep graphs")
+    for module in model.modules():
+        checkpoint = getattr(module, "_gradient_checkpointing_func", None)
+        if checkpoint is not None:
+            module._gradient_checkpointing_func = functools.partial(checkpoint, preserve_rng_state=False)
+    return None
 
 
 def _position_bias_on_device(model: torch.nn.Module) -> None:

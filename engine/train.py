@@ -360,7 +360,6 @@ def _train_packed(config: TrainConfig, model, train_rows, events: EventLog, stop
     trainer = PackedTrainer(
         model, columns, batch_size=config.batch_size, learning_rate=config.learning_rate, steps=config.max_steps,
         epochs=config.epochs, warmup_ratio=config.warmup_ratio, seed=config.seed, position_offset=position_offset,
-        cuda_graphs=not config.gradient_checkpointing,  # recomputation saves RNG state, which a capture cannot
     )
     if resume:
         trainer.load_state(resume)

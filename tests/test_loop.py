@@ -15,7 +15,8 @@ import torch
 from bench import models
 from engine.attention import enable
 from engine.families import family_by_name
-from engine.loop import BUCKET, PackedTrainer, linear_schedule, loop_unavailable, no_duplicate_batches
+from engine.loop import (BUCKET, PackedTrainer, checkpointing_blocks_graphs, draws_random, linear_schedule,
+                         loop_unavailable, no_duplicate_batches)
 
 ANCHORS = [f"what does package {i} do for topic {i % 5}" for i in range(24)] + ["shared query"] * 2
 POSITIVES = [f"package {i} is a tool about topic {i % 5} with feature {i * 3} " * (1 + i % 4) for i in range(24)]
@@ -164,6 +165,67 @@ def test_loop_reports_what_it_cannot_train(bert):
     packed, _ = lora_model("tiny-bert", bert, packed=True)
     assert loop_unavailable(packed, "MultipleNegativesRankingLoss") is None
     assert "CoSENTLoss" in loop_unavailable(packed, "CoSENTLoss")
+
+
+@pytest.fixture(scope="module")
+def qwen3(tmp_path_factory):
+    return models.build("tiny-qwen3", tmp_path_factory.mktemp("m") / "qwen3")
+
+
+def test_draws_random_sees_dropout_modules_config_dropouts_and_lora_dropout(bert, qwen3):
+    from peft import LoraConfig
+
+    hf = models.load("tiny-bert", bert, device="cpu")[0].model
+    assert draws_random(hf)  # BERT's dropout 0.1, as built
+    for module in hf.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    assert draws_random(hf)  # the config still says 0.1: conservative
+    hf.config.hidden_dropout_prob = hf.config.attention_probs_dropout_prob = 0.0
+    assert not draws_random(hf)
+
+    model = models.load("tiny-qwen3", qwen3, device="cpu")
+    assert not draws_random(model[0].model)  # Qwen3's only dropout is attention_dropout=0.0
+    model[0].model.config.attention_dropout = 0.1  # a float handed to attention, no module
+    assert draws_random(model[0].model)
+    model[0].model.config.attention_dropout = 0.0
+    targets = list(family_by_name("qwen3").lora_targets)
+    model.add_adapter(LoraConfig(r=4, lora_alpha=8, lora_dropout=0.1, target_modules=targets))
+    assert draws_random(model[0].model)
+
+
+def test_checkpointing_without_dropout_recomputes_without_the_host_rng_copy(qwen3):
+    """Graphs stay on under checkpointing when nothing draws random numbers: the checkpoint functions
+    lose only preserve_rng_state, the recompute runs and the gradients are the stock ones."""
+    torch.manual_seed(0)
+    ids = torch.randint(5, 1000, (3, 17))
+    mask = torch.ones_like(ids)
+    mask[1, 11:] = 0
+    grads = []
+    for checkpointing in (False, True):
+        hf = models.load("tiny-qwen3", qwen3, device="cpu")[0].model.train()
+        layer_calls = []
+        hf.layers[0].register_forward_pre_hook(lambda *_: layer_calls.append(1))
+        if checkpointing:
+            hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            assert checkpointing_blocks_graphs(hf) is None
+            assert hf.layers[0]._gradient_checkpointing_func.keywords == {"use_reentrant": False, "preserve_rng_state": False}
+        hf(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state.square().mean().backward()
+        assert len(layer_calls) == (2 if checkpointing else 1)  # forward, and the backward's recompute
+        grads.append({n: p.grad for n, p in hf.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 10
+    for name, grad in grads[0].items():
+        assert torch.allclose(grads[1][name], grad, rtol=1e-5, atol=1e-7), name
+
+
+def test_checkpointing_with_dropout_keeps_graphs_off_and_says_why(bert):
+    hf = models.load("tiny-bert", bert, device="cpu")[0].model
+    assert checkpointing_blocks_graphs(hf) is None  # no checkpointing: nothing to decide
+    hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    note = checkpointing_blocks_graphs(hf)
+    assert note and "CUDA graphs off" in note and "dropout" in note
+    # the RNG state is still saved: dropout masks must repeat in the recompute
+    assert hf.encoder.layer[0]._gradient_checkpointing_func.keywords == {"use_reentrant": False}
 
 
 @pytest.mark.parametrize("bucketed", [False, True])

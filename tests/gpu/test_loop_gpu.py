@@ -1,5 +1,5 @@
 """The packed loop on CUDA, as `lacker train` runs it on a GPU: bf16, CUDA graphs, every family packed
-(MPNet through FlexAttention), and MPNet padded.
+(MPNet through FlexAttention), and MPNet padded; with gradient checkpointing too.
 Its per-step losses against the stock padded loop (tests/test_loop.py's reference) on the same batches,
 dropout off: `pytest -m gpu tests/gpu`."""
 
@@ -36,6 +36,27 @@ def test_graphed_loop_matches_the_stock_loop_on_cuda(name, packed, tmp_path):
     assert any(not isinstance(g, str) for g in trainer.graphs.values()), "no step ran from a CUDA graph"
     losses = [r[1] for r in records]
     # bf16 both ways: 2%, or 0.02 absolute once the loss is small
+    assert losses == pytest.approx(expected, rel=0.02, abs=0.02), list(zip(losses, expected))
+
+
+@pytest.mark.parametrize("name", ["tiny-gemma3", "tiny-qwen3"])
+def test_graphed_loop_with_gradient_checkpointing_matches_the_stock_loop(name, tmp_path):
+    """No dropout, so checkpointing recomputes without saving the RNG state on the host and the
+    steps are still captured (engine.loop.checkpointing_blocks_graphs)."""
+    checkpoint = models.build(name, tmp_path / name)
+    columns = [ANCHORS * 4, [p + " more" * (i % 3) for i, p in enumerate(POSITIVES * 4)], NEGATIVES * 4]
+    packed_model, family = lora_model(name, checkpoint, packed=True, device="cuda")
+    packed_model[0].auto_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    stock_model, _ = lora_model(name, checkpoint, packed=False, device="cuda")
+    trainer = PackedTrainer(packed_model, columns, batch_size=8, learning_rate=2e-3, steps=12, warmup_ratio=0.1,
+                            position_offset=family.position_offset)
+    records = []
+    trainer.fit(on_steps=records.extend)
+    expected = reference_losses(stock_model, trainer.plan, columns, 12, 2e-3, trainer.warmup)
+
+    assert packed_model[0].auto_model.is_gradient_checkpointing and trainer.graph_note is None
+    assert any(not isinstance(g, str) for g in trainer.graphs.values()), "no step ran from a CUDA graph"
+    losses = [r[1] for r in records]
     assert losses == pytest.approx(expected, rel=0.02, abs=0.02), list(zip(losses, expected))
 
 
