@@ -89,7 +89,13 @@ def cases() -> list[Case]:
 
 
 def forward_backward(fn: Callable, inputs: list) -> Callable[[], None]:
-    wrt = [t for t in inputs if t.requires_grad]
+    # Gradients with respect to the leaf tensors: an input that is a view (RoPE's q and k, transposed
+    # out of a projection) gets its gradient through its base, as in a model.
+    wrt = []
+    for t in inputs:
+        leaf = t._base if t.grad_fn is not None and t._base is not None else t
+        if t.requires_grad and not any(leaf is w for w in wrt):
+            wrt.append(leaf)
 
     def run():
         outs = fn(*inputs)
@@ -112,6 +118,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", help="also write the markdown table here")
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile of the torch versions")
+    parser.add_argument("--only", help="only the ops whose name contains this text (e.g. RoPE)")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("bench.kernels times CUDA kernels; no CUDA device here")
@@ -131,6 +138,8 @@ def main() -> None:
             "| peak MiB ours | peak MiB torch |",
             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for case in cases():
+        if args.only and args.only.lower() not in case.op.lower():
+            continue
         ours, plain = forward_backward(case.ours, case.inputs), forward_backward(case.torch, case.inputs)
         t_ours, t_torch = ms(ours), ms(plain)
         g_ours, g_torch = ms_graph(ours), ms_graph(plain)

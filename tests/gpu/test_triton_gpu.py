@@ -76,7 +76,6 @@ def _inputs(op, gen):
     return [embeddings[:200].cuda().bfloat16().requires_grad_(), embeddings[200:].cuda().bfloat16().requires_grad_()]
 
 
-@pytest.mark.parametrize("op", [_norm_step, _pool_step, _contrastive_step])
 def capture(step):
     """Run `step` once on a side stream (Triton compiles there, outside any capture), then capture it
     in a CUDA graph; returns the graph and the captured step's outputs (refreshed by each replay)."""
@@ -91,6 +90,7 @@ def capture(step):
     return graph, captured
 
 
+@pytest.mark.parametrize("op", [_norm_step, _pool_step, _contrastive_step])
 def test_forward_and_backward_replay_in_a_cuda_graph(op):
     """Captured once, replayed on new inputs: same results as eager on those inputs."""
     gen = generator(op.__name__)
