@@ -221,7 +221,9 @@ def run_one(name: str, checkpoint: Path, seq: int, batch: int, method: str, step
     # One batch order for every method: no text twice in a batch, as in-batch negatives want.
     row_texts = np.array([[hash(q), hash(d)] for q, d in zip(queries[:rows], documents[:rows])])
     plan = no_duplicate_batches(row_texts, batch, np.random.default_rng(seed))
-    plan = [b for b in plan if len(b) == batch][:steps]
+    plan = [b for b in plan if len(b) == batch]
+    # Runs longer than the data go round it again, in the same order, as the trainer's epochs do.
+    plan = (plan * math.ceil(steps / max(1, len(plan))))[:steps]
     start = time.perf_counter()
     set_seed(seed)
     if unsloth:  # `checkpoint` is a SentenceTransformer folder (write_sentence_transformer)
