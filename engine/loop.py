@@ -498,9 +498,10 @@ def checkpointing_blocks_graphs(model: torch.nn.Module) -> str | None:
     if not getattr(model, "is_gradient_checkpointing", False):
         return None
     if draws_random(model):
-        return ("CUDA graphs off: gradient checkpointing with dropout saves the RNG state on the host every "
-                "layer, which a CUDA graph capture cannot hold; set dropout and lora_dropout to 0, or turn "
-                "checkpointing off, to keep graphs")
+        return ("CUDA graphs off: with gradient checkpointing, a model with dropout copies its RNG state to the "
+                "host at every layer, which a CUDA graph cannot capture, so training goes on without graphs "
+                "(slower); turn gradient checkpointing off, or set lora_dropout to 0 if it is the only dropout, "
+                "to keep them")
     for module in model.modules():
         checkpoint = getattr(module, "_gradient_checkpointing_func", None)
         if checkpoint is not None:

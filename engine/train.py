@@ -384,10 +384,13 @@ def _train_packed(config: TrainConfig, model, train_rows, events: EventLog, stop
     intervals = [n for n in (config.eval_steps, config.save_steps) if n]
     every = math.gcd(*intervals) if intervals else None
     events.status("training", f"{config.method} on {config.model} (packed loop)")
-    steps = trainer.fit(on_steps=on_steps, stop=stop, every=every, on_every=on_every)
-    for note in (trainer.kernel_note, trainer.graph_note):
+    for note in (trainer.kernel_note, trainer.graph_note):  # known before the first step
         if note:
             events.log(note)
+    noted = trainer.graph_note
+    steps = trainer.fit(on_steps=on_steps, stop=stop, every=every, on_every=on_every)
+    if trainer.graph_note and trainer.graph_note != noted:  # a capture that failed during training
+        events.log(trainer.graph_note)
     if stop.is_set():
         _save_loop_checkpoint(trainer, checkpoint_dir, events)
     return steps
