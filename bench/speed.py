@@ -3,6 +3,8 @@
     python -m bench.speed                      # the GPU plan below, writes BENCHMARKS.md + bench/speed.png
     python -m bench.speed --device cpu         # a small version for a CPU
     python -m bench.speed --only minilm-l6:256:64:stock,ours
+    python -m bench.speed --json runs.json --resume   # again and again where a sitting is time-limited:
+                                                      # each run adds the plan rows runs.json lacks
 
 Every run: the same random-weight checkpoint (bench.models), the same real text pairs (Debian
 package synopsis -> long description), the same seed, batch, sequence length and LoRA settings
@@ -575,6 +577,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations in backward")
     parser.add_argument("--json", default=None, help="also write every result (loss curves too) as JSON here")
     parser.add_argument("--from-json", nargs="*", help="no runs: rewrite the report from results saved by --json")
+    parser.add_argument("--resume", action="store_true", help="with --json: keep the rows that file already holds "
+                        "and run only the plan rows it lacks (a plan too long for one sitting runs in several; a row "
+                        "with a failed or missing method runs again whole). One file per --gradient-checkpointing setting")
     parser.add_argument("--unsloth-child", metavar="SPEC", help=argparse.SUPPRESS)  # run_in_unsloth_process's child
     args = parser.parse_args(argv)
     if args.plot is None:  # a report written elsewhere must not overwrite the committed chart
@@ -602,14 +607,23 @@ def main(argv: list[str] | None = None) -> None:
 
     from bench.models import build
 
-    warm_up(device)
     results: list[Result] = []
+    if args.resume and args.json and Path(args.json).exists():
+        results = [Result(**row) for row in json.loads(Path(args.json).read_text()) if not row.get("error")]
+        print(f"resuming: {len(results)} rows already in {args.json}", flush=True)
+    done = {(r.model, r.seq, r.batch, r.method, r.steps) for r in results}
+    warm_up(device)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         for row in plan:
             name, seq, batch, methods, *row_steps = row.split(":")
             seq, batch = int(seq), int(batch)
             run_steps = int(row_steps[0]) if row_steps else steps
+            keys = [(name, seq, batch, m, run_steps) for m in methods.split(",")]
+            if all(key in done for key in keys):
+                continue
+            # A row runs whole in one sitting, so that its ratios compare runs of one process on one card.
+            results = [r for r in results if (r.model, r.seq, r.batch, r.method, r.steps) not in keys]
             checkpoint = tmp / name
             if not checkpoint.exists():
                 build(name, checkpoint)

@@ -24,3 +24,25 @@ def test_cpu_bench_runs_stock_and_ours_past_one_pass_of_the_data(tmp_path):
     text = report.read_text()
     assert "| tiny-bert | 32 | 64 | 70 | stock |" in text and "| tiny-bert | 32 | 64 | 70 | ours |" in text
     assert "command: `python -m bench.speed --device cpu --only tiny-bert:32:64:stock,ours:70" in text
+
+
+def test_resume_runs_only_the_rows_the_results_file_lacks(tmp_path):
+    """A plan longer than one sitting (a lent GPU's 10-minute commands) runs in several: each sitting adds
+    the rows missing from --json; a row with a method missing runs again whole, in one process."""
+    results = tmp_path / "runs.json"
+
+    def sitting(*rows):
+        main(["--device", "cpu", "--only", *rows, "--steps", "4", "--out", str(tmp_path / "b.md"), "--plot", "",
+              "--json", str(results), "--resume"])
+        return {(r["model"], r["method"]): r for r in json.loads(results.read_text())}
+
+    first = sitting("tiny-bert:32:8:stock")
+    second = sitting("tiny-bert:32:8:stock", "tiny-qwen3:32:8:stock")
+    assert second[("tiny-bert", "stock")] == first[("tiny-bert", "stock")]  # kept, not run again
+    assert second[("tiny-qwen3", "stock")]["pairs_per_s"] > 0
+    third = sitting("tiny-bert:32:8:stock,ours", "tiny-qwen3:32:8:stock")
+    assert third[("tiny-bert", "stock")] != first[("tiny-bert", "stock")]  # its row gained a method: run whole
+    assert third[("tiny-qwen3", "stock")] == second[("tiny-qwen3", "stock")]
+    assert len(json.loads(results.read_text())) == 3
+    report = (tmp_path / "b.md").read_text()
+    assert "| tiny-bert | 32 | 8 | 4 | ours |" in report and "| tiny-qwen3 | 32 | 8 | 4 | stock |" in report
