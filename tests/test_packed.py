@@ -65,6 +65,41 @@ def test_packed_embeddings_and_gradients_match_padded(name, checkpoints):
         torch.testing.assert_close(out_grads[n], ref_grads[n], atol=1e-5, rtol=1e-3, msg=n)
 
 
+def test_gemma3_windows_at_embeddinggemma_scale_match_padded(tmp_path):
+    """EmbeddingGemma's real window (512 tokens each way) over sequences up to 1,020 tokens, where the
+    sliding layers see only part of a sequence: the packed path gives the padded model's embeddings.
+    (tiny-gemma3's window of 8 checks the same rule on short texts.)"""
+    import random
+    import shutil
+
+    import transformers
+
+    config = transformers.Gemma3TextConfig(
+        vocab_size=30522, hidden_size=64, num_hidden_layers=6, num_attention_heads=4, num_key_value_heads=1,
+        head_dim=16, intermediate_size=128, sliding_window=512, use_bidirectional_attention=True,
+        max_position_embeddings=2048)
+    assert config.layer_types.count("sliding_attention") == 5
+    torch.manual_seed(0)
+    transformers.AutoModel.from_config(config).save_pretrained(tmp_path)
+    for file in models.TOKENIZER_FILES:
+        shutil.copy(models.tokenizer_dir() / file, tmp_path / file)
+    rng = random.Random(0)
+    words = "debian package tool library daemon kernel module python server client network editor".split()
+    texts = [" ".join(rng.choice(words) for _ in range(n)) for n in (1000, 300, 700, 1020)]
+
+    embeddings = []
+    for packed in (False, True):
+        model = models.load("tiny-gemma3", tmp_path, max_seq_length=1024, device="cpu").eval()
+        if packed:
+            assert enable(model, family_by_name("gemma3"), allow_cpu=True) is not None
+        features = model.preprocess(texts)
+        assert ("cu_seq_lens_q" in features) == packed
+        with torch.no_grad():
+            embeddings.append(model(features)["sentence_embedding"])
+    assert features["cu_seq_lens_q"].diff().max() > 600  # longer than the window
+    torch.testing.assert_close(embeddings[1], embeddings[0], atol=1e-5, rtol=1e-4)
+
+
 @pytest.mark.parametrize("name", ["tiny-xlm-roberta", "tiny-mpnet"])
 def test_roberta_like_positions_start_at_two(name, checkpoints):
     _, packed = _pair(name, checkpoints)
