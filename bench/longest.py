@@ -1,6 +1,7 @@
 """The longest sequence that trains at a given batch: stock sentence-transformers against ours.
 
     python -m bench.longest --model modernbert-base --batch 32 --lengths 1024 2048 4096 8192
+    python -m bench.longest --methods stock ours stock-cached ours-cached   # with GradCache's mini-batches too
 
 For each method and length, a few LoRA steps (bench.speed.run_one) on documents long enough to
 fill the length; a CUDA out-of-memory error ends that method's climb. Prints a markdown table.

@@ -15,6 +15,9 @@ batch), MultipleNegativesRankingLoss, AdamW at 2e-4, bf16 on CUDA. Methods:
 - ours: what `lacker train` runs on a GPU: `engine.attention.enable` (packed attention, fused LoRA) and
   `engine.loop.PackedTrainer` (texts tokenized once, one forward a batch, CUDA graphs);
 - ours-nokernels: ours without the Triton RoPE / RMSNorm / gated-activation kernels the loop patches in;
+- stock-cached, ours-cached: CachedMultipleNegativesRankingLoss (GradCache: the batch embedded
+  `engine.loop.CACHED_MINI_BATCH` sequences at a time, the same gradients in far less memory), through the
+  trainer and through the loop (eager: no CUDA graphs there yet); for bench.longest;
 - ours-padded: the loop over padded columns (what MPNet gets; on a CPU, to show what packing adds);
 - ours-trainer: `engine.attention.enable` inside SentenceTransformerTrainer, tokenizing in DataLoader workers;
 - ours-compile: ours-trainer plus per-layer torch.compile (compile time counted in the end-to-end time);
@@ -200,13 +203,14 @@ def run_one(name: str, checkpoint: Path, seq: int, batch: int, method: str, step
     from datasets import Dataset
     from peft import LoraConfig
     from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
-    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+    from sentence_transformers.sentence_transformer.losses import (CachedMultipleNegativesRankingLoss,
+                                                                    MultipleNegativesRankingLoss)
     from transformers import set_seed
 
     from bench.models import FAMILY_OF, load
     from engine.attention import enable
     from engine.families import family_by_name
-    from engine.loop import PackedTrainer, loop_unavailable, no_duplicate_batches
+    from engine.loop import CACHED_MINI_BATCH, PackedTrainer, loop_unavailable, no_duplicate_batches
 
     cuda = device == "cuda"
     path, kind = _variant(method)
@@ -257,7 +261,7 @@ def run_one(name: str, checkpoint: Path, seq: int, batch: int, method: str, step
     trained_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     if gradient_checkpointing:
         model[0].auto_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    loop = path in ("ours", "ours-padded", "ours-nokernels")
+    loop = path in ("ours", "ours-padded", "ours-nokernels", "ours-cached")
     if path.startswith("ours"):
         result.enabled = enable(model, family, compile=path == "ours-compile", allow_cpu=loop,
                                 packing=path != "ours-padded", steps=steps) or "nothing (see log)"
@@ -275,7 +279,8 @@ def run_one(name: str, checkpoint: Path, seq: int, batch: int, method: str, step
         result.enabled += f"; trainer ({unavailable})"
     if loop and not unavailable:
         trainer = PackedTrainer(model, [queries[:rows], documents[:rows]], batch_size=batch, learning_rate=2e-4,
-                                steps=steps, seed=seed, position_offset=family.position_offset, kernels=path != "ours-nokernels")
+                                steps=steps, seed=seed, position_offset=family.position_offset, kernels=path != "ours-nokernels",
+                                mini_batch=CACHED_MINI_BATCH if path == "ours-cached" else None)
         trainer.plan = plan
         records = []
         trainer.fit(on_steps=records.extend, after_step=mark)
@@ -312,7 +317,9 @@ def run_one(name: str, checkpoint: Path, seq: int, batch: int, method: str, step
             model._compile_pending = False
         clock = _Clock(mark)
         trainer = SentenceTransformerTrainer(
-            model=model, args=args, train_dataset=data, loss=MultipleNegativesRankingLoss(model), callbacks=[clock.callback]
+            model=model, args=args, train_dataset=data, callbacks=[clock.callback],
+            loss=CachedMultipleNegativesRankingLoss(model, mini_batch_size=CACHED_MINI_BATCH) if path == "stock-cached"
+            else MultipleNegativesRankingLoss(model),
         )
         if unsloth:
             result.enabled = _unsloth_note(model, batch, seq)

@@ -15,6 +15,11 @@ batches without duplicate texts) with far less host work:
   clipping, AdamW) is captured once in a CUDA graph and replayed: one launch instead of thousands;
 - losses are copied back every `READ_EVERY` steps (or `READ_SECONDS`), not every step.
 
+CachedMultipleNegativesRankingLoss is the same loss computed GradCache's way: a batch's sequences are
+embedded `mini_batch` at a time, first without gradients, then again with the loss's gradient pushed
+through, so no more than one mini-batch's activations are held: large batches and long sequences fit
+a small GPU, for about one more forward a step. These steps run eagerly (no CUDA graphs yet).
+
 Models left without packed attention (an MPNet run too short for FlexAttention's compile to pay,
 `engine.attention.enable(steps=...)`) get the same loop over padded columns instead, each column's
 length rounded up to a multiple of 16 on CUDA. On a CPU the
@@ -50,7 +55,8 @@ from engine.kernels.pooling import sequence_means
 
 logger = logging.getLogger(__name__)
 
-LOSSES = ("MultipleNegativesRankingLoss",)
+LOSSES = ("MultipleNegativesRankingLoss", "CachedMultipleNegativesRankingLoss")
+CACHED_MINI_BATCH = 32  # sequences embedded at a time by the cached loss (its mini_batch_size)
 POOLING_MODES = ("mean", "cls", "lasttoken")
 BUCKET = 512  # packed streams are padded up to a multiple of this many tokens on CUDA
 READ_EVERY = 10  # steps between copies of the loss history back to the host...
@@ -93,6 +99,7 @@ class Batch:
     n_real: int  # sequences pooled: anchors + positives + negatives
     max_length: int  # longest sequence of the packed stream, fillers included (unused when padded)
     full: bool  # a full batch, padded to its bucket: may run from a CUDA graph
+    chunks: list | None = None  # cached loss: the batch's sequences as Batches of `mini_batch` each, no tensors here
 
     @property
     def key(self) -> tuple:
@@ -160,7 +167,8 @@ class PackedTrainer:
     def __init__(self, st_model, columns: list[list[str]], *, batch_size: int, learning_rate: float,
                  steps: int | None = None, epochs: float = 1.0, warmup_ratio: float = 0.0, seed: int = 42,
                  position_offset: int = 0, scale: float = 20.0, max_grad_norm: float = 1.0,
-                 cuda_graphs: bool = True, bucketed: bool | None = None, kernels: bool = True):
+                 cuda_graphs: bool = True, bucketed: bool | None = None, kernels: bool = True,
+                 mini_batch: int | None = None):
         self.model = st_model
         self.transformer = st_model[0]
         self.hf = self.transformer.model
@@ -206,7 +214,12 @@ class PackedTrainer:
             self.optimizer = torch.optim.AdamW(self.params, lr=learning_rate, weight_decay=0.0)
         self.amp = torch.bfloat16 if self.cuda else None
         self.graphs_on = self.cuda and cuda_graphs
+        # Cached steps (GradCache, what CachedMultipleNegativesRankingLoss does): the batch's sequences are
+        # embedded `mini_batch` at a time, so activations never exceed one mini-batch's; eager for now.
+        self.mini_batch = mini_batch
         self.graph_note: str | None = checkpointing_blocks_graphs(self.hf) if self.graphs_on else None
+        if self.graphs_on and mini_batch:
+            self.graph_note = "CUDA graphs off: the cached loss embeds mini-batches eagerly"
         if self.graph_note:
             self.graphs_on = False
             logger.warning(self.graph_note)
@@ -228,13 +241,22 @@ class PackedTrainer:
     def pack(self, rows: np.ndarray) -> Batch:
         """Anchors, then positives, then each negative column, as one stream; on CUDA full batches are
         padded to a bucket with `filler_count` filler sequences (never pooled), each no longer than the
-        longest text. Models without packed attention get `pad` instead."""
+        longest text. Models without packed attention get `pad` instead. With a cached loss, the same
+        sequences in order as mini-batches of `mini_batch` (`Batch.chunks`), packed or padded, no fillers."""
+        seqs = self.row_texts[rows].T.reshape(-1)  # column-major: all anchors first
+        if self.mini_batch:
+            parts = [seqs[i : i + self.mini_batch] for i in range(0, len(seqs), self.mini_batch)]
+            chunks = [self._stream(part, len(part), 0) if self.packed else self._block(part) for part in parts]
+            return Batch({}, batch=len(rows), n_real=len(seqs), max_length=0, full=False, chunks=chunks)
         if not self.packed:
             return self.pad(rows)
-        seqs = self.row_texts[rows].T.reshape(-1)  # column-major: all anchors first
+        return self._stream(seqs, len(rows), self.filler_count if len(rows) == self.batch_size else 0)
+
+    def _stream(self, seqs: np.ndarray, batch: int, fillers: int) -> Batch:
+        """Sequences `seqs` (store ids; the first `batch` are anchors) as one packed stream, with `fillers`
+        filler sequences up to a bucket."""
         lengths = self.store.lengths[seqs]
         n, total = len(seqs), int(lengths.sum())
-        fillers = self.filler_count if len(rows) == self.batch_size else 0
         if fillers:
             padded = math.ceil((total + fillers) / BUCKET) * BUCKET
             filler_lengths = np.full(fillers, (padded - total) // fillers, dtype=np.int64)
@@ -253,7 +275,7 @@ class PackedTrainer:
                    "position_ids": self._host(within + self.position_offset, torch.long),
                    "seq_idx": self._host(seq_idx, torch.long), "cu_seqlens": self._host(offsets, torch.int32),
                    "lengths": self._host(lengths, torch.float32)}
-        return Batch(tensors, batch=len(rows), n_real=n, full=bool(fillers),
+        return Batch(tensors, batch=batch, n_real=n, full=bool(fillers),
                      max_length=self.max_length if fillers else int(all_lengths.max()))
 
     def pad(self, rows: np.ndarray) -> Batch:
@@ -261,17 +283,24 @@ class PackedTrainer:
         length is rounded up to a multiple of 16 so that steps repeat a few shapes."""
         tensors = {}
         for column, seqs in enumerate(self.row_texts[rows].T):
-            lengths = self.store.lengths[seqs]
-            width = int(lengths.max())
-            if self.bucketed:  # never past the model's own limit
-                width = min(math.ceil(width / 16) * 16, max(self.transformer.max_seq_length or width, width))
-            mask = np.arange(width)[None, :] < lengths[:, None]
-            ids = np.full((len(seqs), width), self.pad_id, dtype=np.int64)
-            ids[mask] = self.store.tokens[np.repeat(self.store.starts[seqs], lengths) + np.nonzero(mask)[1]]
-            tensors[f"ids_{column}"] = self._host(ids, torch.long)
-            tensors[f"mask_{column}"] = self._host(mask, torch.long)
+            tensors[f"ids_{column}"], tensors[f"mask_{column}"] = self._padded(seqs)
         full = self.bucketed and len(rows) == self.batch_size
         return Batch(tensors, batch=len(rows), n_real=len(rows) * self.row_texts.shape[1], max_length=0, full=full)
+
+    def _block(self, seqs: np.ndarray) -> Batch:
+        """Sequences `seqs` as one padded block (a cached loss's mini-batch of a model that does not pack)."""
+        ids, mask = self._padded(seqs)
+        return Batch({"ids_0": ids, "mask_0": mask}, batch=len(seqs), n_real=len(seqs), max_length=0, full=False)
+
+    def _padded(self, seqs: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        lengths = self.store.lengths[seqs]
+        width = int(lengths.max())
+        if self.bucketed:  # never past the model's own limit
+            width = min(math.ceil(width / 16) * 16, max(self.transformer.max_seq_length or width, width))
+        mask = np.arange(width)[None, :] < lengths[:, None]
+        ids = np.full((len(seqs), width), self.pad_id, dtype=np.int64)
+        ids[mask] = self.store.tokens[np.repeat(self.store.starts[seqs], lengths) + np.nonzero(mask)[1]]
+        return self._host(ids, torch.long), self._host(mask, torch.long)
 
     def _host(self, array, dtype) -> torch.Tensor:
         tensor = torch.from_numpy(np.ascontiguousarray(array)).to(dtype)
@@ -294,7 +323,8 @@ class PackedTrainer:
     # --- one step ------------------------------------------------------------------------------
     def _embed(self, b: dict, n_real: int, max_length: int) -> torch.Tensor:
         if not self.packed:
-            return torch.cat([self._embed_padded(b[f"ids_{c}"], b[f"mask_{c}"]) for c in range(self.row_texts.shape[1])])
+            columns = sum(name.startswith("ids_") for name in b)
+            return torch.cat([self._embed_padded(b[f"ids_{c}"], b[f"mask_{c}"]) for c in range(columns)])
         out = self.hf(input_ids=b["input_ids"][None], position_ids=b["position_ids"][None],
                       cu_seq_lens_q=b["cu_seqlens"], cu_seq_lens_k=b["cu_seqlens"],
                       max_length_q=max_length, max_length_k=max_length, return_dict=True, **self.model_kwargs)
@@ -329,9 +359,15 @@ class PackedTrainer:
 
     def loss(self, b: dict, n_real: int, batch: int, max_length: int) -> torch.Tensor:
         """MultipleNegativesRankingLoss: cosine similarities x scale, anchor i's target is candidate i."""
+        return self._ranking_loss(self._embeddings(b, n_real, max_length), batch)
+
+    def _embeddings(self, b: dict, n_real: int, max_length: int) -> torch.Tensor:
         with torch.autocast(self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None,
                             cache_enabled=False):
-            embeddings = F.normalize(self._embed(b, n_real, max_length).float(), dim=-1)
+            return self._embed(b, n_real, max_length).float()
+
+    def _ranking_loss(self, embeddings: torch.Tensor, batch: int) -> torch.Tensor:
+        embeddings = F.normalize(embeddings, dim=-1)
         anchors, candidates = embeddings[:batch], embeddings[batch:]
         scores = anchors @ candidates.t() * self.scale
         return F.cross_entropy(scores, torch.arange(batch, device=scores.device))
@@ -339,6 +375,41 @@ class PackedTrainer:
     def _train_step(self, b: dict, n_real: int, batch: int, max_length: int) -> None:
         loss = self.loss(b, n_real, batch, max_length)
         loss.backward()
+        self._update(loss)
+
+    def _cached_step(self, packed: Batch) -> None:
+        """One update as GradCache does it: embed every mini-batch without keeping activations, take the
+        loss's gradient with respect to the embeddings, then embed each mini-batch again with gradients
+        and push that gradient through it. Same gradients as the whole batch at once; each mini-batch
+        replays its first pass's random state, so dropout draws the same masks both times."""
+        chunks = [(self._on_device(chunk), chunk) for chunk in packed.chunks]
+        states, embeddings = [], []
+        with torch.no_grad():
+            for b, chunk in chunks:
+                states.append(self._random_state())
+                embeddings.append(self._embeddings(b, chunk.n_real, chunk.max_length))
+        embeddings = torch.cat(embeddings).requires_grad_()
+        loss = self._ranking_loss(embeddings, packed.batch)
+        loss.backward()
+        grads = embeddings.grad.split([chunk.n_real for _, chunk in chunks])
+        for (b, chunk), state, grad in zip(chunks, states, grads):
+            with self._replaying(state):
+                self._embeddings(b, chunk.n_real, chunk.max_length).backward(grad)
+        self._update(loss.detach())
+
+    def _random_state(self) -> tuple:
+        return torch.get_rng_state(), torch.cuda.get_rng_state(self.device) if self.cuda else None
+
+    @contextlib.contextmanager
+    def _replaying(self, state: tuple):
+        with torch.random.fork_rng(devices=[self.device] if self.cuda else [], device_type=self.device.type):
+            torch.set_rng_state(state[0])
+            if self.cuda:
+                torch.cuda.set_rng_state(state[1], self.device)
+            yield
+
+    def _update(self, loss: torch.Tensor) -> None:
+        """Clip, step and zero the gradients; leave the loss and the gradient norm in `self.out`."""
         norm = torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=False)
@@ -363,6 +434,15 @@ class PackedTrainer:
         else:
             for group in self.optimizer.param_groups:
                 group["lr"] = self.base_lr * factor
+        if packed.chunks is not None:
+            self._cached_step(packed)
+        else:
+            self._step(packed)
+        self.history[self.step].copy_(self.out)
+        self.step += 1
+
+    def _step(self, packed: Batch) -> None:
+        """The whole batch at once: replayed from its shape's CUDA graph where there is one."""
         b = self._on_device(packed)
         args = (packed.n_real, packed.batch, packed.max_length)
         state = self.graphs.get(packed.key) if self.graphs_on and packed.full else None
@@ -372,8 +452,6 @@ class PackedTrainer:
             self._train_step(b, *args)
         else:
             self.graphs[packed.key].replay()
-        self.history[self.step].copy_(self.out)
-        self.step += 1
 
     def _capture(self, key, b: dict, args) -> bool:
         """Capture the step for shape `key` in a CUDA graph (all shapes share one memory pool: nothing

@@ -185,7 +185,9 @@ def build_loss(name: str, model, train_rows):
     if name not in known:
         raise ValueError(f"loss {name!r} is not supported; pick one of: {', '.join(known)}")
     if name == "CachedMultipleNegativesRankingLoss":
-        return losses.CachedMultipleNegativesRankingLoss(model, mini_batch_size=32)
+        from engine.loop import CACHED_MINI_BATCH
+
+        return losses.CachedMultipleNegativesRankingLoss(model, mini_batch_size=CACHED_MINI_BATCH)
     if name == "SoftmaxLoss":
         return losses.SoftmaxLoss(model, model.get_embedding_dimension(), num_labels=int(train_rows["label"].max()) + 1)
     return getattr(losses, name)(model)
@@ -309,7 +311,7 @@ def train(config: TrainConfig | dict, events: EventLog | None = None, stop: thre
                documents=documents, extra=extra, checkpoint_dir=checkpoint_dir, resume=resume)
     reason = _loop_unavailable(config, model, loss_name, resume)
     if reason is None:
-        steps = _train_packed(**run, position_offset=family.position_offset if family else 0)
+        steps = _train_packed(**run, position_offset=family.position_offset if family else 0, loss_name=loss_name)
     else:
         if config.loop == "on" or config.fast:
             events.log(f"training with sentence-transformers' trainer: {reason}")
@@ -350,16 +352,17 @@ def _loop_unavailable(config: TrainConfig, model, loss_name: str, resume) -> str
 
 
 def _train_packed(config: TrainConfig, model, train_rows, events: EventLog, stop: threading.Event, queries,
-                  documents, extra, checkpoint_dir: Path, resume, position_offset: int) -> int:
+                  documents, extra, checkpoint_dir: Path, resume, position_offset: int, loss_name: str) -> int:
     """Train with engine.loop.PackedTrainer; returns the steps done. Same events as the trainer's."""
     from engine.evaluate import retrieval_metrics
-    from engine.loop import PackedTrainer
+    from engine.loop import CACHED_MINI_BATCH, PackedTrainer
 
     columns = [train_rows[c].tolist() for c in train_rows.columns if c in ("anchor", "positive") or c.startswith("negative")]
     events.status("loading", f"tokenizing {sum(map(len, columns))} texts once, for the packed loop")
     trainer = PackedTrainer(
         model, columns, batch_size=config.batch_size, learning_rate=config.learning_rate, steps=config.max_steps,
         epochs=config.epochs, warmup_ratio=config.warmup_ratio, seed=config.seed, position_offset=position_offset,
+        mini_batch=CACHED_MINI_BATCH if loss_name.startswith("Cached") else None,
     )
     if resume:
         trainer.load_state(resume)

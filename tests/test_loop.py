@@ -5,6 +5,7 @@ packing, its checkpoints, and `engine.train` driving it. tests/gpu/ runs it on C
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 import numpy as np
@@ -104,6 +105,52 @@ def test_packed_loop_matches_the_stock_padded_loop_step_by_step(request, name, w
             torch.testing.assert_close(p, stock[name], rtol=1e-4, atol=1e-5)
             moved.append(not torch.allclose(p, initial[name]))
     assert sum(moved) >= 0.9 * len(moved)  # (the unused pooler's adapter stays put) so the match is not of constants
+
+
+@pytest.mark.parametrize("name, packed", [("tiny-bert", True), ("tiny-mpnet", False)])
+def test_cached_loss_gives_the_whole_batch_result_one_mini_batch_at_a_time(request, name, packed):
+    """CachedMultipleNegativesRankingLoss in the loop (GradCache): 24 sequences a batch embedded 5 at a
+    time, mini-batches crossing from anchors to positives to negatives; same losses and weights."""
+    checkpoint = request.getfixturevalue(name.removeprefix("tiny-"))
+    columns = [ANCHORS, POSITIVES, NEGATIVES]
+    runs = []
+    for mini_batch in (None, 5):
+        model, family = lora_model(name, checkpoint, packed=packed)
+        trainer = PackedTrainer(model, columns, batch_size=8, learning_rate=5e-3, steps=4, warmup_ratio=0.2,
+                                position_offset=family.position_offset if packed else 0, mini_batch=mini_batch)
+        records = []
+        trainer.fit(on_steps=records.extend)
+        runs.append(([r[1] for r in records], dict(model.named_parameters()), trainer))
+    (whole, whole_params, _), (cached, cached_params, trainer) = runs
+    chunks = trainer.pack(trainer.plan[0]).chunks
+    assert [c.n_real for c in chunks] == [5, 5, 5, 5, 4]
+    assert all(("cu_seqlens" in c.tensors) == packed for c in chunks)
+    assert cached == pytest.approx(whole, rel=1e-4)
+    for n, p in cached_params.items():
+        if p.requires_grad:
+            torch.testing.assert_close(p, whole_params[n], rtol=1e-4, atol=1e-5)
+
+
+def test_cached_loss_replays_each_mini_batch_dropout(bert):
+    """With dropout on, the second pass over a mini-batch must draw the first pass's masks: one mini-batch
+    holding the whole batch then trains exactly like the plain step from the same random state."""
+    runs = []
+    for mini_batch in (None, 24, "no replay"):
+        model, _ = lora_model("tiny-bert", bert, packed=True)
+        for module in model.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.3
+        trainer = PackedTrainer(model, [ANCHORS, POSITIVES, NEGATIVES], batch_size=8, learning_rate=5e-3, steps=3,
+                                mini_batch=24 if mini_batch == "no replay" else mini_batch)
+        if mini_batch == "no replay":
+            trainer._replaying = lambda state: contextlib.nullcontext()
+        torch.manual_seed(7)
+        trainer.fit()
+        runs.append({n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad})
+    plain, replayed, not_replayed = runs
+    for n in plain:
+        torch.testing.assert_close(replayed[n], plain[n], rtol=1e-5, atol=1e-6)
+    assert any(not torch.allclose(not_replayed[n], plain[n], rtol=1e-3, atol=1e-5) for n in plain)
 
 
 def test_batches_never_repeat_a_text_and_cover_every_row_once():
@@ -276,3 +323,24 @@ def test_train_with_the_loop_emits_progress_checkpoints_and_evaluations(tmp_path
     assert [e["step"] for e in events if e["event"] == "eval" and e["which"] == "trained"] == [3, 6]
     assert (tmp_path / "run" / "checkpoints" / "checkpoint-6" / "loop_state.pt").exists()
     assert (tmp_path / "run" / "adapter").is_dir() and (tmp_path / "run" / "merged").is_dir()
+
+
+def test_train_with_the_cached_loss_runs_the_loop_in_mini_batches(tmp_path, monkeypatch):
+    from engine import loop
+    from engine.train import train
+    from tiny_models import build_tiny_model
+
+    monkeypatch.setattr(loop, "CACHED_MINI_BATCH", 4)  # so that the batches below split
+    seen = []
+    step = loop.PackedTrainer._cached_step
+    monkeypatch.setattr(loop.PackedTrainer, "_cached_step", lambda self, packed: seen.append(len(packed.chunks)) or step(self, packed))
+    model = build_tiny_model("bert", tmp_path / "bert")
+    data = tmp_path / "pairs.csv"
+    pd.DataFrame({"question": ANCHORS, "answer": POSITIVES}).drop_duplicates().to_csv(data, index=False)
+    result = train({"model": str(model), "data": str(data), "batch_size": 8, "max_steps": 3, "loop": "on",
+                    "loss": "CachedMultipleNegativesRankingLoss", "evaluate": False, "max_seq_length": 32,
+                    "output_dir": str(tmp_path / "run")})
+    events = [json.loads(line) for line in (tmp_path / "run" / "events.jsonl").read_text().splitlines()]
+    assert any(e["event"] == "status" and "packed loop" in e["message"] for e in events)
+    assert result.steps == 3 and seen == [4, 4, 4]  # 8 anchors + 8 positives, 4 at a time
+    assert all(np.isfinite(e["loss"]) for e in events if e["event"] == "train")
