@@ -67,3 +67,21 @@ def test_graphed_loop_full_fine_tuning_and_eager_agree(tmp_path):
         trainer.fit(on_steps=records.extend)
         results.append([r[1] for r in records])
     assert results[0] == pytest.approx(results[1], rel=0.02)
+
+
+@pytest.mark.parametrize("name, packed", [("tiny-gemma3", True), ("tiny-mpnet", False)])
+def test_cached_loss_on_cuda_matches_the_graphed_whole_batch_loop(name, packed, tmp_path):
+    """CachedMultipleNegativesRankingLoss's mini-batches (eager, random state replayed per mini-batch) on
+    CUDA against the graphed whole-batch step, dropout off."""
+    checkpoint = models.build(name, tmp_path / name)
+    columns = [ANCHORS * 4, POSITIVES * 4, NEGATIVES * 4]
+    results = []
+    for mini_batch in (None, 5):
+        model, family = lora_model(name, checkpoint, packed=packed, device="cuda")
+        trainer = PackedTrainer(model, columns, batch_size=8, learning_rate=2e-3, steps=8,
+                                position_offset=family.position_offset if packed else 0, mini_batch=mini_batch)
+        records = []
+        trainer.fit(on_steps=records.extend)
+        results.append([r[1] for r in records])
+        assert (trainer.graph_note is None) == (mini_batch is None)
+    assert results[1] == pytest.approx(results[0], rel=0.02, abs=0.02)
