@@ -19,7 +19,7 @@ from studio.store import Run
 DEFAULTS = {"model": DEFAULT_MODEL, "eval_size": 0.1, "method": "lora", "lora_r": 16, "lora_alpha": 16,
             "lora_dropout": 0.0, "target_modules": None, "learning_rate": 2e-4, "epochs": 1.0, "max_steps": None,
             "batch_size": 32, "max_seq_length": 256, "warmup_ratio": 0.1, "loss": None, "seed": 42,
-            "evaluate": True, "max_eval_queries": 500}
+            "evaluate": True, "max_eval_queries": 500, "gradient_checkpointing": False}
 
 
 def run_record(studio, run: Run) -> dict:

@@ -46,6 +46,8 @@ def lacker_train_command(config: dict, data: str, output: str, eval_data: str | 
     for key, flag, default in optional:
         if config.get(key, default) != default:
             args += [flag, _number(config[key])]
+    if config.get("gradient_checkpointing"):
+        args.append("--gradient-checkpointing")
     if not config.get("evaluate", True):
         args.append("--no-eval")
     args += ["--output", output]

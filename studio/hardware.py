@@ -39,13 +39,14 @@ def device_notice(cpu_steps_per_minute: float | None = None) -> str:
 
 
 def gpu_memory_estimate_gb(params_m: float, layers: int, dim: int, method: str, batch_size: int,
-                           max_seq_length: int, lora_r: int = 16) -> float:
+                           max_seq_length: int, lora_r: int = 16, checkpointing: bool = False) -> float:
     """A rough peak-memory estimate in GB for training on a GPU in 16-bit.
 
     weights: 2 bytes a parameter (0.55 for 4-bit QLoRA); full fine-tuning adds fp32 gradients and
     AdamW's two moments (12 bytes a parameter); LoRA adds about 2*r*dim parameters per targeted
     matrix (~6 a layer) with the same 16 bytes each. Activations: ~18 values of 2 bytes per token,
-    per hidden unit and layer, kept for the backward pass, for anchor and positive texts (x2).
+    per hidden unit and layer, kept for the backward pass, for anchor and positive texts (x2); with
+    gradient checkpointing, one value per hidden unit and layer plus one layer's ~18 while it is recomputed.
     """
     params = params_m * 1e6
     weights = params * (0.55 if method == "qlora" else 2.0)
@@ -53,6 +54,7 @@ def gpu_memory_estimate_gb(params_m: float, layers: int, dim: int, method: str, 
         trainable = params * 16.0
     else:
         trainable = layers * 6 * 2 * lora_r * dim * 16.0
-    activations = 2 * batch_size * max_seq_length * dim * layers * 18 * 2.0
+    kept = layers + 18 if checkpointing else layers * 18
+    activations = 2 * batch_size * max_seq_length * dim * kept * 2.0
     overhead = 0.6e9  # CUDA context and allocator slack
     return (weights + trainable + activations + overhead) / 1e9

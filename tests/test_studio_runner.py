@@ -18,7 +18,7 @@ RUN_TIMEOUT = 300  # a CPU worker: imports, loading, a few steps, saving
 def test_a_run_finishes_on_its_own_and_is_remembered(tmp_path):
     studio = make_studio(tmp_path)
     studio.runner.start_monitor()
-    run = start_sample_run(studio, max_steps=3)
+    run = start_sample_run(studio, max_steps=3, gradient_checkpointing=True)  # the Train tab's checkbox
     try:
         done = wait_for(lambda: studio.store.get(run.id).is_finished, RUN_TIMEOUT, "the run to finish")
     finally:
@@ -31,7 +31,8 @@ def test_a_run_finishes_on_its_own_and_is_remembered(tmp_path):
     progress = progress_of(run_dir)
     assert progress.status == "completed" and progress.step == 3 and len(progress.losses) == 3
     assert json.loads((run_dir / "config.json").read_text())["max_steps"] == 3
-    assert "lacker train" in studio.command_for(run)
+    assert json.loads((run_dir / "config.json").read_text())["gradient_checkpointing"] is True
+    assert "lacker train" in studio.command_for(run) and "--gradient-checkpointing" in studio.command_for(run)
     # A new studio process reads the same registry.
     assert make_studio(tmp_path).store.get(run.id).status == COMPLETED
 

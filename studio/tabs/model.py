@@ -55,13 +55,15 @@ def model_summary(info: dict) -> str:
             + f"\n\nDefault LoRA targets: {targets}" + (f"\n\n_{info['note']}_" if info.get("note") else ""))
 
 
-def memory_summary(info: dict, method: str, batch_size: int, max_seq_length: int, lora_r: int) -> str:
+def memory_summary(info: dict, method: str, batch_size: int, max_seq_length: int, lora_r: int,
+                   checkpointing: bool = False) -> str:
     if not (info.get("params_m") and info.get("layers") and info.get("dim")):
         return "**GPU memory estimate:** unknown for this model (its size is known once it is loaded)."
     gb = gpu_memory_estimate_gb(info["params_m"], info["layers"], info["dim"], method, int(batch_size),
-                                int(max_seq_length), int(lora_r))
+                                int(max_seq_length), int(lora_r), checkpointing)
     return (f"**GPU memory estimate:** ~{gb:.1f} GB for {method}, batch {int(batch_size)}, "
-            f"{int(max_seq_length)} tokens (a rough guide: weights + trainable state + activations).")
+            f"{int(max_seq_length)} tokens{', gradient checkpointing' if checkpointing else ''} "
+            "(a rough guide: weights + trainable state + activations).")
 
 
 def build(studio, ui) -> None:

@@ -31,7 +31,7 @@ DEMO_PRESET = {"method": "lora", "lora_r": 16, "lora_alpha": 16, "learning_rate"
 
 def training_config(model_state, mapping, eval_size, method, lora_r, lora_alpha, lora_dropout, targets, learning_rate,
                     length_mode, epochs, max_steps, batch_size, max_seq_length, warmup_ratio, loss, seed, evaluate,
-                    max_eval_queries) -> dict:
+                    max_eval_queries, gradient_checkpointing=False) -> dict:
     """The worker's config.json from the form (data keys are added when the run folder is written)."""
     default_targets = (model_state or {}).get("lora_targets") or []
     chosen = list(targets or [])
@@ -54,6 +54,7 @@ def training_config(model_state, mapping, eval_size, method, lora_r, lora_alpha,
         "seed": int(seed),
         "evaluate": bool(evaluate),
         "max_eval_queries": int(max_eval_queries),
+        "gradient_checkpointing": bool(gradient_checkpointing),
     }
 
 
@@ -119,6 +120,8 @@ def build(studio, ui) -> None:
             with gr.Row():
                 batch_size = gr.Number(32, label="Batch size", precision=0, minimum=1)
                 max_seq_length = gr.Number(256, label="Max sequence length (tokens)", precision=0, minimum=8)
+            checkpointing = gr.Checkbox(False, label="Gradient checkpointing: less GPU memory for long sequences, "
+                                        "about a third slower", elem_id="gradient-checkpointing")
             with gr.Row():
                 seed = gr.Number(42, label="Seed", precision=0)
                 evaluate = gr.Checkbox(True, label="Evaluate base and trained model")
@@ -140,7 +143,7 @@ def build(studio, ui) -> None:
 
     form = [ui.model_state, ui.data_state, *ui.mapping_inputs, ui.eval_size, method, lora_r, lora_alpha, lora_dropout,
             targets, learning_rate, length_mode, epochs, max_steps, batch_size, max_seq_length, warmup, loss, seed,
-            evaluate, max_eval_queries]
+            evaluate, max_eval_queries, checkpointing]
 
     def start(model_state, data_state, anchor, positive, negative, score, eval_size, *rest):
         source = DataSource.from_dict(data_state)
@@ -202,8 +205,8 @@ def build(studio, ui) -> None:
         targets_now = info.get("lora_targets") or []
         return gr.update(choices=targets_now, value=targets_now)
 
-    def memory(info, method_value, batch, seq, r):
-        text = memory_summary(info or {}, method_value, batch or 1, seq or 1, r or 1)
+    def memory(info, method_value, batch, seq, r, recompute):
+        text = memory_summary(info or {}, method_value, batch or 1, seq or 1, r or 1, bool(recompute))
         return text, text
 
     run_view = [status_md, progress_view, loss_plot, logs, drawn]
@@ -218,9 +221,8 @@ def build(studio, ui) -> None:
     for dropdown in ui.mapping_inputs:
         dropdown.change(loss_choices, [*ui.mapping_inputs, loss], loss, api_visibility="private")
     ui.model_state.change(model_changed, ui.model_state, targets, api_visibility="private")
-    for component in (ui.model_state, method, batch_size, max_seq_length, lora_r):
-        component.change(memory, [ui.model_state, method, batch_size, max_seq_length, lora_r],
-                         [memory_md, ui.memory_md], api_visibility="private")
-    ui.demo.load(memory, [ui.model_state, method, batch_size, max_seq_length, lora_r], [memory_md, ui.memory_md],
-                 api_visibility="private")
+    memory_inputs = [ui.model_state, method, batch_size, max_seq_length, lora_r, checkpointing]
+    for component in memory_inputs:
+        component.change(memory, memory_inputs, [memory_md, ui.memory_md], api_visibility="private")
+    ui.demo.load(memory, memory_inputs, [memory_md, ui.memory_md], api_visibility="private")
     ui.run_state, ui.render_run, ui.run_view = run_state, render, run_view
