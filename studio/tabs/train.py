@@ -126,7 +126,7 @@ def build(studio, ui) -> None:
                 seed = gr.Number(42, label="Seed", precision=0)
                 evaluate = gr.Checkbox(True, label="Evaluate base and trained model")
                 max_eval_queries = gr.Number(500, label="Eval queries", precision=0, minimum=10)
-    memory_md = gr.Markdown()
+    memory_md = gr.Markdown(elem_id="train-memory")
     with gr.Row():
         start_btn = gr.Button("Start training", variant="primary", elem_id="start-training")
         stop_btn = gr.Button("Stop", variant="stop", elem_id="stop-training")

@@ -47,7 +47,8 @@ def run_ids(studio_app) -> set[str]:
     return {run.id for run in RunStore(studio_app.home / "runs.sqlite").list()}
 
 
-def start_sample_run(page, studio_app, max_steps: int, evaluate: bool = True, eval_queries: int = 200) -> str:
+def start_sample_run(page, studio_app, max_steps: int, evaluate: bool = True, eval_queries: int = 200,
+                     checkpointing: bool = False) -> str:
     """Load the sample, set a short run, press Start; returns the new run's id once the Train tab shows it."""
     before = run_ids(studio_app)
     open_tab(page, "Data")
@@ -61,6 +62,9 @@ def start_sample_run(page, studio_app, max_steps: int, evaluate: bool = True, ev
     fill_number(page, "Eval queries", eval_queries)
     if not evaluate:
         page.get_by_label("Evaluate base and trained model").uncheck()
+    if checkpointing:
+        page.locator("#gradient-checkpointing input").check()
+        page.locator("#train-memory").get_by_text("gradient checkpointing").wait_for()
     page.locator("#start-training").click()
     new = wait_for(lambda: run_ids(studio_app) - before, 60, "the new run in the registry")
     run_id = new.pop()
@@ -134,7 +138,8 @@ def test_a_run_finishes_with_no_page_open_and_reload_reattaches(browser, studio_
     page = context.new_page()
     page.set_default_timeout(60_000)
     page.goto(studio_app.url)
-    run_id = start_sample_run(page, studio_app, max_steps=6, evaluate=False)
+    run_id = start_sample_run(page, studio_app, max_steps=6, evaluate=False, checkpointing=True)
+    assert "--gradient-checkpointing" in page.locator("#train-command textarea").input_value()
     context.close()  # nobody is watching now
 
     from studio.store import RunStore
