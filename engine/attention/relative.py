@@ -86,15 +86,15 @@ def document_block_mask(cu: torch.Tensor, doc: torch.Tensor, total: int):
 
 
 def relative_attention_reference(q, k, v, bias: PackedRelativeBias, scale: float) -> torch.Tensor:
-    """Plain PyTorch, one sequence at a time: q, k, v (1, heads, T, head_dim) -> same shape."""
-    starts = bias.cu_seqlens.tolist()
+    """Plain PyTorch, one sequence at a time: q, k, v (1, heads, T, head_dim) -> same shape. Cut with
+    one `split` (not a slice per sequence, whose backward fills a whole-stream gradient each time)."""
+    lengths = torch.diff(bias.cu_seqlens).tolist()
     out = []
-    for start, end in zip(starts[:-1], starts[1:]):
-        positions = torch.arange(end - start, device=q.device)
+    for q_i, k_i, v_i in zip(q.split(lengths, dim=2), k.split(lengths, dim=2), v.split(lengths, dim=2)):
+        positions = torch.arange(q_i.shape[2], device=q.device)
         distance = (positions[None, :] - positions[:, None]).clamp(-REACH, REACH) + REACH
         mask = bias.table[:, distance].to(q.dtype)[None]  # (1, heads, len, len)
-        out.append(torch.nn.functional.scaled_dot_product_attention(
-            q[:, :, start:end], k[:, :, start:end], v[:, :, start:end], attn_mask=mask, scale=scale))
+        out.append(torch.nn.functional.scaled_dot_product_attention(q_i, k_i, v_i, attn_mask=mask, scale=scale))
     return torch.cat(out, dim=2)
 
 

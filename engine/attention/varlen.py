@@ -52,15 +52,18 @@ def varlen_attention_reference(
     scale: float | None = None,
     window: tuple[int, int] = (-1, -1),
 ) -> torch.Tensor:
-    """Plain PyTorch: per sequence SDPA with an explicit window mask. Same shapes as `varlen_attention`."""
-    starts_q = cu_seqlens_q.tolist()
-    starts_k = cu_seqlens_k.tolist()
-    out = torch.empty_like(query)
+    """Plain PyTorch: per sequence SDPA with an explicit window mask. Same shapes as `varlen_attention`.
+
+    The sequences are cut with one `split` and joined with one `cat`: their backward passes are one
+    concatenation and one split, where slicing each sequence out (and writing it back) would add a
+    zero-filled gradient of the whole stream per sequence (a fifth of a CPU step on MiniLM)."""
+    lengths_q = torch.diff(cu_seqlens_q).tolist()
+    lengths_k = torch.diff(cu_seqlens_k).tolist()
+    outs = []
     left, right = window
-    for i in range(len(starts_q) - 1):
-        q = query[starts_q[i] : starts_q[i + 1]].transpose(0, 1)  # (heads, len, head_dim)
-        k = key[starts_k[i] : starts_k[i + 1]].transpose(0, 1)
-        v = value[starts_k[i] : starts_k[i + 1]].transpose(0, 1)
+    pieces = zip(query.split(lengths_q), key.split(lengths_k), value.split(lengths_k))
+    for q, k, v in pieces:
+        q, k, v = (t.transpose(0, 1) for t in (q, k, v))  # (heads, len, head_dim)
         mask, causal = None, False
         if (left, right) == (-1, 0) and q.shape[1] == k.shape[1]:
             causal = True  # SDPA's own causal path, no mask to build
@@ -74,8 +77,8 @@ def varlen_attention_reference(
         o = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, is_causal=causal, scale=scale, enable_gqa=k.shape[0] != q.shape[0]
         )
-        out[starts_q[i] : starts_q[i + 1]] = o.transpose(0, 1)
-    return out
+        outs.append(o.transpose(0, 1))
+    return torch.cat(outs) if outs else query.new_empty(query.shape)
 
 
 def varlen_attention(
