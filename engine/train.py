@@ -317,10 +317,6 @@ def train(config: TrainConfig | dict, events: EventLog | None = None, stop: thre
             events.log(f"training with sentence-transformers' trainer: {reason}")
         steps = _train_with_trainer(**run, loss_name=loss_name, on_gpu=on_gpu)
     stopped = stop.is_set()
-    if not on_gpu and getattr(model[0], "can_flatten_inputs", False):
-        from engine.attention import disable
-
-        disable(model)  # encoding many texts on a CPU is faster padded than through the per-sequence reference
 
     events.status("saving", "saving the adapter and the merged model")
     if config.method != "full":
