@@ -279,7 +279,7 @@ def run_one(name: str, checkpoint: Path, seq: int, batch: int, method: str, step
         result.enabled += f"; trainer ({unavailable})"
     if loop and not unavailable:
         trainer = PackedTrainer(model, [queries[:rows], documents[:rows]], batch_size=batch, learning_rate=2e-4,
-                                steps=steps, seed=seed, position_offset=family.position_offset, kernels=path != "ours-nokernels",
+                                steps=steps, seed=seed, kernels=path != "ours-nokernels",
                                 mini_batch=CACHED_MINI_BATCH if path == "ours-cached" else None)
         trainer.plan = plan
         records = []

@@ -20,7 +20,7 @@ class Family:
     name: str
     model_types: tuple[str, ...]  # transformers `config.model_type` values this row covers
     attention: str  # "bidirectional", "bidirectional+sliding", "causal" or "relative-bias"
-    position_offset: int  # first position id of each packed sequence (padding_idx + 1 for RoBERTa-likes)
+    position_offset: int  # first position id as released (padding_idx + 1 for RoBERTa-likes; packing reads the model's own)
     lora_targets: tuple[str, ...]  # attention and MLP projection names (PEFT suffix match)
     pooling: str  # sentence-transformers pooling mode used when a model has no modules.json
     prompts: dict[str, str] = field(default_factory=dict)  # used when a model has no prompts of its own

@@ -166,7 +166,7 @@ class PackedTrainer:
 
     def __init__(self, st_model, columns: list[list[str]], *, batch_size: int, learning_rate: float,
                  steps: int | None = None, epochs: float = 1.0, warmup_ratio: float = 0.0, seed: int = 42,
-                 position_offset: int = 0, scale: float = 20.0, max_grad_norm: float = 1.0,
+                 position_offset: int | None = None, scale: float = 20.0, max_grad_norm: float = 1.0,
                  cuda_graphs: bool = True, bucketed: bool | None = None, kernels: bool = True,
                  mini_batch: int | None = None):
         self.model = st_model
@@ -178,6 +178,10 @@ class PackedTrainer:
         self.device = next(st_model.parameters()).device
         self.cuda = self.device.type == "cuda"
         self.batch_size, self.scale, self.max_grad_norm = batch_size, scale, max_grad_norm
+        # First position id of each packed sequence: by default the one the model's packed preprocessing uses
+        # (engine.attention.enable), so the loop's batches and plain encoding agree.
+        if position_offset is None:
+            position_offset = getattr(self.transformer, "_flatten_position_offset", 0)
         self.position_offset = position_offset
 
         self.store = TokenStore(self.transformer, [t for column in columns for t in column])

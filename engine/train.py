@@ -311,7 +311,7 @@ def train(config: TrainConfig | dict, events: EventLog | None = None, stop: thre
                documents=documents, extra=extra, checkpoint_dir=checkpoint_dir, resume=resume)
     reason = _loop_unavailable(config, model, loss_name, resume)
     if reason is None:
-        steps = _train_packed(**run, position_offset=family.position_offset if family else 0, loss_name=loss_name)
+        steps = _train_packed(**run, loss_name=loss_name)
     else:
         if config.loop == "on" or config.fast:
             events.log(f"training with sentence-transformers' trainer: {reason}")
@@ -348,7 +348,7 @@ def _loop_unavailable(config: TrainConfig, model, loss_name: str, resume) -> str
 
 
 def _train_packed(config: TrainConfig, model, train_rows, events: EventLog, stop: threading.Event, queries,
-                  documents, extra, checkpoint_dir: Path, resume, position_offset: int, loss_name: str) -> int:
+                  documents, extra, checkpoint_dir: Path, resume, loss_name: str) -> int:
     """Train with engine.loop.PackedTrainer; returns the steps done. Same events as the trainer's."""
     from engine.evaluate import retrieval_metrics
     from engine.loop import CACHED_MINI_BATCH, PackedTrainer
@@ -357,7 +357,7 @@ def _train_packed(config: TrainConfig, model, train_rows, events: EventLog, stop
     events.status("loading", f"tokenizing {sum(map(len, columns))} texts once, for the packed loop")
     trainer = PackedTrainer(
         model, columns, batch_size=config.batch_size, learning_rate=config.learning_rate, steps=config.max_steps,
-        epochs=config.epochs, warmup_ratio=config.warmup_ratio, seed=config.seed, position_offset=position_offset,
+        epochs=config.epochs, warmup_ratio=config.warmup_ratio, seed=config.seed,
         mini_batch=CACHED_MINI_BATCH if loss_name.startswith("Cached") else None,
     )
     if resume:
