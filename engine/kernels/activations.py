@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import types
 from dataclasses import dataclass
 from typing import Callable
@@ -36,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from .norm import _upcast
+from .runtime import log_once, triton_runs_on, why_not
 
 try:
     import triton
@@ -180,21 +180,14 @@ class ActivationFunction(torch.autograd.Function):
 
 
 def _triton_runs_on(t: torch.Tensor) -> bool:
-    if triton is not None and t.dtype in _KERNEL_DTYPES and (t.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"):
+    if t.dtype in _KERNEL_DTYPES and triton_runs_on(t):
         return True
-    _log_fallback(t.device.type, t.dtype)
-    return False
-
-
-@functools.cache
-def _log_fallback(device_type: str, dtype: torch.dtype) -> None:
-    if triton is None:
-        why = "triton is not installed"
-    elif dtype not in _KERNEL_DTYPES:
-        why = f"the activation kernels take fp16, bf16 or fp32, not {dtype}"
+    if triton is not None and t.dtype not in _KERNEL_DTYPES:
+        why = f"the activation kernels take fp16, bf16 or fp32, not {t.dtype}"
     else:
-        why = f"no triton kernel runs on {device_type}"
-    logger.info("%s; gelu / geglu / swiglu use the PyTorch reference", why)
+        why = why_not(t)
+    log_once(logger, f"{why}; gelu / geglu / swiglu use the PyTorch reference")
+    return False
 
 
 def _activate(x, up, activation: str):

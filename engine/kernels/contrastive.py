@@ -23,9 +23,7 @@ backward, for devices without Triton; `contrastive_loss` picks among them.
 
 from __future__ import annotations
 
-import functools
 import logging
-import os
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +34,8 @@ try:
     import triton.language as tl
 except ImportError:  # the PyTorch versions serve
     triton = None
+
+from .runtime import log_once, triton_runs_on, why_not
 
 logger = logging.getLogger(__name__)
 
@@ -183,15 +183,9 @@ class ContrastiveRowLossFunction(torch.autograd.Function):
         return grads[0], grads[1], None
 
 
-@functools.cache
-def _log_fallback(device_type: str) -> None:
-    why = "triton is not installed" if triton is None else f"no triton kernel runs on {device_type}"
-    logger.info("%s; contrastive_loss computes in PyTorch, in blocks of anchor rows", why)
-
-
 def contrastive_loss(anchors, candidates, scale: float = 20.0) -> torch.Tensor:
     """MultipleNegativesRankingLoss of normalized embeddings as an fp32 scalar; see the module doc."""
-    if triton is not None and (anchors.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"):
+    if triton_runs_on(anchors):
         return ContrastiveRowLossFunction.apply(anchors, candidates, float(scale)).mean()
-    _log_fallback(anchors.device.type)
+    log_once(logger, f"{why_not(anchors)}; contrastive_loss computes in PyTorch, in blocks of anchor rows")
     return chunked_contrastive_loss_torch(anchors, candidates, scale)

@@ -22,9 +22,7 @@ references elsewhere.
 
 from __future__ import annotations
 
-import functools
 import logging
-import os
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +32,8 @@ try:
     import triton.language as tl
 except ImportError:  # the references serve
     triton = None
+
+from .runtime import log_once, triton_runs_on, why_not
 
 logger = logging.getLogger(__name__)
 
@@ -185,16 +185,10 @@ class AddNormFunction(torch.autograd.Function):
 
 
 def _triton_runs_on(t: torch.Tensor) -> bool:
-    if triton is not None and (t.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"):
+    if triton_runs_on(t):
         return True
-    _log_fallback(t.device.type)
+    log_once(logger, f"{why_not(t)}; add_layer_norm / add_rms_norm use the PyTorch reference")
     return False
-
-
-@functools.cache
-def _log_fallback(device_type: str) -> None:
-    why = "triton is not installed" if triton is None else f"no triton kernel runs on {device_type}"
-    logger.info("%s; add_layer_norm / add_rms_norm use the PyTorch reference", why)
 
 
 def add_layer_norm(x, residual, weight, bias, eps: float = 1e-5):

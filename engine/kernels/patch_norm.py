@@ -17,13 +17,11 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 from dataclasses import dataclass
-
-import torch
 
 from . import norm
 from .patching import install_forward
+from .runtime import log_once, triton_runs_on
 
 logger = logging.getLogger(__name__)
 
@@ -46,22 +44,12 @@ RMS_NORMS = (
 _ROW_OF = {(row.module, row.name): row for row in RMS_NORMS}
 
 
-def _log_once(message: str) -> None:
-    if not torch.compiler.is_compiling():  # a logging call would break torch.compile's graph
-        _log_message_once(message)
-
-
-@functools.cache
-def _log_message_once(message: str) -> None:
-    logger.info(message)
-
-
 def _kernel_applies(row: RmsNormRow, module, x) -> bool:
-    if norm.triton is None or not (x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"):
-        _log_once(f"no triton kernel runs on {x.device.type}; {row.name} runs transformers' forward")
+    if not triton_runs_on(x):
+        log_once(logger, f"no triton kernel runs on {x.device.type}; {row.name} runs transformers' forward")
         return False
     if row.output_in_weight_dtype and module.weight.dtype != x.dtype:
-        _log_once(f"{row.name} with a {module.weight.dtype} weight and {x.dtype} input (autocast) returns "
+        log_once(logger, f"{row.name} with a {module.weight.dtype} weight and {x.dtype} input (autocast) returns "
                   f"{module.weight.dtype}; those calls run transformers' forward")
         return False
     return True

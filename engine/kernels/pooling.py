@@ -16,9 +16,7 @@ through the normalize Jacobian.
 
 from __future__ import annotations
 
-import functools
 import logging
-import os
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +26,8 @@ try:
     import triton.language as tl
 except ImportError:  # the reference serves
     triton = None
+
+from .runtime import log_once, triton_runs_on, why_not
 
 logger = logging.getLogger(__name__)
 
@@ -131,15 +131,9 @@ class MeanPoolFunction(torch.autograd.Function):
         return grad_hidden, None, None, None, None
 
 
-@functools.cache
-def _log_fallback(device_type: str) -> None:
-    why = "triton is not installed" if triton is None else f"no triton kernel runs on {device_type}"
-    logger.info("%s; mean_pool uses the PyTorch reference", why)
-
-
 def mean_pool(hidden, cu_seqlens, normalize: bool = True, eps: float = 1e-12, out_dtype=None):
     """(n, d) mean of each packed sequence's tokens, L2-normalized if `normalize`; see the module doc."""
-    if triton is not None and (hidden.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"):
+    if triton_runs_on(hidden):
         return MeanPoolFunction.apply(hidden, cu_seqlens, normalize, eps, out_dtype)
-    _log_fallback(hidden.device.type)
+    log_once(logger, f"{why_not(hidden)}; mean_pool uses the PyTorch reference")
     return mean_pool_reference(hidden, cu_seqlens, normalize, eps, out_dtype)

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import types
 from dataclasses import dataclass
 
@@ -42,6 +41,7 @@ except ImportError:  # the reference serves
     triton = None
 
 from .patching import install_forward
+from .runtime import log_once, triton_runs_on, why_not
 
 logger = logging.getLogger(__name__)
 
@@ -169,20 +169,14 @@ class RopeFunction(torch.autograd.Function):
 
 
 def _triton_runs_on(t: torch.Tensor) -> bool:
-    if triton is not None and (t.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"):
+    if triton_runs_on(t):
         return True
-    _log_fallback("triton is not installed" if triton is None else f"no triton kernel runs on {t.device.type}")
+    _log_fallback(why_not(t))
     return False
 
 
 def _log_fallback(why: str) -> None:
-    if not torch.compiler.is_compiling():  # a logging call would break torch.compile's graph
-        _log_once(why)
-
-
-@functools.cache
-def _log_once(why: str) -> None:
-    logger.info("%s; RoPE runs in plain PyTorch", why)
+    log_once(logger, f"{why}; RoPE runs in plain PyTorch")
 
 
 def _check_shapes(q, k, cos, sin) -> None:
