@@ -22,6 +22,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lengths", type=int, nargs="+", default=[1024, 2048, 4096, 8192])
     parser.add_argument("--methods", nargs="+", default=["stock", "ours"])
     parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--mini-batch", type=int, default=None, help="sequences the -cached methods embed at a time "
+                        "(default engine.loop.CACHED_MINI_BATCH)")
     parser.add_argument("--out", default=None, help="also write the table here")
     args = parser.parse_args(argv)
 
@@ -29,8 +31,11 @@ def main(argv: list[str] | None = None) -> None:
 
     from bench.models import build
     from bench.speed import card, load_pairs, run_one
+    from engine.loop import CACHED_MINI_BATCH
 
-    rows = [f"Longest sequence at batch {args.batch}, {args.model}, LoRA r=16, {args.steps} steps each, on {card('cuda')}",
+    cached = f", cached methods {args.mini_batch or CACHED_MINI_BATCH} sequences at a time" if any(
+        m.endswith("-cached") for m in args.methods) else ""
+    rows = [f"Longest sequence at batch {args.batch}, {args.model}, LoRA r=16, {args.steps} steps each{cached}, on {card('cuda')}",
             "", "| method | length | result | peak GiB |", "|---|---|---|---|"]
     longest = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -40,7 +45,7 @@ def main(argv: list[str] | None = None) -> None:
                 queries, documents = load_pairs(length, join=max(1, length // 48))
                 try:
                     result = run_one(args.model, checkpoint, length, args.batch, method, args.steps, "cuda",
-                                     queries, documents, 42, Path(tmp) / "run")
+                                     queries, documents, 42, Path(tmp) / "run", mini_batch=args.mini_batch)
                     outcome, peak = "trains", f"{result.peak_gib:.1f}"
                     longest[method] = length
                 except torch.cuda.OutOfMemoryError:

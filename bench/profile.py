@@ -24,14 +24,17 @@ def _run(args, wrap) -> object:
 
     from bench.models import build
     from bench.speed import load_pairs, run_one
+    from engine.loop import PackedTrainer
 
-    original_train = Trainer.train
+    def wrapped(original):
+        def run(self, *a, **k):
+            with wrap():
+                return original(self, *a, **k)
+        return run
 
-    def wrapped_train(self, *a, **k):
-        with wrap():
-            return original_train(self, *a, **k)
-
-    with tempfile.TemporaryDirectory() as tmp, mock.patch.object(Trainer, "train", wrapped_train):
+    # Stock methods train through the trainer, ours through the packed loop: whichever runs is profiled.
+    with tempfile.TemporaryDirectory() as tmp, mock.patch.object(Trainer, "train", wrapped(Trainer.train)), \
+            mock.patch.object(PackedTrainer, "fit", wrapped(PackedTrainer.fit)):
         checkpoint = build(args.model, Path(tmp) / args.model)
         queries, documents = load_pairs(args.seq, max(1, args.seq // 256))
         return run_one(args.model, checkpoint, args.seq, args.batch, args.method, args.steps, args.device,

@@ -63,29 +63,27 @@ PEAK_TFLOPS = 790.0  # dense bf16 matmul ceiling measured on the lent H100 (GPU_
 UNSLOTH_BUNDLE = ROOT / ".devcarry" / "unsloth"  # carried to the lent GPU, which has no Unsloth (GPU_NOTES.md)
 LONG_RUN = 600  # steps of the longer run whose end to end is reported (measured, or projected from steady state)
 
-# model:seq:batch:methods. The whole plan takes about 25 minutes on an H100; BENCHMARKS.md says which
-# --only chunks made its table (a lent GPU runs 10 minutes a command). unsloth-compile spends 1.5-3 minutes
-# compiling before its first step (GPU_NOTES.md).
+# model:seq:batch:methods[:steps]. The whole plan takes about 25 minutes on an H100 (a lent GPU runs 10 minutes a
+# command: run it as `--shard k/3` on three cards, or in several sittings with --json F --resume). The rows are
+# ordered so that round-robin thirds take similar time. unsloth-compile spends 1.5-3 minutes compiling before its
+# first step (GPU_NOTES.md); it runs for MiniLM only (BERT-base's took over 2.5 minutes there).
 GPU_PLAN = (
-    # LoRA at sequence length 256, every model in the issue
     "minilm-l6:256:64:stock,ours,stock-compile,unsloth,unsloth-compile",
-    "bert-base:256:64:stock,ours,unsloth,unsloth-compile",
+    "mpnet-base:256:64:stock,ours:600",  # 600 steps: MPNet packed through FlexAttention (from 300 steps on)
+    "qwen3-0.6b:256:32:stock,ours",
+    "bert-base:512:32:stock,ours",  # BERT's limit
+    "qwen3-0.6b:256:32:stock-qlora,ours-qlora",
+    "embeddinggemma-300m:256:64:stock,ours",
+    "xlm-roberta-large:1024:16:stock,ours",
+    "qwen3-0.6b:1024:16:stock,ours",
     "xlm-roberta-large:256:32:stock,ours",
     "mpnet-base:256:64:stock,ours",  # 60 steps: MPNet stays padded (FlexAttention's compile would not pay)
-    "mpnet-base:256:64:stock,ours:600",  # ...and packed through FlexAttention from 300 steps on
-    "modernbert-base:256:64:stock,ours",
-    "qwen3-0.6b:256:32:stock,ours",
-    "embeddinggemma-300m:256:64:stock,ours",
-    # long sequences (BERT has 512 positions)
-    "bert-base:512:32:stock,ours",
-    "mpnet-base:512:32:stock,ours",  # MPNet's limit too
-    "xlm-roberta-large:1024:16:stock,ours",
-    "modernbert-base:1024:32:stock,ours",
-    "qwen3-0.6b:1024:16:stock,ours",
+    "bert-base:256:64:stock,ours,unsloth",
     "embeddinggemma-300m:1024:32:stock,ours",
-    # QLoRA (4-bit NF4 base) and full fine-tuning
+    "modernbert-base:1024:32:stock,ours",
+    "mpnet-base:512:32:stock,ours",  # MPNet's limit
     "bert-base:256:64:stock-qlora,ours-qlora,stock-full,ours-full",
-    "qwen3-0.6b:256:32:stock-qlora,ours-qlora",
+    "modernbert-base:256:64:stock,ours",
 )
 CPU_PLAN = ("minilm-l6:128:16:stock,ours,ours-padded",)  # the studio's CPU demo preset: seq 128, batch 16
 
@@ -197,7 +195,8 @@ def _unsloth_note(model, batch: int, seq: int) -> str:
 
 def run_one(name: str, checkpoint: Path, seq: int, batch: int, method: str, steps: int, device: str,
             queries: list[str], documents: list[str], seed: int, workdir: Path,
-            gradient_checkpointing: bool = False) -> Result:
+            gradient_checkpointing: bool = False, mini_batch: int | None = None) -> Result:
+    """One method's run. `mini_batch`: sequences a cached method embeds at a time (default CACHED_MINI_BATCH)."""
     import numpy as np
     import torch
     from datasets import Dataset
@@ -280,7 +279,7 @@ def run_one(name: str, checkpoint: Path, seq: int, batch: int, method: str, step
     if loop and not unavailable:
         trainer = PackedTrainer(model, [queries[:rows], documents[:rows]], batch_size=batch, learning_rate=2e-4,
                                 steps=steps, seed=seed, kernels=path != "ours-nokernels",
-                                mini_batch=CACHED_MINI_BATCH if path == "ours-cached" else None)
+                                mini_batch=(mini_batch or CACHED_MINI_BATCH) if path == "ours-cached" else None)
         trainer.plan = plan
         records = []
         trainer.fit(on_steps=records.extend, after_step=mark)
@@ -316,11 +315,10 @@ def run_one(name: str, checkpoint: Path, seq: int, batch: int, method: str, step
             FastSentenceTransformer._apply_torch_compile(model, mode=getattr(model, "_compile_mode", None) or "default")
             model._compile_pending = False
         clock = _Clock(mark)
-        trainer = SentenceTransformerTrainer(
-            model=model, args=args, train_dataset=data, callbacks=[clock.callback],
-            loss=CachedMultipleNegativesRankingLoss(model, mini_batch_size=CACHED_MINI_BATCH) if path == "stock-cached"
-            else MultipleNegativesRankingLoss(model),
-        )
+        loss = (CachedMultipleNegativesRankingLoss(model, mini_batch_size=mini_batch or CACHED_MINI_BATCH)
+                if path == "stock-cached" else MultipleNegativesRankingLoss(model))
+        trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=data, callbacks=[clock.callback],
+                                             loss=loss)
         if unsloth:
             result.enabled = _unsloth_note(model, batch, seq)
         trainer.train()
@@ -572,10 +570,23 @@ def write_plot(results: list[Result], path: Path) -> bool:
     return True
 
 
+def shard(plan, spec: str) -> list[str]:
+    """Rows K, K+N, K+2N... of `plan` for spec "K/N" (K from 1)."""
+    try:
+        k, n = (int(part) for part in spec.split("/"))
+    except ValueError:
+        raise SystemExit(f"--shard {spec!r}: expected K/N, as 2/3 for the second of three") from None
+    if not 1 <= k <= n:
+        raise SystemExit(f"--shard {spec!r}: K must be between 1 and N")
+    return list(plan)[k - 1 :: n]
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     parser.add_argument("--only", nargs="*", help="rows as model:seq:batch:method,method[:steps] (default: the device's plan)")
+    parser.add_argument("--shard", default=None, metavar="K/N", help="only the plan's rows K, K+N, K+2N... (1-based): "
+                        "N processes, one a card, each with its own --json, together run the plan (--from-json joins them)")
     parser.add_argument("--steps", type=int, default=None, help="steps per run (default 60 on cuda, 16 on cpu)")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"))
@@ -603,6 +614,8 @@ def main(argv: list[str] | None = None) -> None:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     steps = args.steps or (60 if device == "cuda" else 16)
     plan = args.only or (GPU_PLAN if device == "cuda" else CPU_PLAN)
+    if args.shard:
+        plan = shard(plan, args.shard)
     command = "python -m bench.speed " + " ".join(sys.argv[1:] if argv is None else argv)
 
     if args.from_json:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from bench.speed import main
 
 
@@ -46,3 +48,24 @@ def test_resume_runs_only_the_rows_the_results_file_lacks(tmp_path):
     assert len(json.loads(results.read_text())) == 3
     report = (tmp_path / "b.md").read_text()
     assert "| tiny-bert | 32 | 8 | 4 | ours |" in report and "| tiny-qwen3 | 32 | 8 | 4 | stock |" in report
+
+
+def test_shards_split_the_plan_between_cards_and_join_into_one_report(tmp_path):
+    """`--shard k/n` on n cards runs every row of the plan once; --from-json joins their results."""
+    rows = ["tiny-bert:32:8:stock", "tiny-qwen3:32:8:stock", "tiny-bert:16:8:stock"]
+    parts = []
+    for k in (1, 2):
+        parts.append(tmp_path / f"part{k}.json")
+        main(["--device", "cpu", "--only", *rows, "--shard", f"{k}/2", "--steps", "4", "--plot", "",
+              "--out", str(tmp_path / f"part{k}.md"), "--json", str(parts[-1])])
+    ran = [[(r["model"], r["seq"]) for r in json.loads(part.read_text())] for part in parts]
+    assert ran == [[("tiny-bert", 32), ("tiny-bert", 16)], [("tiny-qwen3", 32)]]
+
+    joined = tmp_path / "joined.md"
+    main(["--from-json", *map(str, parts), "--out", str(joined), "--plot", ""])
+    text = joined.read_text()
+    for line in ("| tiny-bert | 32 | 8 | 4 | stock |", "| tiny-qwen3 | 32 | 8 | 4 | stock |", "| tiny-bert | 16 | 8 | 4 | stock |"):
+        assert line in text
+
+    with pytest.raises(SystemExit, match="K must be between 1 and N"):
+        main(["--device", "cpu", "--only", *rows, "--shard", "3/2"])
