@@ -2,9 +2,12 @@
 
     python -m bench.profile minilm-l6 ours --seq 256 --batch 64 --steps 30
 
-Prints the top Python functions by own time, then (on CUDA) the top device kernels and the device
-busy time per step against the step's wall time. For deciding what to speed up next, not for
-reporting speed (profiling slows the run).
+Prints the top Python functions by own time, then (on CUDA) the top device kernels, the device busy
+time per step against the step's wall time, and that busy time by kind of kernel (matmul, attention,
+PyTorch elementwise / reductions / copies, Triton, other). With --eager the loop runs without CUDA
+graphs and records input shapes, so each kernel's time is listed under the PyTorch op and shapes that
+launched it (a graph replay launches its kernels with no op around them). For deciding what to speed
+up next, not for reporting speed (profiling slows the run).
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ def _run(args, wrap) -> object:
         checkpoint = build(args.model, Path(tmp) / args.model)
         queries, documents = load_pairs(args.seq, max(1, args.seq // 256))
         return run_one(args.model, checkpoint, args.seq, args.batch, args.method, args.steps, args.device,
-                       queries, documents, 42, Path(tmp) / "run")
+                       queries, documents, 42, Path(tmp) / "run", cuda_graphs=not args.eager)
 
 
 def main() -> None:
@@ -50,6 +53,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--top", type=int, default=30)
     parser.add_argument("--device", default="cuda")
+    parser.add_argument("--eager", action="store_true", help="loop without CUDA graphs: device time by op and shape")
     args = parser.parse_args()
 
     import torch
@@ -77,7 +81,7 @@ def main() -> None:
 
     @contextlib.contextmanager
     def device_profile():
-        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], record_shapes=args.eager) as prof:
             start = time.perf_counter()
             yield
             torch.cuda.synchronize()
@@ -85,13 +89,38 @@ def main() -> None:
         holder["prof"] = prof
 
     _run(args, device_profile)
-    events = holder["prof"].key_averages()
-    print(events.table(sort_by="self_device_time_total", row_limit=args.top))
+    events = holder["prof"].key_averages(group_by_input_shape=args.eager)
+    print(events.table(sort_by="self_device_time_total", row_limit=args.top, max_name_column_width=80,
+                       max_shapes_column_length=120))
     kernels = [e for e in events if e.device_type.name == "CUDA"]  # ops would count their kernels twice
     busy_us = sum(e.self_device_time_total for e in kernels)
     launches = sum(e.count for e in kernels)
     print(f"device busy {busy_us / 1e3 / args.steps:.1f} ms/step, wall {holder['wall'] * 1e3 / args.steps:.1f} ms/step "
           f"(both under the profiler), {launches / args.steps:.0f} device kernels/step")
+    by_kind: dict[str, list] = {}
+    for e in kernels:
+        kind = by_kind.setdefault(kernel_kind(e.key), [0.0, 0])
+        kind[0] += e.self_device_time_total
+        kind[1] += e.count
+    for kind, (us, count) in sorted(by_kind.items(), key=lambda item: -item[1][0]):
+        print(f"  {kind:<40} {us / 1e3 / args.steps:7.1f} ms/step {100 * us / max(busy_us, 1):5.1f}%  "
+              f"{count / args.steps:6.0f} kernels/step")
+
+
+def kernel_kind(name: str) -> str:
+    """A device kernel's kind, from its name (cuBLAS / cuDNN / PyTorch / Triton naming)."""
+    lowered = name.lower()
+    if any(tag in lowered for tag in ("gemm", "nvjet", "cutlass", "xmma", "gemv", "splitk")):
+        return "matmul"
+    if any(tag in lowered for tag in ("flash", "fmha", "attention", "attn")):
+        return "attention"
+    if any(tag in lowered for tag in ("memcpy", "memset")):
+        return "memory copies"
+    if lowered.startswith("void at::native::") or "at_cuda_detail" in lowered:
+        return "PyTorch elementwise / reductions"
+    if lowered.startswith("triton_") or lowered.startswith("_"):
+        return "Triton (ours and Inductor's)"
+    return "other"
 
 
 if __name__ == "__main__":

@@ -195,8 +195,9 @@ def _unsloth_note(model, batch: int, seq: int) -> str:
 
 def run_one(name: str, checkpoint: Path, seq: int, batch: int, method: str, steps: int, device: str,
             queries: list[str], documents: list[str], seed: int, workdir: Path,
-            gradient_checkpointing: bool = False, mini_batch: int | None = None) -> Result:
-    """One method's run. `mini_batch`: sequences a cached method embeds at a time (default CACHED_MINI_BATCH)."""
+            gradient_checkpointing: bool = False, mini_batch: int | None = None, cuda_graphs: bool = True) -> Result:
+    """One method's run. `mini_batch`: sequences a cached method embeds at a time (default CACHED_MINI_BATCH);
+    `cuda_graphs=False` keeps the loop eager (bench.profile --eager)."""
     import numpy as np
     import torch
     from datasets import Dataset
@@ -278,7 +279,7 @@ def run_one(name: str, checkpoint: Path, seq: int, batch: int, method: str, step
         result.enabled += f"; trainer ({unavailable})"
     if loop and not unavailable:
         trainer = PackedTrainer(model, [queries[:rows], documents[:rows]], batch_size=batch, learning_rate=2e-4,
-                                steps=steps, seed=seed, kernels=path != "ours-nokernels",
+                                steps=steps, seed=seed, kernels=path != "ours-nokernels", cuda_graphs=cuda_graphs,
                                 mini_batch=(mini_batch or CACHED_MINI_BATCH) if path == "ours-cached" else None)
         trainer.plan = plan
         records = []
