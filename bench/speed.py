@@ -107,6 +107,9 @@ class Result:
     # Fields added later default to "not measured", so results saved before them still load.
     end_to_end_600_s: float = 0.0  # load -> LONG_RUN (600) steps -> saved; 0 when the run was shorter
     skipped: str = ""  # why the row did not run (e.g. `import unsloth` failed)
+    card: str = ""  # where it ran, so that a report made later (--from-json) on another machine says so
+    versions: str = ""
+    measured: str = ""  # UTC time the row finished
 
 
 def load_pairs(seq: int, join: int) -> tuple[list[str], list[str]]:
@@ -481,13 +484,24 @@ def _stock_key(r: Result) -> tuple:
     return r.model, r.seq, r.batch, r.steps, _variant(r.method)[1]
 
 
+def _now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _described(values: list[str], here) -> str:
+    """The distinct values rows recorded (in order), or `here()` where none did (results saved before they were)."""
+    distinct = list(dict.fromkeys(v for v in values if v))
+    return "; ".join(distinct) if distinct else here()
+
+
 def write_report(results: list[Result], path: Path, device: str, command: str, plot: str | None) -> None:
+    measured = sorted(r.measured for r in results if r.measured)
     lines = [
         "# Training speed",
         "",
-        f"- card: {card(device)}",
-        f"- versions: {versions()}",
-        f"- date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
+        f"- card: {_described([r.card for r in results], lambda: card(device))}",
+        f"- versions: {_described([r.versions for r in results], versions)}",
+        f"- date: {measured[0] + ' to ' + measured[-1] if measured else _now()}",
         f"- command: `{command}`",
         "- every row: SentenceTransformerTrainer, MultipleNegativesRankingLoss, LoRA r=16 alpha=32 on the family's",
         "  target layers, random-weight model built from its config (bench/models.py), Debian synopsis -> description",
@@ -621,6 +635,8 @@ def main(argv: list[str] | None = None) -> None:
 
     if args.from_json:
         results = [Result(**row) for path in args.from_json for row in json.loads(Path(path).read_text())]
+        if any(r.card and not r.card.startswith("CPU") for r in results):  # rows from a GPU, reported elsewhere
+            device = "cuda"
         plot = args.plot if args.plot and write_plot(results, Path(args.plot)) else None
         rel_plot = os.path.relpath(plot, Path(args.out).parent) if plot else None
         write_report(results, Path(args.out), device, command, rel_plot)
@@ -662,6 +678,7 @@ def main(argv: list[str] | None = None) -> None:
                     logging.exception("run failed")
                     result = Result(name, seq, batch, method, run_steps, error=f"{type(error).__name__}: {str(error)[:120]}")
                 shutil.rmtree(tmp / "run", ignore_errors=True)
+                result.card, result.versions, result.measured = card(device), versions(), _now()
                 results.append(result)
                 print(json.dumps({k: v for k, v in asdict(result).items() if k != "losses"}), flush=True)
                 if args.json:

@@ -61,9 +61,15 @@ def test_shards_split_the_plan_between_cards_and_join_into_one_report(tmp_path):
     ran = [[(r["model"], r["seq"]) for r in json.loads(part.read_text())] for part in parts]
     assert ran == [[("tiny-bert", 32), ("tiny-bert", 16)], [("tiny-qwen3", 32)]]
 
+    # A report joined on another machine names the card the rows ran on, not its own.
+    saved = json.loads(parts[1].read_text())
+    assert saved[0]["card"].startswith("CPU") and "torch" in saved[0]["versions"] and saved[0]["measured"]
+    saved[0]["card"] = "NVIDIA H200"
+    parts[1].write_text(json.dumps(saved))
     joined = tmp_path / "joined.md"
     main(["--from-json", *map(str, parts), "--out", str(joined), "--plot", ""])
     text = joined.read_text()
+    assert "- card: CPU (" in text and "; NVIDIA H200" in text
     for line in ("| tiny-bert | 32 | 8 | 4 | stock |", "| tiny-qwen3 | 32 | 8 | 4 | stock |", "| tiny-bert | 16 | 8 | 4 | stock |"):
         assert line in text
 
