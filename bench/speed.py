@@ -61,6 +61,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PEAK_TFLOPS = 790.0  # dense bf16 matmul ceiling measured on the lent H100 (GPU_NOTES.md)
 UNSLOTH_BUNDLE = ROOT / ".devcarry" / "unsloth"  # carried to the lent GPU, which has no Unsloth (GPU_NOTES.md)
+LOG_EVERY = 5  # steps a logged loss averages (the trainer's logging_steps; the loop's losses are averaged alike)
 LONG_RUN = 600  # steps of the longer run whose end to end is reported (measured, or projected from steady state)
 
 # model:seq:batch:methods[:steps]. The whole plan takes about 25 minutes on an H100 (a lent GPU runs 10 minutes a
@@ -287,7 +288,8 @@ def run_one(name: str, checkpoint: Path, seq: int, batch: int, method: str, step
         trainer.plan = plan
         records = []
         trainer.fit(on_steps=records.extend, after_step=mark)
-        result.losses = [(step, sum(r[1] for r in records[step - 5 : step]) / 5) for step in range(5, steps + 1, 5)]
+        result.losses = [(step, sum(r[1] for r in records[step - LOG_EVERY : step]) / LOG_EVERY)
+                         for step in range(LOG_EVERY, steps + 1, LOG_EVERY)]
         if trainer.kernel_note:
             result.enabled += f"; {trainer.kernel_note}"
         if trainer.graph_note:
@@ -304,7 +306,7 @@ def run_one(name: str, checkpoint: Path, seq: int, batch: int, method: str, step
             warmup_steps=0,
             bf16=cuda,
             use_cpu=not cuda,
-            logging_steps=5,
+            logging_steps=LOG_EVERY,
             save_strategy="no",
             report_to=[],
             seed=seed,
@@ -434,12 +436,36 @@ def run_unsloth_child(spec: dict) -> None:
     Path(spec["out"]).write_text(json.dumps(asdict(result)))
 
 
+def diverged(result: Result) -> int | None:
+    """The first logged step whose loss is not finite and positive: the run had diverged by then. (The trainer
+    logs a window of NaN losses as 0, and fills a NaN step inside a window with the window's running mean.)"""
+    return next((step for step, loss in result.losses if not (math.isfinite(loss) and loss > 0)), None)
+
+
+def compared_until(result: Result, stock: Result) -> int | None:
+    """The last logged step where both curves are sound: before the window preceding either run's divergence
+    (that window may hold NaN steps filled in); None when neither diverged."""
+    stops = [step for step in (diverged(result), diverged(stock)) if step is not None]
+    return min(stops) - 2 * LOG_EVERY if stops else None
+
+
 def loss_gap(result: Result, stock: Result, after: int = 20) -> float | None:
-    """Largest relative gap between two loss curves at logged steps after `after` (steps where stock's
-    loss is not finite and positive, e.g. once stock has diverged, are left out)."""
-    ref = {step: loss for step, loss in stock.losses if math.isfinite(loss) and loss > 0}
-    gaps = [abs(loss - ref[step]) / ref[step] for step, loss in result.losses if step > after and step in ref]
+    """Largest relative gap between two loss curves at logged steps after `after`, up to `compared_until`."""
+    until = compared_until(result, stock)
+    ref = dict(stock.losses)
+    gaps = [abs(loss - ref[step]) / ref[step] for step, loss in result.losses
+            if after < step and step in ref and (until is None or step <= until)]
     return max(gaps) if gaps else None
+
+
+def _gap_cell(result: Result, stock: Result) -> str:
+    gap = loss_gap(result, stock)
+    text = "" if gap is None else f"{100 * gap:.1f}%"
+    until = compared_until(result, stock)
+    if until is not None:
+        who = "stock" if diverged(stock) is not None and diverged(stock) - 2 * LOG_EVERY == until else result.method
+        text += f" to step {until} ({who} diverged: loss not finite by step {until + 2 * LOG_EVERY})"
+    return text.strip()
 
 
 def versions() -> str:
@@ -484,6 +510,16 @@ def _stock_key(r: Result) -> tuple:
     return r.model, r.seq, r.batch, r.steps, _variant(r.method)[1]
 
 
+def _report_order(r: Result) -> tuple:
+    """LoRA rows first, then by sequence length, model (bench.models' order), steps and batch; methods keep
+    their order within a row."""
+    from bench.models import FAMILY_OF
+
+    models = list(FAMILY_OF)
+    return (_variant(r.method)[1] != "lora", r.seq, models.index(r.model) if r.model in models else len(models),
+            r.steps, r.batch)
+
+
 def _now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
@@ -508,7 +544,8 @@ def write_report(results: list[Result], path: Path, device: str, command: str, p
         f"  pairs, seed 42, {'bf16 autocast' if device == 'cuda' else 'float32'}, one run per row (no repeats: noise not measured here).",
         "- pairs/s: steady state, from step min(10, steps/2) to the last; end to end: load -> trained -> adapter saved, compile included;",
         f"  utilisation: useful FLOPs (4NT + 6PT + 12 L d S2) over {PEAK_TFLOPS:.0f} TFLOP/s; loss gap: largest relative",
-        "  difference from stock's loss at the logged steps (every 5) after step 20.",
+        f"  difference from stock's loss at the logged steps (every {LOG_EVERY}) after step 20; where either run's loss stopped",
+        "  being finite, only up to the window before (the cell says who diverged).",
         f"- {LONG_RUN}-step end to end: measured where a run had {LONG_RUN} steps or more; marked ~ where projected from",
         f"  this run: its end to end + ({LONG_RUN} - steps) x its steady-state seconds per step (the same code path: an",
         "  unsloth row that Unsloth would compile by itself at that length, see enabled, is closer to unsloth-compile).",
@@ -536,12 +573,12 @@ def write_report(results: list[Result], path: Path, device: str, command: str, p
         wall = f"{stock.end_to_end_s / r.end_to_end_s:.2f}" if stock else ""
         long, projected = end_to_end_600(r)
         long_wall = f"{end_to_end_600(stock)[0] / long:.2f}" if stock else ""
-        gap = loss_gap(r, stock) if stock and r is not stock else None
+        gap = _gap_cell(r, stock) if stock and r is not stock else ""
         lines.append(
             f"| {r.model} | {r.seq} | {r.batch} | {r.steps} | {r.method} | {r.pairs_per_s:.0f} | {speed} | {r.end_to_end_s:.1f} | {wall} "
             f"| {'~' if projected else ''}{long:.1f} | {long_wall} "
             f"| {r.first_step_s:.1f} | {r.real_tokens_per_s / 1e3:.0f}k | {100 * r.utilisation:.1f} | {r.peak_gib:.1f} "
-            f"| {'' if gap is None else f'{100 * gap:.1f}%'} | {r.enabled} |"
+            f"| {gap} | {r.enabled} |"
         )
     if plot:
         lines += ["", f"![pairs/s per method]({plot})"]
@@ -637,6 +674,7 @@ def main(argv: list[str] | None = None) -> None:
         results = [Result(**row) for path in args.from_json for row in json.loads(Path(path).read_text())]
         if any(r.card and not r.card.startswith("CPU") for r in results):  # rows from a GPU, reported elsewhere
             device = "cuda"
+        results.sort(key=_report_order)  # parts of a plan (--shard) come back in any order
         plot = args.plot if args.plot and write_plot(results, Path(args.plot)) else None
         rel_plot = os.path.relpath(plot, Path(args.out).parent) if plot else None
         write_report(results, Path(args.out), device, command, rel_plot)

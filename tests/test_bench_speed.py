@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from bench.speed import main
+from bench.speed import Result, _gap_cell, loss_gap, main
 
 
 def test_cpu_bench_runs_stock_and_ours_past_one_pass_of_the_data(tmp_path):
@@ -75,3 +75,15 @@ def test_shards_split_the_plan_between_cards_and_join_into_one_report(tmp_path):
 
     with pytest.raises(SystemExit, match="K must be between 1 and N"):
         main(["--device", "cpu", "--only", *rows, "--shard", "3/2"])
+
+
+def test_loss_gap_stops_where_stock_diverged():
+    """The trainer logs a window of NaN losses as 0 and fills a NaN step inside a window with the running mean:
+    the gap is read up to the window before, and the cell says that stock diverged."""
+    ours = Result("m", 1024, 32, "ours", 60, losses=[(s, 2.0 + 0.01 * (s == 25)) for s in range(5, 61, 5)])
+    losses = [(s, 2.0) for s in range(5, 46, 5)] + [(50, 1.8), (55, 0.0), (60, 0.0)]
+    stock = Result("m", 1024, 32, "stock", 60, losses=losses)
+    assert loss_gap(ours, stock) == pytest.approx(0.005)  # step 25; steps 50-60 left out
+    assert _gap_cell(ours, stock) == "0.5% to step 45 (stock diverged: loss not finite by step 55)"
+    healthy = Result("m", 1024, 32, "stock", 60, losses=[(s, 2.0) for s in range(5, 61, 5)])
+    assert _gap_cell(ours, healthy) == "0.5%"
