@@ -5,6 +5,8 @@
     python -m bench.speed --only minilm-l6:256:64:stock,ours
     python -m bench.speed --json runs.json --resume   # again and again where a sitting is time-limited:
                                                       # each run adds the plan rows runs.json lacks
+    CUDA_VISIBLE_DEVICES=$k python -m bench.speed --shard $((k+1))/4 --json part$k.json   # k = 0..3, one a card
+    python -m bench.speed --from-json part*.json      # the parts' rows as one report
 
 Every run: the same random-weight checkpoint (bench.models), the same real text pairs (Debian
 package synopsis -> long description), the same seed, batch, sequence length and LoRA settings
@@ -64,10 +66,11 @@ UNSLOTH_BUNDLE = ROOT / ".devcarry" / "unsloth"  # carried to the lent GPU, whic
 LOG_EVERY = 5  # steps a logged loss averages (the trainer's logging_steps; the loop's losses are averaged alike)
 LONG_RUN = 600  # steps of the longer run whose end to end is reported (measured, or projected from steady state)
 
-# model:seq:batch:methods[:steps]. The whole plan takes about 25 minutes on an H100 (a lent GPU runs 10 minutes a
-# command: run it as `--shard k/3` on three cards, or in several sittings with --json F --resume). The rows are
-# ordered so that round-robin thirds take similar time. unsloth-compile spends 1.5-3 minutes compiling before its
-# first step (GPU_NOTES.md); it runs for MiniLM only (BERT-base's took over 2.5 minutes there).
+# model:seq:batch:methods[:steps]. The whole plan takes about 25 minutes on one card (a lent GPU runs 10 minutes a
+# command: run it as `--shard k/N` on N cards, or in several sittings with --json F --resume). The rows are
+# ordered so that `--shard k/3` parts take similar time; the MiniLM row alone takes ~5 minutes (its compile rows).
+# unsloth-compile spends 1.5-3 minutes compiling before its first step (GPU_NOTES.md); it runs for MiniLM only
+# (BERT-base's took over 2.5 minutes there).
 GPU_PLAN = (
     "minilm-l6:256:64:stock,ours,stock-compile,unsloth,unsloth-compile",
     "mpnet-base:256:64:stock,ours:600",  # 600 steps: MPNet packed through FlexAttention (from 300 steps on)
@@ -463,7 +466,8 @@ def _gap_cell(result: Result, stock: Result) -> str:
     text = "" if gap is None else f"{100 * gap:.1f}%"
     until = compared_until(result, stock)
     if until is not None:
-        who = "stock" if diverged(stock) is not None and diverged(stock) - 2 * LOG_EVERY == until else result.method
+        ours, theirs = diverged(result), diverged(stock)
+        who = "stock" if theirs is not None and (ours is None or theirs <= ours) else result.method
         text += f" to step {until} ({who} diverged: loss not finite by step {until + 2 * LOG_EVERY})"
     return text.strip()
 
