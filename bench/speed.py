@@ -114,6 +114,7 @@ class Result:
     card: str = ""  # where it ran, so that a report made later (--from-json) on another machine says so
     versions: str = ""
     measured: str = ""  # UTC time the row finished
+    leftover_gib: float = 0.0  # CUDA memory still allocated when the run started (not counted in peak_gib)
 
 
 def load_pairs(seq: int, join: int) -> tuple[list[str], list[str]]:
@@ -226,10 +227,14 @@ def run_one(name: str, checkpoint: Path, seq: int, batch: int, method: str, step
         raise RuntimeError(f"{method} needs Unsloth imported before transformers: run it through run_in_unsloth_process")
     result = Result(name, seq, batch, method, steps)
     family = family_by_name(FAMILY_OF[name])
+    torch._dynamo.reset()
     if cuda:
+        gc.collect()
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-    torch._dynamo.reset()
+        # Whatever an earlier run left allocated (every row runs stock first) is not this run's: it is recorded,
+        # and the peak counts from it.
+        result.leftover_gib = torch.cuda.memory_allocated() / 2**30
     rows = steps * batch
     # One batch order for every method: no text twice in a batch, as in-batch negatives want.
     row_texts = np.array([[hash(q), hash(d)] for q, d in zip(queries[:rows], documents[:rows])])
@@ -340,7 +345,7 @@ def run_one(name: str, checkpoint: Path, seq: int, batch: int, method: str, step
         result.end_to_end_600_s = times[LONG_RUN] - start + saved - trained
     result.first_step_s = times[1] - start
     result.pairs_per_s = (steps - steady_from) * batch / (times[steps] - times[steady_from])
-    result.peak_gib = torch.cuda.max_memory_allocated() / 2**30 if cuda else 0.0
+    result.peak_gib = torch.cuda.max_memory_allocated() / 2**30 - result.leftover_gib if cuda else 0.0
 
     # Real (non-pad) tokens and squared lengths per pair, averaged over the run's pairs after truncation.
     def lengths(texts):
@@ -549,7 +554,8 @@ def write_report(results: list[Result], path: Path, device: str, command: str, p
         "- pairs/s: steady state, from step min(10, steps/2) to the last; end to end: load -> trained -> adapter saved, compile included;",
         f"  utilisation: useful FLOPs (4NT + 6PT + 12 L d S2) over {PEAK_TFLOPS:.0f} TFLOP/s; loss gap: largest relative",
         f"  difference from stock's loss at the logged steps (every {LOG_EVERY}) after step 20; where either run's loss stopped",
-        "  being finite, only up to the window before (the cell says who diverged).",
+        "  being finite, only up to the window before (the cell says who diverged). peak: CUDA memory allocated at the",
+        "  run's high point, less what earlier runs still held when it started (shown beside it when any).",
         f"- {LONG_RUN}-step end to end: measured where a run had {LONG_RUN} steps or more; marked ~ where projected from",
         f"  this run: its end to end + ({LONG_RUN} - steps) x its steady-state seconds per step (the same code path: an",
         "  unsloth row that Unsloth would compile by itself at that length, see enabled, is closer to unsloth-compile).",
@@ -581,7 +587,8 @@ def write_report(results: list[Result], path: Path, device: str, command: str, p
         lines.append(
             f"| {r.model} | {r.seq} | {r.batch} | {r.steps} | {r.method} | {r.pairs_per_s:.0f} | {speed} | {r.end_to_end_s:.1f} | {wall} "
             f"| {'~' if projected else ''}{long:.1f} | {long_wall} "
-            f"| {r.first_step_s:.1f} | {r.real_tokens_per_s / 1e3:.0f}k | {100 * r.utilisation:.1f} | {r.peak_gib:.1f} "
+            f"| {r.first_step_s:.1f} | {r.real_tokens_per_s / 1e3:.0f}k | {100 * r.utilisation:.1f} | {r.peak_gib:.1f}"
+            f"{f' (+{r.leftover_gib:.1f} left by earlier runs)' if r.leftover_gib >= 0.05 else ''} "
             f"| {gap} | {r.enabled} |"
         )
     if plot:
