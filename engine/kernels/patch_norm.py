@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from . import norm
 from .patching import install_forward
-from .runtime import log_once, triton_runs_on
+from .runtime import log_once, triton_runs_on, why_not
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ _ROW_OF = {(row.module, row.name): row for row in RMS_NORMS}
 
 def _kernel_applies(row: RmsNormRow, module, x) -> bool:
     if not triton_runs_on(x):
-        log_once(logger, f"no triton kernel runs on {x.device.type}; {row.name} runs transformers' forward")
+        log_once(logger, f"{why_not(x)}; {row.name} runs transformers' forward")
         return False
     if row.output_in_weight_dtype and module.weight.dtype != x.dtype:
         log_once(logger, f"{row.name} with a {module.weight.dtype} weight and {x.dtype} input (autocast) returns "
