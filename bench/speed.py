@@ -698,6 +698,7 @@ def main(argv: list[str] | None = None) -> None:
         results = [Result(**row) for row in json.loads(Path(args.json).read_text()) if not row.get("error")]
         print(f"resuming: {len(results)} rows already in {args.json}", flush=True)
     done = {(r.model, r.seq, r.batch, r.method, r.steps) for r in results}
+    where = (card(device), versions())  # recorded in every result
     warm_up(device)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -727,7 +728,7 @@ def main(argv: list[str] | None = None) -> None:
                     logging.exception("run failed")
                     result = Result(name, seq, batch, method, run_steps, error=f"{type(error).__name__}: {str(error)[:120]}")
                 shutil.rmtree(tmp / "run", ignore_errors=True)
-                result.card, result.versions, result.measured = card(device), versions(), _now()
+                result.card, result.versions, result.measured = where + (_now(),)
                 results.append(result)
                 print(json.dumps({k: v for k, v in asdict(result).items() if k != "losses"}), flush=True)
                 if args.json:
