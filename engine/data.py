@@ -24,19 +24,13 @@ from pathlib import Path
 
 import pandas as pd
 
+from engine.tasks.embedding import LOSSES  # the embedding task's losses per data shape (pairs, triplets, ...)
+
 ROLES = ("anchor", "positive", "negative", "score", "label")
 TEXT_ROLES = ("anchor", "positive", "negative")
 MIN_ROWS = 8  # fewer rows than this cannot fill one batch and an eval split
 READERS = (".csv", ".tsv", ".json", ".jsonl", ".parquet")
 SAMPLE_DIR = Path(__file__).resolve().parent.parent / "assets" / "debian-pairs"
-
-# Losses the engine offers per task, the default first. Names are sentence-transformers' classes.
-LOSSES = {
-    "pairs": ("MultipleNegativesRankingLoss", "CachedMultipleNegativesRankingLoss"),
-    "triplets": ("MultipleNegativesRankingLoss", "CachedMultipleNegativesRankingLoss", "TripletLoss"),
-    "scored-pairs": ("CoSENTLoss", "AnglELoss", "CosineSimilarityLoss"),
-    "labelled-pairs": ("OnlineContrastiveLoss", "ContrastiveLoss", "SoftmaxLoss"),
-}
 
 # Common column names per role, most telling first; compared after lower-casing and turning
 # spaces and hyphens into underscores.
@@ -403,3 +397,10 @@ def load_sample(split: str = "train") -> pd.DataFrame:
     if split not in ("train", "test"):
         raise DataError(f"the sample has splits 'train' and 'test', not {split!r}.")
     return read_table(SAMPLE_DIR / f"{split}.jsonl")
+
+
+def read_extra_corpus(source) -> list[str]:
+    """Documents from a file: its document / text / passage / positive column, else its first column."""
+    table = read_table(source)
+    column = next((c for c in ("document", "text", "passage", "positive") if c in table.columns), table.columns[0])
+    return table[column].dropna().astype(str).tolist()
