@@ -87,16 +87,24 @@ def fine_tuning_section(settings: dict, metrics: dict) -> str:
     return "\n".join(lines)
 
 
-def metrics_table(metrics: dict) -> str:
-    """A markdown table of base vs trained retrieval metrics ({"base": {...}, "trained": {...}})."""
+def metric_rows(metrics: dict) -> list[tuple[str, float | None, float | None, str]]:
+    """(metric, base, fine-tuned, change such as "+0.0312" or "") for each of METRIC_NAMES measured in
+    `metrics` ({"base": {...}, "trained": {...}})."""
     base, trained = metrics.get("base") or {}, metrics.get("trained") or {}
-    rows = ["| metric | base | fine-tuned | change |", "|---|---|---|---|"]
+    rows = []
     for name in METRIC_NAMES:
         if name in base or name in trained:
             before, after = base.get(name), trained.get(name)
-            change = f"{after - before:+.4f}" if before is not None and after is not None else ""
-            rows.append(f"| {name} | {_number(before)} | {_number(after)} | {change} |")
-    return "\n".join(rows)
+            rows.append((name, before, after, f"{after - before:+.4f}" if None not in (before, after) else ""))
+    return rows
+
+
+def metrics_table(metrics: dict) -> str:
+    """`metric_rows` as a markdown table."""
+    lines = ["| metric | base | fine-tuned | change |", "|---|---|---|---|"]
+    for name, before, after, change in metric_rows(metrics):
+        lines.append(f"| {name} | {_number(before)} | {_number(after)} | {change} |")
+    return "\n".join(lines)
 
 
 def _number(value: float | None) -> str:

@@ -333,7 +333,7 @@ def push_to_hub(self: SentenceTransformer, repo_id: str, *args, **kwargs) -> str
 @contextmanager
 def _adapters_naming_hub_base(model: SentenceTransformer):
     """An adapter saved locally names its base by local path; on the Hub it must name the hub id."""
-    configs = getattr(model[0].auto_model, "peft_config", {}).values() if _has_adapter(model) else ()
+    configs = model[0].auto_model.peft_config.values() if _has_adapter(model) else ()
     local_names = [(config, config.base_model_name_or_path) for config in configs]
     for config, _ in local_names:
         config.base_model_name_or_path = model._lacker_base_name
