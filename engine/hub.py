@@ -18,7 +18,7 @@ import re
 from pathlib import Path
 
 METRIC_NAMES = ("ndcg@10", "mrr@10", "recall@1", "recall@10", "recall@100", "map@100")
-# The settings the card shows, named as in engine.train.TrainConfig, in this order.
+# The settings the card shows, named as in engine.config.TrainConfig, in this order.
 SETTINGS_SHOWN = ("method", "lora_r", "lora_alpha", "steps", "batch_size", "learning_rate", "max_seq_length",
                   "loss", "data")
 LORA_SETTINGS = ("lora_r", "lora_alpha")
@@ -32,7 +32,7 @@ def describe_training(model, settings: dict, metrics: dict | None = None) -> Non
 
     Args:
         model: a model from `FastSentenceTransformer.from_pretrained`.
-        settings: the run's settings, named as in `engine.train.TrainConfig`, plus `loss` (a
+        settings: the run's settings, named as in `engine.config.TrainConfig`, plus `loss` (a
             sentence-transformers loss name) and `steps` (the steps trained). The card shows those in
             `SETTINGS_SHOWN` that are set; `data` by file name only, so no local path is published.
         metrics: retrieval metrics on the held-out split, `{"base": {...}, "trained": {...}}` keyed
@@ -58,7 +58,7 @@ def describe_training(model, settings: dict, metrics: dict | None = None) -> Non
         for key in LORA_SETTINGS:
             shown.pop(key, None)
     if "data" in shown:
-        shown["data"] = data_name(shown["data"])
+        shown["data"] = _data_name(shown["data"])
     card.training_settings = shown
     card.retrieval_metrics = dict(metrics or {})
     # sentence-transformers writes a new card, rather than the one of the model it loaded, only for a
@@ -70,7 +70,7 @@ def describe_training(model, settings: dict, metrics: dict | None = None) -> Non
         dataset["name"] = dataset.get("name") or shown.get("data")
 
 
-def data_name(data) -> str:
+def _data_name(data) -> str:
     """How the card names a run's data: a local file by its name, a Hugging Face dataset by its id."""
     path = Path(str(data)).expanduser()
     return path.name if path.exists() else str(data)

@@ -325,7 +325,7 @@ def push_to_hub_merged(self: SentenceTransformer, repo_id: str, *args, **kwargs)
 def push_to_hub(self: SentenceTransformer, repo_id: str, *args, **kwargs) -> str:
     """`SentenceTransformer.push_to_hub` (same arguments): uploads the LoRA adapter (or, for a model
     without adapters, the model) with its model card. The token comes from `token=`, else HF_TOKEN,
-    else `hf auth login`."""
+    else `hf auth login`; the Hub is HF_ENDPOINT as huggingface_hub read it when first imported."""
     with _adapters_naming_hub_base(self):
         return SentenceTransformer.push_to_hub(self, repo_id, *args, **kwargs)
 
