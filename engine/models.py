@@ -112,7 +112,7 @@ def _card_data(path: Path, model_name_or_path: str) -> FineTunedModelCardData:
         card.base_model = model_name_or_path
     readme = path / "README.md"
     if readme.exists():
-        declared = ModelCard.load(readme).data
+        declared = ModelCard.load(readme, ignore_metadata_errors=True).data  # a card is no reason to refuse a model
         if declared.language:
             card.set_language(declared.language)
         if declared.license:
