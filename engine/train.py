@@ -74,6 +74,7 @@ def train(config: TrainConfig | dict, events: EventLog | None = None, stop: thre
     import torch
     from transformers import set_seed
 
+    from engine.hub import describe_training
     from engine.models import family_of
 
     config = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(config)
@@ -127,16 +128,17 @@ def train(config: TrainConfig | dict, events: EventLog | None = None, stop: thre
         steps = train_with_trainer(run)
     stopped = stop.is_set()
 
-    events.status("saving", "saving the adapter and the merged model")
-    if config.method != "full":
-        model.save_pretrained(str(output_dir / "adapter"))
-    model.save_pretrained_merged(str(output_dir / "merged"))
-
     if measuring:
         events.status("evaluating", "measuring the trained model on the held-out split")
         metrics["trained"] = evaluation.measure(model)
         events.emit("eval", step=steps, which="trained", metrics=metrics["trained"])
         (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+
+    events.status("saving", "saving the adapter and the merged model")
+    describe_training(model, {**config.to_json(), "loss": loss_name, "steps": steps}, metrics)
+    if config.method != "full":
+        model.save_pretrained(str(output_dir / "adapter"))
+    model.save_pretrained_merged(str(output_dir / "merged"))
 
     events.status("stopped" if stopped else "completed", f"{steps} steps")
     return TrainResult(model=model, output_dir=output_dir, stopped=stopped, metrics=metrics, steps=steps)
