@@ -120,7 +120,9 @@ class Result:
 def load_pairs(seq: int, join: int) -> tuple[list[str], list[str]]:
     """Debian (synopsis, description) pairs; for long sequences `join` descriptions are concatenated
     so that documents reach the sequence length."""
-    for candidate in (ROOT / "assets" / "debian-pairs" / "train.jsonl", ROOT / ".devcarry" / "debian-pairs" / "train.jsonl"):
+    from engine.data import SAMPLE_DIR
+
+    for candidate in (SAMPLE_DIR / "train.jsonl", ROOT / ".devcarry" / "debian-pairs" / "train.jsonl"):
         if candidate.exists():
             rows = [json.loads(line) for line in candidate.read_text().splitlines() if line.strip()]
             break

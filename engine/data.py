@@ -24,13 +24,14 @@ from pathlib import Path
 
 import pandas as pd
 
+from engine.bundled import ASSETS_DIR
 from engine.tasks.embedding import LOSSES  # the embedding task's losses per data shape (pairs, triplets, ...)
 
 ROLES = ("anchor", "positive", "negative", "score", "label")
 TEXT_ROLES = ("anchor", "positive", "negative")
 MIN_ROWS = 8  # fewer rows than this cannot fill one batch and an eval split
 READERS = (".csv", ".tsv", ".json", ".jsonl", ".parquet")
-SAMPLE_DIR = Path(__file__).resolve().parent.parent / "assets" / "debian-pairs"
+SAMPLE_DIR = ASSETS_DIR / "debian-pairs"
 
 # Common column names per role, most telling first; compared after lower-casing and turning
 # spaces and hyphens into underscores.
