@@ -377,9 +377,16 @@ def parse_column_spec(spec: str) -> dict:
     return mapping
 
 
-def _negatives(mapping: dict) -> list[str]:
+def negatives_of(mapping: dict) -> list[str]:
+    """The negative columns of a mapping, as a list (a mapping may name one as a string)."""
     negative = mapping.get("negative") or []
     return [negative] if isinstance(negative, str) else list(negative)
+
+
+def mapped_columns(mapping: dict) -> list[tuple[str, str]]:
+    """(role, column) for every column the mapping names, in ROLES order (negatives in their own order)."""
+    return [(role, column) for role in ROLES
+            for column in (negatives_of(mapping) if role == "negative" else [mapping.get(role)]) if column]
 
 
 def task_for(mapping: dict) -> str:
@@ -420,8 +427,7 @@ def validate(df: pd.DataFrame, mapping: dict, source_name: str = "data", loss: s
             raise MappingError(f"no column of {source_name} is mapped to {role}; {columns_are}. Map {role} to "
                                f"the column that holds {ROLE_MEANINGS[role]}.", fix=_spec_hint(guess))
     task = task_for(mapping)
-    roles = [(role, column) for role in ROLES for column in
-             (_negatives(mapping) if role == "negative" else [mapping.get(role)]) if column]
+    roles = mapped_columns(mapping)
     _check_column_names(df.columns, source_name)
     for role, column in roles:
         if column not in df.columns:
@@ -470,7 +476,7 @@ def validate(df: pd.DataFrame, mapping: dict, source_name: str = "data", loss: s
     negative_columns = [c for c in prepared.columns if c.startswith("negative")]
     if negative_columns:
         lengths["negative"] = [n for c in negative_columns for n in prepared[c].str.len().tolist()]
-    columns = {role: _negatives(mapping) if role == "negative" else mapping[role]
+    columns = {role: negatives_of(mapping) if role == "negative" else mapping[role]
                for role in ROLES if mapping.get(role)}
     return DataSummary(rows=len(prepared), task=task, loss=default_loss(mapping, df), duplicates=duplicates,
                        empty_values=empty_values, text_lengths=lengths, warnings=warnings, columns=columns)
@@ -554,7 +560,7 @@ def prepare(df: pd.DataFrame, mapping: dict) -> pd.DataFrame:
     """The mapped columns only, named as sentence-transformers reads them: anchor, positive, negative,
     negative_2, ..., then score (float) or label (int). Text is stripped; exact duplicate rows are
     dropped. Call `validate` first: this does not check the data."""
-    negatives = _negatives(mapping)
+    negatives = negatives_of(mapping)
     out = pd.DataFrame({"anchor": df[mapping["anchor"]], "positive": df[mapping["positive"]]})
     for i, column in enumerate(negatives, start=1):
         out["negative" if i == 1 else f"negative_{i}"] = df[column]
