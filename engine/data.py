@@ -143,31 +143,36 @@ def _read_delimited(path: Path, name: str, delimiter: str) -> pd.DataFrame:
     """A CSV or TSV file (a UTF-8 byte order mark is allowed), its header checked before pandas renames
     repeated names ("query", "query.1")."""
     with path.open(encoding="utf-8-sig", newline="") as f:
-        first_line = f.readline()
+        first_line = next((line for line in f if line.strip()), "")  # pandas skips blank lines too
         f.seek(0)
-        header = next(csv.reader(f, delimiter=delimiter), [])
-    if not first_line.strip():
-        raise DataError(f"{name} is empty. Add a header line and rows." if not header else
-                        f"{name} starts with an empty line. Put the header (the column names) on the first line.")
+        header = next((row for row in csv.reader(f, delimiter=delimiter) if row), [])
+    if not first_line:
+        raise DataError(f"{name} is empty. Add a header line and rows.")
     counts = {d: first_line.count(d) for d in DELIMITERS}
     likely = max(counts, key=counts.get)
     if likely != delimiter and counts[likely] > counts[delimiter]:
         kind = {",": ".csv", "\t": ".tsv"}.get(likely)
         rename = f"rename it to {path.stem}{kind}" if kind else f"save it with {DELIMITERS[delimiter]}s between values"
-        raise DataError(f"{name} looks {DELIMITERS[likely]}-separated: its header line has {counts[likely]} "
-                        f"{DELIMITERS[likely]}s and {counts[delimiter]} {DELIMITERS[delimiter]}s, and a {path.suffix} "
-                        f"file is {DELIMITERS[delimiter]}-separated. {rename[0].upper()}{rename[1:]}.")
+        raise DataError(f"{name} looks {DELIMITERS[likely]}-separated: its header line has "
+                        f"{_counted(counts[likely], DELIMITERS[likely])} and "
+                        f"{_counted(counts[delimiter], DELIMITERS[delimiter])}, and a {path.suffix} file is "
+                        f"{DELIMITERS[delimiter]}-separated. {rename[0].upper()}{rename[1:]}.")
     _check_column_names(header, name)
     try:
         return pd.read_csv(path, sep=delimiter, encoding="utf-8-sig")
     except pd.errors.ParserError as e:
         counted = re.search(r"Expected (\d+) fields in line (\d+), saw (\d+)", str(e))
-        if not counted:
-            raise
-        fields, line, saw = counted.groups()
-        separator = DELIMITERS[delimiter]
-        raise DataError(f"{name}, line {line}: {saw} values where the header has {fields}. A value holding a "
-                        f"{separator} needs double quotes around it; quote it, or fix that line.") from None
+        if counted:
+            fields, line, saw = counted.groups()
+            raise DataError(f"{name}, line {line}: {saw} values where the header has {fields}. A value holding "
+                            f"a {DELIMITERS[delimiter]} needs double quotes around it; quote it, or fix that "
+                            "line.") from None
+        unclosed = re.search(r"EOF inside string starting at row (\d+)", str(e))
+        if unclosed:
+            raise DataError(f"{name}, row {unclosed.group(1)}: a double quote opens a value that never closes, so "
+                            "the rest of the file reads as one value. Close the quote, or write a quote inside a "
+                            'value as two ("").') from None
+        raise
 
 
 def _check_column_names(columns, name: str) -> None:
@@ -201,8 +206,15 @@ def _read_json_records(path: Path, name: str) -> list[dict]:
     for number, record in numbered:
         if not isinstance(record, dict):
             raise DataError(f"{name}, {unit} {number}: expected an object like "
-                            f'{{"anchor": "...", "positive": "..."}}, got {type(record).__name__}.')
+                            f'{{"anchor": "...", "positive": "..."}}, got {_json_kind(record)}.')
     return [record for _, record in numbered]
+
+
+def _json_kind(value) -> str:
+    """What a JSON value is called in JSON: an array, a string, a number, null."""
+    kinds = {list: "an array", str: "a string", bool: "true or false", int: "a number", float: "a number",
+             type(None): "null"}
+    return kinds.get(type(value), type(value).__name__)
 
 
 def _rows_key(value, path: tuple = ()) -> tuple | None:
@@ -224,8 +236,9 @@ def _object_problem(whole: dict, name: str) -> str:
         inner = whole
         for key in rows_at:
             inner = inner[key]
-        return (f"{name} holds one JSON object, not a list of rows; the rows ({len(inner):,} objects) are under "
-                f"the key {where}. Save that list alone as the file (an array of objects), or one object per line.")
+        return (f"{name} holds one JSON object, not a list of rows; the rows ({_counted(len(inner), 'object')}) "
+                f"are under the key {where}. Save that list alone as the file (an array of objects), or one "
+                "object per line.")
     return (f"{name} holds one JSON object spread over several lines, not rows. Write an array of objects "
             f'([{{"anchor": "...", "positive": "..."}}, ...]) or one object per line (JSON lines).')
 
@@ -287,6 +300,10 @@ def _nonempty(df: pd.DataFrame, name: str) -> pd.DataFrame:
     return df
 
 
+def _counted(n: int, word: str) -> str:
+    return f"{n:,} {word}" if n == 1 else f"{n:,} {word}s"
+
+
 def _size(n: int) -> str:
     for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
         if n >= scale:
@@ -296,7 +313,7 @@ def _size(n: int) -> str:
 
 @dataclass
 class ColumnGuess:
-    """Which column `guess_columns` picked for each role, and why (role -> reason, for the user to read)."""
+    """Which column `column_guess` picked for each role, and why (role -> reason, for the user to read)."""
 
     mapping: dict
     reasons: dict
