@@ -20,6 +20,7 @@ This module imports neither torch nor `datasets` at import time, so the studio c
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import numbers
@@ -59,7 +60,7 @@ NEGATIVE_PREFIXES = ("neg", "hard_neg")
 # cosine of the two embeddings onto the score, so a score must be a cosine; CoSENT and AnglE only compare scores
 # with each other, so any one scale serves, and a value far off the scale of the rest is a typo or a unit mix-up.
 SCORE_BOUNDS = {"CosineSimilarityLoss": (-1.0, 1.0)}
-SCORE_OUTLIER_SPREADS = 10  # a score further than this many 5%-95% spreads outside that range is off the scale
+SCORE_OUTLIER_SPREADS = 10  # a score further than this many interquartile ranges off the middle half is off the scale
 BINARY_LABEL_LOSSES = ("OnlineContrastiveLoss", "ContrastiveLoss")  # 1: similar, 0: dissimilar
 CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")  # all but tab, line feed, carriage return
 DELIMITERS = {",": "comma", "\t": "tab", ";": "semicolon", "|": "pipe"}
@@ -134,7 +135,9 @@ def read_table(source, *, config: str | None = None, split: str | None = None,
         raise DataError(f"{name} is empty. Add a header line and rows.") from None
     except (pd.errors.ParserError, OSError, ValueError) as e:
         kind = suffix.lstrip(".").upper()
-        raise DataError(f"{name} could not be read as {kind} ({e}). Check that it is a valid {kind} file.") from None
+        detail = str(e).replace(str(path), name)  # the reader names the file by its full path: keep it off the page
+        raise DataError(f"{name} could not be read as {kind} ({detail}). "
+                        f"Check that it is a valid {kind} file.") from None
     _check_column_names(df.columns, name)
     return _nonempty(df, name)
 
@@ -142,10 +145,9 @@ def read_table(source, *, config: str | None = None, split: str | None = None,
 def _read_delimited(path: Path, name: str, delimiter: str) -> pd.DataFrame:
     """A CSV or TSV file (a UTF-8 byte order mark is allowed), its header checked before pandas renames
     repeated names ("query", "query.1")."""
-    with path.open(encoding="utf-8-sig", newline="") as f:
-        first_line = next((line for line in f if line.strip()), "")  # pandas skips blank lines too
-        f.seek(0)
-        header = next((row for row in csv.reader(f, delimiter=delimiter) if row), [])
+    text = path.read_text(encoding="utf-8-sig")  # undecodable bytes (a binary file) fail here, before sniffing
+    first_line = next((line for line in text.splitlines() if line.strip()), "")  # pandas skips blank lines too
+    header = next((row for row in csv.reader(io.StringIO(text, newline=""), delimiter=delimiter) if row), [])
     if not first_line:
         raise DataError(f"{name} is empty. Add a header line and rows.")
     counts = {d: first_line.count(d) for d in DELIMITERS}
@@ -159,7 +161,7 @@ def _read_delimited(path: Path, name: str, delimiter: str) -> pd.DataFrame:
                         f"{DELIMITERS[delimiter]}-separated. {rename[0].upper()}{rename[1:]}.")
     _check_column_names(header, name)
     try:
-        return pd.read_csv(path, sep=delimiter, encoding="utf-8-sig")
+        return pd.read_csv(io.StringIO(text, newline=""), sep=delimiter)
     except pd.errors.ParserError as e:
         counted = re.search(r"Expected (\d+) fields in line (\d+), saw (\d+)", str(e))
         if counted:
@@ -206,15 +208,16 @@ def _read_json_records(path: Path, name: str) -> list[dict]:
     for number, record in numbered:
         if not isinstance(record, dict):
             raise DataError(f"{name}, {unit} {number}: expected an object like "
-                            f'{{"anchor": "...", "positive": "..."}}, got {_json_kind(record)}.')
+                            f'{{"anchor": "...", "positive": "..."}}, got {_kind(record)}.')
     return [record for _, record in numbered]
 
 
-def _json_kind(value) -> str:
-    """What a JSON value is called in JSON: an array, a string, a number, null."""
-    kinds = {list: "an array", str: "a string", bool: "true or false", int: "a number", float: "a number",
-             type(None): "null"}
-    return kinds.get(type(value), type(value).__name__)
+def _kind(value) -> str:
+    """What a value is called in JSON (an array, a string, a number, null), the words a user knows for it."""
+    if isinstance(value, numbers.Number) and not isinstance(value, bool):
+        return "a number"
+    kinds = {list: "an array", dict: "an object", str: "a string", bool: "true or false", type(None): "null"}
+    return kinds.get(type(value), f"a {type(value).__name__}")
 
 
 def _rows_key(value, path: tuple = ()) -> tuple | None:
@@ -443,7 +446,10 @@ def validate(df: pd.DataFrame, mapping: dict, source_name: str = "data", loss: s
             guess = guess_columns(df)
             raise MappingError(f"no column of {source_name} is mapped to {role}; {columns_are}. Map {role} to "
                                f"the column that holds {ROLE_MEANINGS[role]}.", fix=_spec_hint(guess))
-    task = task_for(mapping)
+    try:
+        task = task_for(mapping)
+    except MappingError as error:
+        raise MappingError(f"{source_name}: {error}", fix=error.fix) from None
     roles = mapped_columns(mapping)
     _check_column_names(df.columns, source_name)
     for role, column in roles:
@@ -511,7 +517,7 @@ def _value_problem(role: str, value, loss: str) -> str | None:
         if _is_empty(value):
             return "empty value. Fill it in or drop the row."
         if not isinstance(value, str):
-            return f"not text ({_clip(repr(value))}, a {type(value).__name__}). Make it text or drop the row."
+            return f"not text ({_clip(repr(value))}, {_kind(value)}). Make it text or drop the row."
         control = CONTROL_CHARACTERS.search(value)
         if control:
             char = control.group()
@@ -550,7 +556,7 @@ def _check_score_scale(scores: pd.Series, column: str, source_name: str, loss: s
     evaluation splits at and, for a bounded loss, was caught per cell already."""
     if loss in SCORE_BOUNDS or len(scores) < MIN_ROWS:
         return
-    low, high = scores.quantile(0.05), scores.quantile(0.95)
+    low, high = scores.quantile(0.25), scores.quantile(0.75)  # quartiles: one wild value cannot move them
     spread = high - low
     if not spread:
         return
@@ -559,7 +565,7 @@ def _check_score_scale(scores: pd.Series, column: str, source_name: str, loss: s
     if off.any():
         row = int(off.to_numpy().argmax())
         raise DataError(f"{source_name}, row {row + 1}, column '{column}': {scores.iloc[row]:g} is far off the "
-                        f"scale of the other scores (90% of them lie between {low:g} and {high:g}). Fix it or "
+                        f"scale of the other scores (half of them lie between {low:g} and {high:g}). Fix it or "
                         "drop the row.")
 
 

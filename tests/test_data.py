@@ -225,7 +225,7 @@ def test_missing_column_lists_the_real_ones_and_a_mapping_to_pass():
 @pytest.mark.parametrize("column, value, message", [
     ("answer", "   ", "data.csv, row 17, column 'answer': empty value. Fill it in or drop the row."),
     ("answer", None, "data.csv, row 17, column 'answer': empty value. Fill it in or drop the row."),
-    ("question", 42, "data.csv, row 17, column 'question': not text (42, a int). Make it text or drop the row."),
+    ("question", 42, "data.csv, row 17, column 'question': not text (42, a number). Make it text or drop the row."),
 ])
 def test_bad_text_names_the_row_and_column(column, value, message):
     df = qa(20).astype(object)
