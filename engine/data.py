@@ -138,7 +138,6 @@ def read_table(source, *, config: str | None = None, split: str | None = None,
         detail = str(e).replace(str(path), name)  # the reader names the file by its full path: keep it off the page
         raise DataError(f"{name} could not be read as {kind} ({detail}). "
                         f"Check that it is a valid {kind} file.") from None
-    _check_column_names(df.columns, name)
     return _nonempty(df, name)
 
 
@@ -192,9 +191,8 @@ def _read_json_records(path: Path, name: str) -> list[dict]:
     if not text.strip():
         raise DataError(f"{name} is empty. Add rows: one JSON object per line, or an array of objects.")
     if text.lstrip().startswith("["):
-        records = _parse_json(text, name)
+        numbered = list(enumerate(_parse_json(text, name), start=1))
         unit = "item"
-        numbered = list(enumerate(records, start=1)) if isinstance(records, list) else []
     else:
         try:  # one object over several lines, or one wrapping the rows, is not JSON lines
             whole = json.loads(text)
@@ -333,7 +331,9 @@ class ColumnGuess:
 def _name_key(name) -> str:
     """'Question_Text', 'question-text', 'QuestionText' -> 'question'; 'Sentence A' -> 'sentence_a'."""
     words = re.findall(r"[a-z0-9]+", re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", str(name)).lower())
-    kept = [word for word in words if word not in FILLER_WORDS] or words
+    kept = [word for word in words if word not in FILLER_WORDS]
+    if not any(len(word) > 1 and not word.isdigit() for word in kept):  # "text_1", "text_a" keep their "text"
+        kept = words
     return "_".join(kept)
 
 

@@ -165,6 +165,8 @@ def test_guess_columns_takes_unknown_names_in_order_only_in_a_two_column_table()
     (["summary", "text"], {"anchor": "text", "positive": "summary"}),
     (["prompt", "response"], {"anchor": "prompt", "positive": "response"}),
     (["PROMPT-TEXT", "Response Text"], {"anchor": "PROMPT-TEXT", "positive": "Response Text"}),
+    (["text_a", "text_b"], {"anchor": "text_a", "positive": "text_b"}),
+    (["Text 1", "Text 2", "score"], {"anchor": "Text 1", "positive": "Text 2", "score": "score"}),
 ])
 def test_guess_columns_reads_names_as_people_write_them(columns, expected):
     assert guess_columns(columns) == expected
