@@ -207,6 +207,9 @@ def _read_json_records(path: Path, name: str) -> list[dict]:
         if not isinstance(record, dict):
             raise DataError(f"{name}, {unit} {number}: expected an object like "
                             f'{{"anchor": "...", "positive": "..."}}, got {_kind(record)}.')
+    if numbered:  # json keeps the last of repeated keys; the first row's own keys show whether any repeat
+        pairs, _end = json.JSONDecoder(object_pairs_hook=list).raw_decode(text, text.index("{"))
+        _check_column_names([key for key, _value in pairs], name)
     return [record for _, record in numbered]
 
 

@@ -123,6 +123,9 @@ def cases() -> list[BadInput]:
                  csv_bytes(qa_rows(extra=["x"] * ROWS), "\t", header=["question", "answer", "answer"]),
                  ("pairs.tsv", "'answer' is used twice", "columns 2 and 3")),
         # JSON and JSON lines
+        BadInput("jsonl-repeated-key", "pairs.jsonl",
+                 b'{"question": "what is lz4?", "question": "a compressor"}\n' + jsonl_bytes(good),
+                 ("pairs.jsonl", "'question' is used twice")),
         BadInput("json-object-wrapping-rows", "pairs.json", json_bytes({"data": good}),
                  ("pairs.json", "not a list of rows", "'data'")),
         BadInput("json-rows-nested-deeper", "squad.json", json_bytes({"version": "1.1", "data": {"train": good}}),

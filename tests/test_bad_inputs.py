@@ -218,3 +218,21 @@ def test_the_cli_the_api_and_the_data_tab_prepare_the_same_rows(studio, tmp_path
     assert read_run_rows(page_run.run_dir) == from_the_cli
     assert read_run_rows(api_run["run_dir"]) == from_the_cli
     assert read_run_rows(guessed_api_run["run_dir"]) == from_the_cli
+
+
+def test_the_data_tab_maps_question_text_and_answer_text_and_shows_them_first(studio):
+    path = studio.settings.home / "tickets" / "tickets.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("ticket_id,answer_text,section,question_text\n" + "".join(
+        f"{i},reset it from settings page {i},billing,how do I reset thing {i}?\n" for i in range(20)))
+
+    state, source, preview, anchor, positive, *_roles, summary, _histogram, error = call(studio, "upload_data", str(path))
+    assert (anchor["value"], positive["value"]) == ("question_text", "answer_text")
+    assert 'question_text (reads as "question")' in source and 'answer_text (reads as "answer")' in source
+    assert not error["visible"] and "20 rows" in summary
+    assert preview.columns.tolist()[:2] == ["question_text", "answer_text"]
+    assert str(studio.settings.home) not in source, "the page names the file, not where the server keeps it"
+
+    *_shown, error, preview = call(studio, "remap", state, "answer_text", "question_text", [], NONE, NONE)
+    assert not error["visible"]
+    assert preview.columns.tolist()[:2] == ["answer_text", "question_text"]
