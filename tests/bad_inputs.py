@@ -99,13 +99,15 @@ def cases() -> list[BadInput]:
     lines = csv_bytes(good).decode().splitlines(keepends=True)
     cases = [
         # How the file is written
-        BadInput("tsv-named-csv", "pairs.csv", csv_bytes(good, "\t"), ("pairs.csv", "looks tab-separated", "pairs.tsv")),
+        BadInput("tsv-named-csv", "pairs.csv", csv_bytes(good, "\t"),
+                 ("pairs.csv", "looks tab-separated", "pairs.tsv")),
         BadInput("csv-named-tsv", "pairs.tsv", csv_bytes(good), ("pairs.tsv", "looks comma-separated", "pairs.csv")),
         BadInput("semicolon-csv", "excel.csv", csv_bytes(good, ";"), ("excel.csv", "looks semicolon-separated")),
         BadInput("unquoted-comma", "pairs.csv",
-                 "".join(lines[:6]) + "what is zstd?,a fast, strong compressor\n" + "".join(lines[6:]),
+                ("".join(lines[:6]) + "what is zstd?,a fast, strong compressor\n" + "".join(lines[6:])).encode(),
                  ("pairs.csv", "line 7", "3 values where the header has 2", "double quotes")),
-        BadInput("unclosed-quote", "pairs.csv", ("".join(lines[:4]) + '"what is lz4?,fast\n' + "".join(lines[4:])),
+        BadInput("unclosed-quote", "pairs.csv",
+                 ("".join(lines[:4]) + '"what is lz4?,fast\n' + "".join(lines[4:])).encode(),
                  ("pairs.csv", "row 4", "double quote", "never closes")),
         BadInput("empty-csv", "empty.csv", b"", ("empty.csv", "is empty")),
         BadInput("blank-lines-only", "blank.csv", b"\n\n  \n", ("blank.csv", "is empty")),
@@ -134,7 +136,7 @@ def cases() -> list[BadInput]:
                  ("pairs.jsonl", "not a list of rows", "'rows'")),
         BadInput("json-one-pretty-object", "pairs.jsonl", json_bytes(good[0]), ("pairs.jsonl", "one JSON object")),
         BadInput("json-truncated-in-string", "pairs.json", json_bytes(good)[:-60], ("pairs.json", "cut off")),
-        BadInput("json-truncated-after-comma", "pairs.json", json.dumps(good)[: json.dumps(good).rindex("},") + 2].encode(),
+        BadInput("json-truncated-after-comma", "pairs.json", json.dumps(good).rsplit("{", 1)[0].encode(),
                  ("pairs.json", "cut off")),
         BadInput("jsonl-last-line-truncated", "pairs.jsonl", jsonl_bytes(good)[:-25],
                  ("pairs.jsonl", f"line {ROWS}", "cut off")),
@@ -147,9 +149,10 @@ def cases() -> list[BadInput]:
                  ("pairs.json", "not valid JSON", "trailing comma")),
         BadInput("json-single-quotes", "pairs.json", str(good).encode(), ("pairs.json", "double quotes")),
         BadInput("json-two-arrays", "pairs.json", json.dumps(good).encode() * 2, ("pairs.json", "more follows")),
-        BadInput("json-bad-escape", "pairs.json", json.dumps(good).replace("package 3 do?", "C:\\pkg do?"),
+        BadInput("json-bad-escape", "pairs.json", json.dumps(good).replace("package 3 do?", "C:\\pkg do?").encode(),
                  ("pairs.json", "backslash")),
-        BadInput("jsonl-array-line", "pairs.jsonl", jsonl_bytes([*good[:2], ["what is lz4?", "a compressor"], *good[2:]]),
+        BadInput("jsonl-array-line", "pairs.jsonl",
+                 jsonl_bytes([*good[:2], ["what is lz4?", "a compressor"], *good[2:]]),
                  ("pairs.jsonl", "line 3", "expected an object", "an array")),
         BadInput("json-array-of-strings", "pairs.json", json_bytes([r["question"] for r in good]),
                  ("pairs.json", "item 1", "expected an object", "a string")),
@@ -157,11 +160,13 @@ def cases() -> list[BadInput]:
         BadInput("json-empty-array", "pairs.json", b"[]", ("pairs.json", "has no rows")),
         BadInput("jsonl-whitespace-only", "pairs.jsonl", b"\n \n", ("pairs.jsonl", "is empty")),
         # Columns and the mapping
-        BadInput("no-column-says-its-role", "pairs.csv", csv_bytes(qa_rows(c=["x"] * ROWS), header=["col1", "col2", "col3"]),
+        BadInput("no-column-says-its-role", "pairs.csv",
+                 csv_bytes(qa_rows(c=["x"] * ROWS), header=["col1", "col2", "col3"]),
                  ("anchor", "queries")),
         BadInput("mapped-column-missing", "pairs.csv", csv_bytes(good), ("pairs.csv", "'reply'", "not found"),
                  mapping={"anchor": "question", "positive": "reply"}),
-        BadInput("one-column-for-two-roles", "pairs.csv", csv_bytes(good), ("pairs.csv", "'question'", "mapped to both"),
+        BadInput("one-column-for-two-roles", "pairs.csv", csv_bytes(good),
+                 ("pairs.csv", "'question'", "mapped to both"),
                  mapping={"anchor": "question", "positive": "question"}),
         BadInput("positive-copies-anchor", "pairs.csv",
                  csv_bytes(qa_rows(answer=[r["question"] for r in good])), ("pairs.csv", "same text as the anchor")),
@@ -218,10 +223,10 @@ def cases() -> list[BadInput]:
         BadInput("label-fraction", "nli.jsonl", jsonl_bytes(qa_rows(label=labels({1: 0.5}))),
                  ("nli.jsonl", "row 1", "'label'", "not an integer")),
         BadInput("label-class-for-contrastive", "nli.csv", csv_bytes(qa_rows(label=labels({12: 2}))),
-                 ("nli.csv", "row 12", "'label'", "not 0 or 1", "ContrastiveLoss"), settings={"loss": "ContrastiveLoss"}),
+                 ("nli.csv", "row 12", "'label'", "not 0 or 1", "ContrastiveLoss"),
+                 settings={"loss": "ContrastiveLoss"}),
     ]
-    return [BadInput(c.name, c.filename, c.content.encode() if isinstance(c.content, str) else c.content, c.expect,
-                     c.mapping, c.settings) for c in cases]
+    return cases
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import os
 import subprocess
 import sys
@@ -130,8 +129,8 @@ def test_the_data_tab_names_the_problem(case, corpus, studio):
     source = outputs[0] if isinstance(outputs[0], dict) and "kind" in outputs[0] else None
     shown = page_text(outputs)
     if source and (case.mapping or case.settings):
-        roles = dropdown_values(case.mapping or {key: value["value"] for key, value in
-                                                 zip(("anchor", "positive", "negative", "score", "label"), outputs[3:8])})
+        guessed = [update["value"] for update in outputs[3:8]]  # the role dropdowns as the upload set them
+        roles = dropdown_values(case.mapping) if case.mapping else guessed
         if case.mapping:
             shown = page_text(call(studio, "remap", source, *roles))
         if case.settings:
@@ -226,7 +225,8 @@ def test_the_data_tab_maps_question_text_and_answer_text_and_shows_them_first(st
     path.write_text("ticket_id,answer_text,section,question_text\n" + "".join(
         f"{i},reset it from settings page {i},billing,how do I reset thing {i}?\n" for i in range(20)))
 
-    state, source, preview, anchor, positive, *_roles, summary, _histogram, error = call(studio, "upload_data", str(path))
+    outputs = call(studio, "upload_data", str(path))
+    state, source, preview, anchor, positive, *_roles, summary, _histogram, error = outputs
     assert (anchor["value"], positive["value"]) == ("question_text", "answer_text")
     assert 'question_text (reads as "question")' in source and 'answer_text (reads as "answer")' in source
     assert not error["visible"] and "20 rows" in summary
