@@ -443,6 +443,7 @@ def default_loss(mapping: dict, df: pd.DataFrame | None = None) -> str:
 def validate(df: pd.DataFrame, mapping: dict, source_name: str = "data", loss: str | None = None) -> DataSummary:
     """Check `df` against `mapping` (and the scores or labels against `loss`, by default the task's default loss)
     and summarise it; raise DataError (MappingError for the mapping) at the first problem."""
+    _check_column_names(df.columns, source_name)
     columns_are = f"columns are: {', '.join(map(str, df.columns))}"
     for role in ("anchor", "positive"):
         if not mapping.get(role):
@@ -454,7 +455,6 @@ def validate(df: pd.DataFrame, mapping: dict, source_name: str = "data", loss: s
     except MappingError as error:
         raise MappingError(f"{source_name}: {error}", fix=error.fix) from None
     roles = mapped_columns(mapping)
-    _check_column_names(df.columns, source_name)
     for role, column in roles:
         if column not in df.columns:
             what = f"'{column}'" if column == role else f"'{column}' (for {role})"

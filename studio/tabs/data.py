@@ -1,5 +1,6 @@
 """Data tab: upload a file, name a Hugging Face dataset or take the bundled sample; preview, map
-columns to roles (pre-filled by the engine's guess), validate, and choose the held-out size."""
+columns to roles (a dropdown per role, pre-filled by the engine's guess, which says why it picked each column),
+validate, and choose the held-out size. Messages here name files by their base names and never a command-line flag."""
 
 from __future__ import annotations
 
@@ -30,9 +31,9 @@ def mapping_from(anchor, positive, negative, score, label) -> dict:
 def page_message(error: Exception) -> str:
     """A data problem worded for the page: the data layer's message (a file by its base name, no flags), and for a
     mapping problem a pointer at the dropdowns instead of the CLI's --columns."""
-    if isinstance(error, DataError):
-        return f"{error} Pick the right columns below." if isinstance(error, MappingError) else str(error)
-    if isinstance(error, PathNotAllowed):
+    if isinstance(error, MappingError):
+        return f"{error} Pick the right columns below."
+    if isinstance(error, (DataError, PathNotAllowed)):
         return str(error)
     return f"the file could not be read ({getattr(error, 'strerror', None) or type(error).__name__}). Upload it again."
 
