@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -102,14 +103,27 @@ def start_from_the_page(studio, source: dict, roles: list, **settings):
     return block_fn.fn(*values)
 
 
-@pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
-def test_the_cli_names_the_problem(case, corpus, tmp_path):
+def run_cli_here(argv: list[str], monkeypatch) -> tuple[int, str]:
+    """(exit code, stderr) of `lacker train` run in this process, leaving no SIGTERM handler or environment
+    variable of its own behind."""
+    for name in ("TQDM_DISABLE", "HF_HUB_DISABLE_PROGRESS_BARS"):  # what cli.main sets, undone after the test
+        monkeypatch.setenv(name, "1")
+    on_sigterm = signal.getsignal(signal.SIGTERM)
     stderr = io.StringIO()
-    with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(io.StringIO()):
-        code = cli.main(train_argv(case, corpus[case.name], tmp_path / "run"))
-    assert code == 2, stderr.getvalue()
-    assert "error:" in stderr.getvalue()
-    assert_names_the_problem(case, stderr.getvalue())
+    try:
+        with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(io.StringIO()):
+            code = cli.main(argv)
+    finally:
+        signal.signal(signal.SIGTERM, on_sigterm)
+    return code, stderr.getvalue()
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
+def test_the_cli_names_the_problem(case, corpus, tmp_path, monkeypatch):
+    code, stderr = run_cli_here(train_argv(case, corpus[case.name], tmp_path / "run"), monkeypatch)
+    assert code == 2, stderr
+    assert "error:" in stderr
+    assert_names_the_problem(case, stderr)
 
 
 @pytest.mark.parametrize("name", IN_REAL_PROCESSES)
