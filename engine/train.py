@@ -42,15 +42,19 @@ def _read_split(config: TrainConfig, events: EventLog):
     """(train rows, held-out rows, data summary) with columns renamed to roles."""
     source_name = Path(str(config.data)).name if isinstance(config.data, (str, os.PathLike)) else "data"
     table = data_layer.read_table(config.data, config=config.data_config, split=config.data_split)
-    mapping = config.columns or data_layer.guess_columns(list(table.columns))
-    summary = data_layer.validate(table, mapping, source_name=source_name)
+    mapping = config.columns
+    if not mapping:
+        guess = data_layer.column_guess(table)
+        mapping = guess.mapping
+        events.log(f"columns picked from their names: {guess.describe() or 'none'}")
+    summary = data_layer.validate(table, mapping, source_name=source_name, loss=config.loss)
     for warning in summary.warnings:
         events.log(f"warning: {warning}")
     rows = data_layer.prepare(table, mapping)
     if config.eval_data is not None:
         held_out_table = data_layer.read_table(config.eval_data)
         eval_name = Path(str(config.eval_data)).name
-        data_layer.validate(held_out_table, mapping, source_name=eval_name)
+        data_layer.validate(held_out_table, mapping, source_name=eval_name, loss=config.loss)
         return rows, data_layer.prepare(held_out_table, mapping), summary
     train_rows, held_out = data_layer.split(rows, eval_size=config.eval_size, seed=config.seed)
     return train_rows, held_out, summary

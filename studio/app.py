@@ -64,7 +64,7 @@ class Studio:
         # Paths are the studio's to set: the run folder holds the data's copies and is the output.
         config = {key: value for key, value in checked.items() if key not in STUDIO_PATHS}
         table = read_source(source, self.settings)
-        data_layer.validate(table, config["columns"], source.label)
+        data_layer.validate(table, config["columns"], source.name, loss=config["loss"])
 
         def write_data(run_dir: Path) -> dict:
             overrides = write_run_data(run_dir, source, self.settings, config["columns"], config["eval_size"],

@@ -57,8 +57,8 @@ def test_the_sample_loads_with_its_columns_guessed(client):
 
 def test_the_demo_preset_fills_model_data_and_a_short_cpu_run(client):
     values = client.predict(api_name="/demo_preset")
-    source, model = values[0], values[9]
-    method, max_steps, batch_size, max_seq_length = values[10], values[15], values[16], values[17]
+    source, model = values[0], values[10]  # after the Data tab's 10 shown outputs
+    method, max_steps, batch_size, max_seq_length = values[11], values[16], values[17], values[18]
     assert "debian-pairs/train.jsonl" in source and model == "sentence-transformers/all-MiniLM-L6-v2"
     assert (method, batch_size, max_seq_length) == ("lora", 16, 128) and max_steps <= 60
 

@@ -157,11 +157,11 @@ def build(studio, ui) -> None:
             targets, learning_rate, length_mode, epochs, max_steps, batch_size, max_seq_length, warmup, loss, seed,
             evaluate, max_eval_queries, checkpointing]
 
-    def start(model_state, data_state, anchor, positive, negative, score, eval_size, *rest):
+    def start(model_state, data_state, anchor, positive, negative, score, label, eval_size, *rest):
         source = DataSource.from_dict(data_state)
         if source is None:
             return gr.skip(), show_error("no data yet: load a file, a dataset or the sample on the Data tab"), gr.skip()
-        mapping = mapping_from(anchor, positive, negative, score)
+        mapping = mapping_from(anchor, positive, negative, score, label)
         try:
             run = studio.start_run(training_config(model_state, mapping, eval_size, *rest), source)
         except (DataError, PathNotAllowed, ValueError, OSError) as problem:
@@ -200,8 +200,8 @@ def build(studio, ui) -> None:
                 "max steps", p["max_steps"], p["batch_size"], p["max_seq_length"], p["warmup_ratio"],
                 p["max_eval_queries"], True)
 
-    def loss_choices(anchor, positive, negative, score, current):
-        mapping = mapping_from(anchor, positive, negative, score)
+    def loss_choices(anchor, positive, negative, score, label, current):
+        mapping = mapping_from(anchor, positive, negative, score, label)
         if not mapping.get("anchor"):
             return gr.skip()
         try:
