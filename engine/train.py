@@ -76,6 +76,7 @@ def train(config: TrainConfig | dict, events: EventLog | None = None, stop: thre
 
     from engine.hub import describe_training
     from engine.models import family_of
+    from engine.resolve import download_events, resolve_model
 
     config = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(config)
     config.check()
@@ -91,6 +92,7 @@ def train(config: TrainConfig | dict, events: EventLog | None = None, stop: thre
     events.log(f"{len(train_rows)} training rows, {len(held_out)} held out; task {summary.task}, loss {loss_name}")
 
     events.status("loading", f"loading {config.model}")
+    resolve_model(config.model, progress=download_events(events))  # a download reports progress; the loader then finds it cached
     set_seed(config.seed)
     model = task.load_model(config)
     if not torch.cuda.is_available():
