@@ -199,16 +199,21 @@ def _hub_error(error: Exception, repo_id: str, endpoint: str) -> ModelNotAvailab
     cause = error.__cause__ if isinstance(error, LocalEntryNotFoundError) and error.__cause__ else error
     status = cause.response.status_code if isinstance(cause, HfHubHTTPError) and cause.response is not None else None
     page = f"{endpoint}/{repo_id}"
-    token_fix = "set HF_TOKEN to a token of that account (or run `hf auth login`)"
     if isinstance(cause, OfflineModeIsEnabled):
         return _offline_error(repo_id)
-    if isinstance(cause, GatedRepoError) or (status in (401, 403) and not isinstance(cause, RepositoryNotFoundError)):
-        why = "no token was sent" if status == 401 else "the token sent has no access to it"
+    if isinstance(cause, GatedRepoError):
+        why = "no valid token was sent" if status == 401 else "the token sent has not been granted access"
         return ModelAccessDenied(f"{repo_id} is a gated model on {endpoint} and {why} ({status})",
-                                 f"accept its licence on {page} while logged in, then {token_fix}")
+                                 f"accept its licence on {page} while logged in, then set HF_TOKEN to a token of "
+                                 "that account (or run `hf auth login`)")
+    if status in (401, 403) and not isinstance(cause, RepositoryNotFoundError):
+        return ModelAccessDenied(f"the Hub at {endpoint} refused access to {repo_id} ({status}): the token sent is "
+                                 "invalid or may not read it", f"set HF_TOKEN to a valid token that can read {page} "
+                                 "(or run `hf auth login`)")
     if isinstance(cause, RepositoryNotFoundError) or status == 404:
-        return ModelNotOnHub(f"{repo_id!r} is not on the Hub at {endpoint} ({status})",
-                             f"check the spelling against the model's page ({page}); for a private model, {token_fix}")
+        return ModelNotOnHub(f"{repo_id!r} is not on the Hub at {endpoint} ({status}), nor a folder on this machine",
+                             "check the spelling (owner/name, as on the model's Hub page); if it is private, set "
+                             "HF_TOKEN to a token that can read it (or run `hf auth login`)")
     reason = f"it answered {status}" if status else f"{type(cause).__name__}: {cause}"
     return HubUnreachable(f"the Hugging Face Hub at {endpoint} could not be reached to download {repo_id} ({reason})",
                           "check this machine's internet connection (or HF_ENDPOINT and the proxy settings) and start "

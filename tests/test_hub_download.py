@@ -119,7 +119,7 @@ def test_progress_is_reported_and_a_downloaded_model_then_works_offline(hub, hub
 def test_a_missing_repo_says_it_is_not_on_the_hub(hub_env, hub):
     with pytest.raises(ModelNotOnHub) as caught:
         resolve_model("org/no-such-model")
-    assert f"'org/no-such-model' is not on the Hub at {hub.url}" in str(caught.value)
+    assert f"'org/no-such-model' is not on the Hub at {hub.url} (404)" in str(caught.value)
     assert "check the spelling" in caught.value.fix
 
 
