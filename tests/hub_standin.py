@@ -38,7 +38,7 @@ class HubStandIn:
     def serve_model(self, repo_id: str, folder: Path, gated: bool = False, granted: tuple = (),
                     drop: bool = False, extra_files: dict | None = None) -> None:
         """Serve the model saved in `folder` (plus `extra_files`: path -> bytes) as `repo_id`."""
-        files = {str(f.relative_to(folder).as_posix()): f.read_bytes() for f in sorted(folder.rglob("*")) if f.is_file()}
+        files = {f.relative_to(folder).as_posix(): f.read_bytes() for f in sorted(folder.rglob("*")) if f.is_file()}
         self.repos[repo_id] = {"private": False, "files": {**files, **(extra_files or {})}, "gated": gated,
                                "granted": set(granted), "drop": drop}
 
@@ -123,8 +123,8 @@ class HubStandIn:
 
             def _tree(self, repo_id: str) -> None:
                 if (repo := self._served(repo_id)) is not None:
-                    self._reply(200, [{"type": "file", "path": p, "size": len(data), "oid": hashlib.sha1(data).hexdigest()}
-                                      for p, data in sorted(repo["files"].items())])
+                    self._reply(200, [{"type": "file", "path": p, "size": len(data),
+                                       "oid": hashlib.sha1(data).hexdigest()} for p, data in sorted(repo["files"].items())])
 
             def _resolve(self, repo_id: str, path: str) -> None:
                 if (repo := self._served(repo_id)) is None:
