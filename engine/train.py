@@ -80,6 +80,7 @@ def train(config: TrainConfig | dict, events: EventLog | None = None, stop: thre
 
     from engine.hub import describe_training
     from engine.models import family_of
+    from engine.resolve import download_events, resolve_model
 
     config = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(config)
     config.check()
@@ -95,6 +96,7 @@ def train(config: TrainConfig | dict, events: EventLog | None = None, stop: thre
     events.log(f"{len(train_rows)} training rows, {len(held_out)} held out; task {summary.task}, loss {loss_name}")
 
     events.status("loading", f"loading {config.model}")
+    resolve_model(config.model, progress=download_events(events))  # progress of a download; the loader finds the cache
     set_seed(config.seed)
     model = task.load_model(config)
     if not torch.cuda.is_available():
