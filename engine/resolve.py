@@ -121,13 +121,20 @@ def _repo_id(name: str) -> str:
 
 def _cached_snapshot(repo_id: str, cache_dir: Path) -> Path | None:
     """The cached snapshot of `repo_id` when it holds every file files_to_download wants, else None."""
-    from huggingface_hub import get_cached_repo_tree, snapshot_download
-    from huggingface_hub.errors import CachedRepoTreeNotFoundError, LocalEntryNotFoundError
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
 
-    try:  # the listing a download cached tells a complete snapshot from an interrupted one
-        wanted = _as_patterns(files_to_download(f.path for f in get_cached_repo_tree(repo_id, cache_dir=cache_dir)))
-    except CachedRepoTreeNotFoundError:
-        wanted = None
+    wanted = None
+    try:  # the listing a download cached tells a complete snapshot from an interrupted one (huggingface_hub 1.x)
+        from huggingface_hub import get_cached_repo_tree
+        from huggingface_hub.errors import CachedRepoTreeNotFoundError
+    except ImportError:  # an older huggingface_hub keeps no listing: any snapshot with a model in it counts
+        pass
+    else:
+        try:
+            wanted = _as_patterns(files_to_download(f.path for f in get_cached_repo_tree(repo_id, cache_dir=cache_dir)))
+        except CachedRepoTreeNotFoundError:
+            pass
     try:
         path = Path(snapshot_download(repo_id, cache_dir=cache_dir, local_files_only=True, allow_patterns=wanted))
     except LocalEntryNotFoundError:

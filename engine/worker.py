@@ -28,7 +28,6 @@ def is_bad_input(error: BaseException) -> bool:
 def explain(error: BaseException, config=None) -> tuple[str, str]:
     """(what went wrong, what to do) in words a studio user can act on."""
     from engine.data import DataError
-    from engine.resolve import ModelNotAvailable
 
     if type(error).__name__ == "OutOfMemoryError" or "out of memory" in str(error).lower():
         if config is None:
@@ -41,8 +40,6 @@ def explain(error: BaseException, config=None) -> tuple[str, str]:
         return str(error), error.fix
     if isinstance(error, DataError):
         return str(error), "fix the data or the column mapping, then start again"
-    if isinstance(error, ModelNotAvailable):
-        return str(error), "pick the bundled all-MiniLM-L6-v2 or a local model folder"
     if isinstance(error, json.JSONDecodeError):
         return f"config.json is not valid JSON ({error})", "write the run's settings as one JSON object"
     if isinstance(error, ValueError):
