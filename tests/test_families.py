@@ -31,6 +31,11 @@ def test_every_family_in_the_table_has_a_tiny_model():
     assert {family.name for family in FAMILIES} == set(CONFIGS)
 
 
+def test_a_row_packs_through_relative_bias_exactly_when_it_names_the_bias_classes():
+    """engine.attention.enable takes a "flex" row's packed path from its relative_bias site."""
+    assert all(("flex" in family.fast_paths) == (family.relative_bias is not None) for family in FAMILIES)
+
+
 @pytest.mark.parametrize("family_name", sorted(CONFIGS))
 def test_family_trains_merges_and_reloads(family_name, tmp_path, caplog):
     folder = build_tiny_model(family_name, tmp_path / "base")

@@ -203,8 +203,8 @@ def _enable_packing(transformer, hf_model, family) -> str:
     )
     if transformer.model_forward_params is not None:
         transformer.model_forward_params |= _FLASH_KWARGS
-    # The model's own first position (padding_idx + 1 for RoBERTa-likes: 2 for XLM-R and MPNet as released,
-    # but a checkpoint with another pad id counts from elsewhere), as sentence-transformers reads it.
+    # The model's own first position (padding_idx + 1 for RoBERTa-likes, 2 as most are released, but a
+    # checkpoint with another pad id counts from elsewhere), as sentence-transformers reads it.
     offset = transformer._infer_flatten_position_offset()
     transformer._flatten_position_offset = offset
     transformer.can_flatten_inputs = True

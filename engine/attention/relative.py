@@ -37,7 +37,7 @@ from engine.kernels.patching import class_path, install
 # Measured on an H100 (BENCHMARKS.md, mpnet-base seq 256 batch 64): the first compile costs ~14 s, a
 # packed step saves ~44 ms over the padded loop's: break-even near 320 steps.
 PAYS_OFF_FROM_STEPS = 300
-REACH = 128  # MPNet's max_distance: every longer distance falls in the last bucket
+REACH = 128  # the bias's max_distance: every longer distance falls in the last bucket
 BLOCK = 128  # FlexAttention's block size, query and key
 
 
@@ -56,7 +56,7 @@ def bias_table(encoder) -> torch.Tensor:
     """(heads, 2 * REACH + 1) bias for distances -REACH..REACH (key position minus query position)."""
     weight = encoder.relative_attention_bias.weight
     distances = torch.arange(-REACH, REACH + 1, device=weight.device)
-    buckets = encoder.relative_position_bucket(distances)  # the defaults MPNet's own forward uses
+    buckets = encoder.relative_position_bucket(distances)  # the defaults the model's own forward uses
     return encoder.relative_attention_bias(buckets).t().float()
 
 
