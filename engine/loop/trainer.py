@@ -81,22 +81,20 @@ class PackedTrainer:
         self.pooling = mode if isinstance(mode, str) else mode[0]
         self.device = next(st_model.parameters()).device
         self.cuda = self.device.type == "cuda"
-        self.batch_size, self.scale, self.max_grad_norm = batch_size, scale, max_grad_norm
-        # Cached steps (GradCache, what CachedMultipleNegativesRankingLoss does): the batch's sequences are
-        # embedded `mini_batch` at a time, so activations never exceed one mini-batch's; eager for now.
-        self.mini_batch = mini_batch
+        self.scale, self.max_grad_norm = scale, max_grad_norm
 
-        # Batches. First position id of each packed sequence: by default the one the model's packed
-        # preprocessing uses (engine.attention.enable), so the loop's batches and plain encoding agree.
+        # Batches. With `mini_batch` (the cached loss, GradCache's way) each holds its sequences as mini-batches
+        # of that many, embedded one at a time so activations never exceed one mini-batch's; eager for now.
+        # First position id of each packed sequence: by default the one the model's packed preprocessing
+        # uses (engine.attention.enable), so the loop's batches and plain encoding agree.
         if position_offset is None:
             position_offset = getattr(self.transformer, "_flatten_position_offset", 0)
-        self.store = TokenStore(self.transformer, [t for column in columns for t in column])
-        self.row_texts = np.stack([self.store.ids(column) for column in columns], axis=1)  # (rows, columns)
+        store = TokenStore(self.transformer, [t for column in columns for t in column])
+        self.row_texts = np.stack([store.ids(column) for column in columns], axis=1)  # (rows, columns)
         self.packed = bool(getattr(self.transformer, "can_flatten_inputs", False))
-        self.bucketed = self.cuda if bucketed is None else bucketed
-        self.packer = BatchPacker(self.transformer, self.store, self.row_texts, batch_size=batch_size,
-                                  packed=self.packed, bucketed=self.bucketed, position_offset=position_offset,
-                                  mini_batch=mini_batch, pin=self.cuda)
+        self.packer = BatchPacker(self.transformer, store, self.row_texts, batch_size=batch_size, packed=self.packed,
+                                  bucketed=self.cuda if bucketed is None else bucketed,
+                                  position_offset=position_offset, mini_batch=mini_batch, pin=self.cuda)
         self.max_length = self.packer.max_length
 
         rng = np.random.default_rng(seed)
