@@ -20,7 +20,7 @@ import functools
 import logging
 
 from . import norm
-from .patching import class_path, install
+from .patching import install, modules_at
 from .runtime import log_once, triton_runs_on, why_not
 
 logger = logging.getLogger(__name__)
@@ -64,10 +64,4 @@ def patch_rms_norms(hf_model, sites) -> int:
     Per instance (engine.kernels.patching): the classes, and other models in the process, keep
     transformers' forward. Patching twice is harmless; a module whose forward someone else has already
     replaced is left alone and not counted."""
-    by_class = {site.cls: site for site in sites}
-    covered = 0
-    for module in hf_model.modules():
-        site = by_class.get(class_path(module))
-        if site is not None:
-            covered += install(module, _patched_forward(site))
-    return covered
+    return sum(install(module, _patched_forward(site)) for module, site in modules_at(hf_model, sites))

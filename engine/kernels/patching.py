@@ -45,3 +45,13 @@ def remove_patches(model: torch.nn.Module) -> int:
 def class_path(module: torch.nn.Module) -> str:
     """"module.path.ClassName": how the family table names a patch site's class."""
     return f"{type(module).__module__}.{type(module).__name__}"
+
+
+def modules_at(model: torch.nn.Module, sites):
+    """(module, site) for every module inside `model` (PEFT wrappers included) whose class is the `cls`
+    of one of `sites` (a family row's patch sites)."""
+    by_class = {site.cls: site for site in sites}
+    for module in model.modules():
+        site = by_class.get(class_path(module))
+        if site is not None:
+            yield module, site

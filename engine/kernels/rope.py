@@ -39,7 +39,7 @@ try:
 except ImportError:  # the reference serves
     triton = None
 
-from .patching import class_path, install
+from .patching import install, modules_at
 from .runtime import log_once, triton_runs_on, why_not
 
 logger = logging.getLogger(__name__)
@@ -262,12 +262,8 @@ def patch_rope(hf_model, sites) -> int:
     outputs can differ from transformers' by a unit in the last place. Patching twice is harmless; a
     module whose forward someone else has already replaced is left alone and not counted.
     """
-    by_class = {site.cls: site for site in sites}
     covered = 0
-    for module in hf_model.modules():
-        site = by_class.get(class_path(module))
-        if site is None:
-            continue
+    for module, site in modules_at(hf_model, sites):
         patched = _patched_forward(type(module), site.upcasts)
         if patched is None:
             _log_fallback(f"{type(module).__name__}.forward does not call apply_rotary_pos_emb")
