@@ -106,7 +106,9 @@ def test_fast_path_surgery_is_not_saved(family_name, lora, tmp_path):
     again with remove_patches."""
     from engine.attention import enable
     from engine.kernels import patch_peft_lora
-    from engine.kernels.patching import is_patched, remove_patches
+    from peft.tuners.lora import Linear as LoraLinear
+
+    from engine.kernels.patching import class_path, is_patched, remove_patches
     from engine.loop.surgery import prepare_model
 
     folder = build_tiny_model(family_name, tmp_path / "base")
@@ -120,8 +122,8 @@ def test_fast_path_surgery_is_not_saved(family_name, lora, tmp_path):
     prepare_model(hf, cuda=True, graphs=True, kernels=True, cached=False)  # all of it runs on a CPU too
     patch_peft_lora(hf)
     installed = sum(is_patched(m, name) for m in hf.modules() for name in ("forward", "compute_position_bias"))
-    assert installed >= (len(family.lora_targets) if lora else len(_patch_site_classes(family) - {
-        site.cls for site in family.mlps if site.layout == "dense"}))  # the loop leaves plain GELUs alone
+    sites = _patch_site_classes(family) - {site.cls for site in family.mlps if site.layout == "dense"}  # plain GELUs stay
+    assert installed == sum(class_path(m) in sites or isinstance(m, LoraLinear) for m in hf.modules())
 
     assert patched.state_dict().keys() == stock.state_dict().keys()
     assert all(torch.equal(value, stock.state_dict()[name]) for name, value in patched.state_dict().items())
