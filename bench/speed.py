@@ -263,7 +263,8 @@ def run_one(name: str, checkpoint: Path, seq: int, batch: int, method: str, step
         model = load(name, checkpoint, max_seq_length=seq, device=None if kind == "qlora" else device, **model_kwargs)
     tokenizer = model[0].tokenizer
     limit = getattr(model[0].model.config, "max_position_embeddings", None)
-    if limit is not None and seq + family.position_offset > limit:  # would index past the position table
+    first_position = model[0]._infer_flatten_position_offset()  # padding_idx + 1 for RoBERTa-likes
+    if limit is not None and seq + first_position > limit:  # would index past the position table
         raise ValueError(f"{name} has {limit} positions; sequence length {seq} does not fit")
     n_linear, layers, width = _flop_counts(model[0].model)
     if kind != "full" and unsloth:
