@@ -131,6 +131,8 @@ def test_fast_path_surgery_is_not_saved(family_name, lora, tmp_path):
     stock.save_pretrained(str(tmp_path / "stock"))
     patched.save_pretrained(str(tmp_path / "patched"))
     saved, expected = _saved_files(tmp_path / "patched"), _saved_files(tmp_path / "stock")
+    if "README.md" in saved:  # the model card's usage snippet names the folder it was saved to
+        saved["README.md"] = saved["README.md"].replace(b"patched", b"stock")
     assert saved.keys() == expected.keys() and ("config.json" in saved) != lora
     assert [name for name in saved if saved[name] != expected[name]] == []
 
