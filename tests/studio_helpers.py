@@ -43,20 +43,13 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.5):
 
 
 FINISHED = ("completed", "stopped", "failed")
-API_RUN_TIMEOUT = 300  # a CPU worker: imports, loading, a few steps, saving
+RUN_TIMEOUT = 300  # a CPU worker: imports, loading, a few steps, saving
 
 
-def finished_api_run(client, run_id: str, timeout: float = API_RUN_TIMEOUT) -> dict:
+def finished_api_run(client, run_id: str, timeout: float = RUN_TIMEOUT) -> dict:
     """Wait until /run_status says `run_id` finished; returns that status."""
     return wait_for(lambda: (status := client.predict(run_id, api_name="/run_status"))["status"] in FINISHED
                     and status, timeout, f"run {run_id} to finish")
-
-
-def run_through_api(client, config: dict, data: str = "sample") -> dict:
-    """Start a run with /start_run, as a program would, and wait for it to finish; returns its last status."""
-    run = client.predict(config, data, api_name="/start_run")
-    assert run["status"] in ("queued", "running"), run
-    return finished_api_run(client, run["run_id"])
 
 
 def _endpoint_components(client, api_name: str, side: str) -> list[dict]:

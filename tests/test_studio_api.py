@@ -10,14 +10,7 @@ from gradio_client import Client, handle_file
 
 from engine.families import DEFAULT_MODEL
 from hub_standin import HubStandIn
-from studio_helpers import (
-    API_RUN_TIMEOUT,
-    StudioProcess,
-    finished_api_run,
-    inputs_by_name,
-    outputs_by_name,
-    run_through_api,
-)
+from studio_helpers import RUN_TIMEOUT, StudioProcess, finished_api_run, inputs_by_name, outputs_by_name
 
 TOKEN = "hf_StudioTestTokenDoNotLeak0123456789"
 
@@ -43,7 +36,10 @@ def client(app):
 
 @pytest.fixture(scope="module")
 def finished_run(client):
-    done = run_through_api(client, {"max_steps": 2, "batch_size": 8, "max_seq_length": 64, "evaluate": False})
+    run = client.predict({"max_steps": 2, "batch_size": 8, "max_seq_length": 64, "evaluate": False}, "sample",
+                         api_name="/start_run")
+    assert run["status"] in ("queued", "running")
+    done = finished_api_run(client, run["run_id"])
     assert done["status"] == "completed", (done["error"], done["hint"])
     return done
 
@@ -70,7 +66,7 @@ def test_the_demo_preset_is_a_short_cpu_run_that_beats_the_base_model(app):
     assert f"--max-steps {preset['Max steps']}" in started["train-command"]
     (run_id,) = {run["run_id"] for run in client.predict(api_name="/list_runs")} - before
 
-    done = finished_api_run(client, run_id, timeout=3 * API_RUN_TIMEOUT)  # evaluation of both models included
+    done = finished_api_run(client, run_id, timeout=3 * RUN_TIMEOUT)  # evaluation of both models included
     assert done["status"] == "completed", (done["error"], done["hint"])
     assert done["step"] == done["loss_points"] == preset["Max steps"]
     base, trained = done["metrics"]["base"]["ndcg@10"], done["metrics"]["trained"]["ndcg@10"]
