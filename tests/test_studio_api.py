@@ -76,7 +76,8 @@ def test_the_demo_preset_is_a_short_cpu_run_that_beats_the_base_model(app):
 def test_a_corrupt_upload_is_an_inline_error(client, tmp_path):
     corrupt = tmp_path / "broken.parquet"
     corrupt.write_bytes(b"this is not parquet at all\x00\x01")
-    uploaded = outputs_by_name(client, "/upload_data", client.predict(handle_file(str(corrupt)), api_name="/upload_data"))
+    uploaded = outputs_by_name(client, "/upload_data",
+                               client.predict(handle_file(str(corrupt)), api_name="/upload_data"))
     assert uploaded["error"]["visible"] and "broken.parquet" in uploaded["error"]["value"]
     loaded = outputs_by_name(client, "/use_sample", client.predict(api_name="/use_sample"))  # and the app keeps working
     assert not loaded["error"]["visible"] and "4,000 rows" in loaded["data-source"]
