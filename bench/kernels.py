@@ -9,7 +9,7 @@ bf16 inputs at the shapes a training step sees. Each time is the median of
 `torch.autograd.grad`, and of `triton.testing.do_bench_cudagraph` over the same step captured in a
 CUDA graph (as the packed loop replays it: the Python-side cost of a call, ~80 us for ours, drops
 out). "torch" is what the code does without our kernels: the add and LayerNorm /
-RMSNorm as transformers writes them, mean pooling as engine/loop.py does it (`sequence_means`:
+RMSNorm as transformers writes them, mean pooling as engine/loop/pooling.py does it (`sequence_means`:
 index_add over a precomputed sequence id per token, fp32 out as ours here), MultipleNegativesRankingLoss's full
 matrix (and once, chunked_contrastive_loss_torch); "compiled" is the torch function through
 torch.compile (compiling is most of the run's time). Peak MiB is the device memory beyond the

@@ -17,9 +17,10 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parent.parent
-TRAIN = REPO / "assets/debian-pairs/train.jsonl"
-TEST = REPO / "assets/debian-pairs/test.jsonl"
+from engine.data import SAMPLE_DIR
+
+TRAIN = SAMPLE_DIR / "train.jsonl"
+TEST = SAMPLE_DIR / "test.jsonl"
 
 
 def stock_run(args, queries, documents, output_dir: Path) -> dict:

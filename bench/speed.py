@@ -120,7 +120,9 @@ class Result:
 def load_pairs(seq: int, join: int) -> tuple[list[str], list[str]]:
     """Debian (synopsis, description) pairs; for long sequences `join` descriptions are concatenated
     so that documents reach the sequence length."""
-    for candidate in (ROOT / "assets" / "debian-pairs" / "train.jsonl", ROOT / ".devcarry" / "debian-pairs" / "train.jsonl"):
+    from engine.data import SAMPLE_DIR
+
+    for candidate in (SAMPLE_DIR / "train.jsonl", ROOT / ".devcarry" / "debian-pairs" / "train.jsonl"):
         if candidate.exists():
             rows = [json.loads(line) for line in candidate.read_text().splitlines() if line.strip()]
             break
@@ -261,7 +263,8 @@ def run_one(name: str, checkpoint: Path, seq: int, batch: int, method: str, step
         model = load(name, checkpoint, max_seq_length=seq, device=None if kind == "qlora" else device, **model_kwargs)
     tokenizer = model[0].tokenizer
     limit = getattr(model[0].model.config, "max_position_embeddings", None)
-    if limit is not None and seq + family.position_offset > limit:  # would index past the position table
+    first_position = model[0]._infer_flatten_position_offset()  # padding_idx + 1 for RoBERTa-likes
+    if limit is not None and seq + first_position > limit:  # would index past the position table
         raise ValueError(f"{name} has {limit} positions; sequence length {seq} does not fit")
     n_linear, layers, width = _flop_counts(model[0].model)
     if kind != "full" and unsloth:

@@ -1,5 +1,5 @@
 """Retrieval metrics (through sentence-transformers' InformationRetrievalEvaluator) and the side-by-side
-search the studio's Compare tab shows."""
+search the studio's Compare tab shows (through sentence-transformers' `util.semantic_search`)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
-from sentence_transformers.util import cos_sim
+from sentence_transformers.util import cos_sim, dot_score, semantic_search
 
 from engine.hub import METRIC_NAMES
 
@@ -57,6 +57,9 @@ def retrieval_metrics(model: SentenceTransformer, queries: list[str], documents:
                       batch_size: int = 64) -> dict[str, float]:
     """NDCG@10, MRR@10, Recall@1/10/100 and MAP@100 of `model` on (query, relevant document) pairs."""
     evaluator = retrieval_evaluator(queries, documents, extra_corpus, batch_size)
+    # A measurement, not a training-time evaluation: the model card shows it through
+    # engine.hub.describe_training, beside the base model's, rather than as this model's own result.
+    evaluator.store_metrics_in_model_card_data = lambda *args, **kwargs: None
     was_training = model.training
     try:
         return evaluator_metrics(evaluator(model))
@@ -70,35 +73,31 @@ class SearchIndex:
 
     model: SentenceTransformer
     corpus: list[str]
-    embeddings: torch.Tensor
+    embeddings: torch.Tensor  # (documents, dimensions), unit length, float32
 
     @classmethod
     def build(cls, model: SentenceTransformer, corpus: list[str], batch_size: int = 64) -> "SearchIndex":
         corpus = list(dict.fromkeys(corpus))
         embeddings = model.encode_document(corpus, batch_size=batch_size, convert_to_tensor=True,
                                            normalize_embeddings=True)
-        return cls(model, corpus, embeddings)
+        return cls(model, corpus, embeddings.float())
 
     def search(self, query: str, top_k: int = 5) -> list[dict]:
+        """The `top_k` documents by cosine similarity to `query`, best first: rank (from 1), document, score."""
         query_embedding = self.model.encode_query([query], convert_to_tensor=True, normalize_embeddings=True)
-        scores = (query_embedding.float() @ self.embeddings.float().T)[0]
-        top = torch.topk(scores, k=min(top_k, len(self.corpus)))
-        return [{"rank": rank + 1, "document": self.corpus[i], "score": float(s)}
-                for rank, (s, i) in enumerate(zip(top.values.tolist(), top.indices.tolist()))]
-
-    def rank_of(self, query: str) -> dict[str, int]:
-        """Every corpus document's 1-based rank for `query`."""
-        query_embedding = self.model.encode_query([query], convert_to_tensor=True, normalize_embeddings=True)
-        order = torch.argsort((query_embedding.float() @ self.embeddings.float().T)[0], descending=True)
-        return {self.corpus[i]: rank + 1 for rank, i in enumerate(order.tolist())}
+        # Both sides are unit length, so the dot product is the cosine similarity.
+        hits = semantic_search(query_embedding.float(), self.embeddings, top_k=top_k, score_function=dot_score)[0]
+        return [{"rank": rank + 1, "document": self.corpus[hit["corpus_id"]], "score": float(hit["score"])}
+                for rank, hit in enumerate(hits)]
 
 
 def compare_search(base: SearchIndex, trained: SearchIndex, query: str, top_k: int = 5) -> dict:
     """Top-k of both models for `query`. Each trained hit carries its rank under the base model
     (`base_rank`, over the whole corpus) and `rank_change` = base_rank - rank (positive: moved up)."""
-    base_ranks = base.rank_of(query)
+    base_ranking = base.search(query, top_k=len(base.corpus))
+    base_ranks = {hit["document"]: hit["rank"] for hit in base_ranking}
     trained_hits = trained.search(query, top_k)
     for hit in trained_hits:
         hit["base_rank"] = base_ranks[hit["document"]]
         hit["rank_change"] = hit["base_rank"] - hit["rank"]
-    return {"query": query, "base": base.search(query, top_k), "trained": trained_hits}
+    return {"query": query, "base": base_ranking[:top_k], "trained": trained_hits}

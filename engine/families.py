@@ -1,8 +1,11 @@
 """The family table: one row per architecture, and the one function that applies a row to a model.
 
-A row says everything the engine needs to know about an architecture: which attention layout it
-uses (for the packed fast path), where packed position ids start, which linear layers LoRA targets,
-how a model without `modules.json` pools, which prompts it expects, and which fast paths apply.
+A row says everything the engine needs to know about an architecture: which packed attention path
+it takes, which linear layers LoRA targets, how a model without `modules.json` pools, which prompts
+it expects, which padding side, and where the fast path patches the model. The patch sites name
+transformers classes by their full module path (checked against transformers 5.17), so adding an
+architecture is adding a row: engine.kernels and engine.attention hold only the kernels and the
+generic patch functions that read these fields.
 
 This module imports neither torch nor transformers, so the studio can read the table cheaply.
 """
@@ -16,51 +19,108 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
+class RmsNormSite:
+    """An RMSNorm class whose forward the Triton RMSNorm (engine.kernels.patch_norm) replaces: it computes
+    normed * (offset + weight) with its epsilon in attribute `eps`."""
+
+    cls: str  # "module.path.ClassName"
+    eps: str
+    offset: float
+    output_in_weight_dtype: bool  # weight * normed.to(x.dtype): the product promotes to weight's dtype
+
+
+@dataclass(frozen=True)
+class RopeSite:
+    """An attention class whose forward calls its modeling module's apply_rotary_pos_emb, which the Triton
+    RoPE (engine.kernels.rope) takes over."""
+
+    cls: str
+    upcasts: bool  # True: q.float() * cos ..., both outputs cast to q's dtype; False: in the inputs' promoted
+    # dtype, which the outputs keep (bf16 q and fp32 cos under autocast give fp32 outputs)
+
+
+@dataclass(frozen=True)
+class MlpSite:
+    """An MLP (or intermediate) class whose activation the Triton activations (engine.kernels.activations) run.
+
+    layout: "dense" act(dense(x)); "gate_up_down" down_proj(act(gate_proj(x)) * up_proj(x));
+    "fused_gate_up" Wo(drop(act(input) * gate)) with input, gate the halves of Wi(x)."""
+
+    cls: str
+    layout: str
+    activation_config: str  # the config attribute naming the activation
+    activation_module: str  # the module's attribute holding the activation module it calls
+
+
+@dataclass(frozen=True)
+class RelativeBiasSite:
+    """Classes that take MPNet-style relative position bias packed (engine.attention.relative)."""
+
+    model: str  # its forward gets packed inputs and builds the bias once for every layer
+    self_attention: str  # its forward applies the bias through FlexAttention
+    encoder: str  # holds relative_attention_bias and compute_position_bias (looked up on the device)
+
+
+@dataclass(frozen=True)
 class Family:
     name: str
     model_types: tuple[str, ...]  # transformers `config.model_type` values this row covers
-    attention: str  # "bidirectional", "bidirectional+sliding", "causal" or "relative-bias"
-    position_offset: int  # first position id as released (padding_idx + 1 for RoBERTa-likes; packing reads the model's own)
     lora_targets: tuple[str, ...]  # attention and MLP projection names (PEFT suffix match)
     pooling: str  # sentence-transformers pooling mode used when a model has no modules.json
     prompts: dict[str, str] = field(default_factory=dict)  # used when a model has no prompts of its own
     padding_side: str = "right"
-    fast_paths: tuple[str, ...] = ()  # names of the GPU fast paths that apply (see engine.attention)
+    fast_paths: tuple[str, ...] = ()  # "varlen": packed through varlen attention; "flex": through relative_bias
+    # The fast path's patch sites (engine.kernels.patch_layers, engine.attention.enable read them)
+    rms_norms: tuple[RmsNormSite, ...] = ()
+    rope: tuple[RopeSite, ...] = ()
+    mlps: tuple[MlpSite, ...] = ()
+    relative_bias: RelativeBiasSite | None = None
+    # Keyword arguments every training forward takes: decoders build a KV cache by default, which nothing
+    # reads, and a sliding cache copies from the host, which no CUDA graph can hold
+    forward_kwargs: dict = field(default_factory=dict)
+
+
+def _models(name: str) -> str:
+    return f"transformers.models.{name}.modeling_{name}"
+
+
+_NO_CACHE = {"use_cache": False}
 
 
 FAMILIES: tuple[Family, ...] = (
     Family(
         name="bert",
         model_types=("bert",),
-        attention="bidirectional",
-        position_offset=0,
         lora_targets=("query", "key", "value", "dense"),
         pooling="mean",
         fast_paths=("varlen",),
+        mlps=(MlpSite(f"{_models('bert')}.BertIntermediate", "dense", "hidden_act", "intermediate_act_fn"),),
+        forward_kwargs=_NO_CACHE,
     ),
     Family(
         name="xlm-roberta",
         model_types=("xlm-roberta", "roberta"),
-        attention="bidirectional",
-        position_offset=2,
         lora_targets=("query", "key", "value", "dense"),
         pooling="cls",
         fast_paths=("varlen",),
+        mlps=(MlpSite(f"{_models('xlm_roberta')}.XLMRobertaIntermediate", "dense", "hidden_act",
+                      "intermediate_act_fn"),),
+        forward_kwargs=_NO_CACHE,
     ),
     Family(
         name="mpnet",
         model_types=("mpnet",),
-        attention="relative-bias",
-        position_offset=2,
         lora_targets=("q", "k", "v", "o", "dense"),
         pooling="mean",
         fast_paths=("flex",),
+        mlps=(MlpSite(f"{_models('mpnet')}.MPNetIntermediate", "dense", "hidden_act", "intermediate_act_fn"),),
+        relative_bias=RelativeBiasSite(model=f"{_models('mpnet')}.MPNetModel",
+                                       self_attention=f"{_models('mpnet')}.MPNetSelfAttention",
+                                       encoder=f"{_models('mpnet')}.MPNetEncoder"),
     ),
     Family(
         name="distilbert",
         model_types=("distilbert",),
-        attention="bidirectional",
-        position_offset=0,
         lora_targets=("q_lin", "k_lin", "v_lin", "out_lin", "lin1", "lin2"),
         pooling="mean",
         fast_paths=("varlen",),
@@ -68,32 +128,38 @@ FAMILIES: tuple[Family, ...] = (
     Family(
         name="modernbert",
         model_types=("modernbert",),
-        attention="bidirectional+sliding",
-        position_offset=0,
         lora_targets=("Wqkv", "Wo", "Wi"),
         pooling="mean",
         fast_paths=("varlen",),
+        rope=(RopeSite(f"{_models('modernbert')}.ModernBertAttention", upcasts=True),),
+        mlps=(MlpSite(f"{_models('modernbert')}.ModernBertMLP", "fused_gate_up", "hidden_activation", "act"),),
     ),
     Family(
         name="qwen3",
         model_types=("qwen3",),
-        attention="causal",
-        position_offset=0,
         lora_targets=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
         pooling="lasttoken",
         prompts={"query": "Instruct: Given a web search query, retrieve relevant passages that answer the query\nQuery:"},
         padding_side="left",
         fast_paths=("varlen",),
+        rms_norms=(RmsNormSite(f"{_models('qwen3')}.Qwen3RMSNorm", eps="variance_epsilon", offset=0.0,
+                               output_in_weight_dtype=True),),
+        rope=(RopeSite(f"{_models('qwen3')}.Qwen3Attention", upcasts=False),),
+        mlps=(MlpSite(f"{_models('qwen3')}.Qwen3MLP", "gate_up_down", "hidden_act", "act_fn"),),
+        forward_kwargs=_NO_CACHE,
     ),
     Family(
         name="gemma3",
         model_types=("gemma3_text", "gemma3"),
-        attention="bidirectional+sliding",
-        position_offset=0,
         lora_targets=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
         pooling="mean",
         prompts={"query": "task: search result | query: ", "document": "title: none | text: "},
         fast_paths=("varlen",),
+        rms_norms=(RmsNormSite(f"{_models('gemma3')}.Gemma3RMSNorm", eps="eps", offset=1.0,
+                               output_in_weight_dtype=False),),
+        rope=(RopeSite(f"{_models('gemma3')}.Gemma3Attention", upcasts=False),),
+        mlps=(MlpSite(f"{_models('gemma3')}.Gemma3MLP", "gate_up_down", "hidden_activation", "act_fn"),),
+        forward_kwargs=_NO_CACHE,
     ),
 )
 
@@ -145,6 +211,11 @@ def family_for(model_type: str) -> Family | None:
     return _BY_MODEL_TYPE.get(model_type)
 
 
+def family_of_model(hf_model) -> Family | None:
+    """The row for a loaded Hugging Face model (PEFT wrappers included), or None."""
+    return family_for(getattr(getattr(hf_model, "config", None), "model_type", None))
+
+
 def lora_targets_for(model_type: str) -> list[str] | str:
     """LoRA target names for a model type; PEFT's "all-linear" for architectures not in the table."""
     family = family_for(model_type)
@@ -154,8 +225,9 @@ def lora_targets_for(model_type: str) -> list[str] | str:
 def apply_family(model, family: Family | None) -> None:
     """Apply a row to a loaded SentenceTransformer: prompts and padding side where the model has none.
 
-    The GPU fast paths (packed attention, fused kernels) are switched on by `engine.attention.enable`,
-    which reads `family.fast_paths`; this function only does what is right on every device.
+    The fast path's model surgery (packed attention, fused kernels) is `engine.attention.enable` and, in the
+    packed loop, `engine.loop.surgery.prepare_model`, which read the row's fast_paths and patch sites; this
+    function only does what is right on every device.
     """
     if family is None:
         return

@@ -1,4 +1,10 @@
-"""Uploading to the Hugging Face Hub (or whatever HF_ENDPOINT points at), with a model card.
+"""What the model card says about a fine-tuning run, and uploading a saved folder to the Hugging Face Hub.
+
+A model's README.md is sentence-transformers' own card, written on every save and push from
+`model.model_card_data` (`engine.models.FineTunedModelCardData`). `describe_training` records on the
+model what a run adds to it: the training settings and the before / after retrieval metrics.
+The studio works on saved folders and without torch: `name_model_in_card`, `point_adapter_at_hub_base`
+and `push_folder` serve it.
 
 The token comes from the `token` argument, else HF_TOKEN, else the one `hf auth login` stored; it is
 passed to huggingface_hub and never written anywhere by us.
@@ -8,9 +14,117 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 METRIC_NAMES = ("ndcg@10", "mrr@10", "recall@1", "recall@10", "recall@100", "map@100")
+# The settings the card shows, named as in engine.config.TrainConfig, in this order.
+SETTINGS_SHOWN = ("method", "lora_r", "lora_alpha", "steps", "batch_size", "learning_rate", "max_seq_length",
+                  "loss", "data")
+LORA_SETTINGS = ("lora_r", "lora_alpha")
+# The line of sentence-transformers' usage snippet that names the model to load.
+USAGE_MODEL_LINE = re.compile(r'(model = SentenceTransformer\(")[^"\n]*("\))')
+
+
+def describe_training(model, settings: dict, metrics: dict | None = None) -> None:
+    """Record on `model` how it was fine-tuned, so that every later save (`save_pretrained`,
+    `save_pretrained_merged`) and push (`push_to_hub`, `push_to_hub_merged`) writes it into the model card.
+
+    Args:
+        model: a model from `FastSentenceTransformer.from_pretrained`.
+        settings: the run's settings, named as in `engine.config.TrainConfig`, plus `loss` (a
+            sentence-transformers loss name) and `steps` (the steps trained). The card shows those in
+            `SETTINGS_SHOWN` that are set; `data` by file name only, so no local path is published.
+        metrics: retrieval metrics on the held-out split, `{"base": {...}, "trained": {...}}` keyed
+            by `METRIC_NAMES`. Call again to add them once they are measured.
+
+    Example::
+
+        from engine import FastSentenceTransformer, hub
+
+        model = FastSentenceTransformer.from_pretrained("sentence-transformers/all-MiniLM-L6-v2")
+        FastSentenceTransformer.get_peft_model(model, r=16)
+        ...  # train
+        hub.describe_training(model, {"method": "lora", "lora_r": 16, "loss": "MultipleNegativesRankingLoss",
+                                      "data": "pairs.csv"}, {"base": {"ndcg@10": 0.61}, "trained": {"ndcg@10": 0.74}})
+        model.save_pretrained_merged("out/merged")  # out/merged/README.md carries both
+    """
+    card = model.model_card_data
+    if not hasattr(card, "training_settings"):
+        raise TypeError(f"{type(card).__name__} has no place for the training description; "
+                        "load the model with FastSentenceTransformer.from_pretrained")
+    shown = {key: settings[key] for key in SETTINGS_SHOWN if settings.get(key) is not None}
+    if shown.get("method") == "full":
+        for key in LORA_SETTINGS:
+            shown.pop(key, None)
+    if "data" in shown:
+        shown["data"] = _data_name(shown["data"])
+    card.training_settings = shown
+    card.retrieval_metrics = dict(metrics or {})
+    # sentence-transformers writes a new card, rather than the one of the model it loaded, only for a
+    # model carrying this tag; its trainer adds it, our packed loop does not.
+    card.add_tags("generated_from_trainer")
+    if "loss" in shown:
+        card.add_tags(f"loss:{shown['loss']}")
+    for dataset in card.train_datasets:  # recorded by sentence-transformers' trainer, unnamed for a local file
+        dataset["name"] = dataset.get("name") or shown.get("data")
+
+
+def _data_name(data) -> str:
+    """How the card names a run's data: a local file by its name, a Hugging Face dataset by its id."""
+    path = Path(str(data)).expanduser()
+    return path.name if path.exists() else str(data)
+
+
+def fine_tuning_section(settings: dict, metrics: dict) -> str:
+    """The card's markdown section for `describe_training`'s settings and metrics."""
+    lines = ["## Fine-tuning with Lacker Studio", "",
+             "Trained with [Lacker Studio](https://pypi.org/project/lacker-studio/)."]
+    if metrics.get("base") or metrics.get("trained"):
+        lines += ["", "### Retrieval on the held-out split", "", metrics_table(metrics)]
+    if settings:
+        lines += ["", "### Training settings", ""] + [f"- `{key}`: {value}" for key, value in settings.items()]
+    return "\n".join(lines)
+
+
+def metric_rows(metrics: dict) -> list[tuple[str, float | None, float | None, str]]:
+    """(metric, base, fine-tuned, change such as "+0.0312" or "") for each of METRIC_NAMES measured in
+    `metrics` ({"base": {...}, "trained": {...}})."""
+    base, trained = metrics.get("base") or {}, metrics.get("trained") or {}
+    rows = []
+    for name in METRIC_NAMES:
+        if name in base or name in trained:
+            before, after = base.get(name), trained.get(name)
+            rows.append((name, before, after, f"{after - before:+.4f}" if None not in (before, after) else ""))
+    return rows
+
+
+def metrics_table(metrics: dict) -> str:
+    """`metric_rows` as a markdown table."""
+    lines = ["| metric | base | fine-tuned | change |", "|---|---|---|---|"]
+    for name, before, after, change in metric_rows(metrics):
+        lines.append(f"| {name} | {_number(before)} | {_number(after)} | {change} |")
+    return "\n".join(lines)
+
+
+def _number(value: float | None) -> str:
+    return "" if value is None else f"{value:.4f}"
+
+
+def name_model_in_card(folder, name: str) -> None:
+    """Make the usage snippet in `folder`'s README.md load `name`: the repo id it is pushed to, or
+    where a copy of the folder goes. A folder saved without a card is left without one."""
+    readme = Path(folder) / "README.md"
+    if readme.exists():
+        readme.write_text(USAGE_MODEL_LINE.sub(lambda line: f"{line[1]}{name}{line[2]}", readme.read_text()))
+
+
+def point_adapter_at_hub_base(folder: Path, base_model: str) -> None:
+    """An adapter saved locally names its base by local path; on the Hub it must name the hub id."""
+    for config_path in Path(folder).rglob("adapter_config.json"):
+        config = json.loads(config_path.read_text())
+        config["base_model_name_or_path"] = base_model
+        config_path.write_text(json.dumps(config, indent=2))
 
 
 def push_folder(folder, repo_id: str, token: str | None = None, private: bool | None = None,
@@ -23,50 +137,3 @@ def push_folder(folder, repo_id: str, token: str | None = None, private: bool | 
     repo_url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
     api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message=commit_message, repo_type="model")
     return str(repo_url)
-
-
-def point_adapter_at_hub_base(folder: Path, base_model: str) -> None:
-    """An adapter saved locally names its base by local path; on the Hub it must name the hub id."""
-    for config_path in folder.rglob("adapter_config.json"):
-        config = json.loads(config_path.read_text())
-        config["base_model_name_or_path"] = base_model
-        config_path.write_text(json.dumps(config, indent=2))
-
-
-def metrics_table(metrics: dict) -> str:
-    """A markdown table of base vs trained retrieval metrics ({"base": {...}, "trained": {...}})."""
-    base, trained = metrics.get("base", {}), metrics.get("trained", {})
-    rows = ["| metric | base | fine-tuned | change |", "|---|---|---|---|"]
-    for name in METRIC_NAMES:
-        if name in trained:
-            before = base.get(name)
-            change = f"{trained[name] - before:+.4f}" if before is not None else ""
-            rows.append(f"| {name} | {'' if before is None else f'{before:.4f}'} | {trained[name]:.4f} | {change} |")
-    return "\n".join(rows)
-
-
-def write_model_card(folder: Path, base_model: str, kind: str, metrics: dict | None = None,
-                     repo_id: str = "path/to/this/model") -> None:
-    """Write README.md: what the model is, how to load it, and the before / after retrieval metrics."""
-    if kind == "adapter":
-        load = (
-            "```python\nfrom sentence_transformers import SentenceTransformer\n\n"
-            f"# needs `pip install peft`; loads {base_model} and applies this adapter\n"
-            f"model = SentenceTransformer(\"{repo_id}\")\n```"
-        )
-        what = f"A LoRA adapter for [{base_model}](https://huggingface.co/{base_model})"
-    else:
-        load = f"```python\nfrom sentence_transformers import SentenceTransformer\n\nmodel = SentenceTransformer(\"{repo_id}\")\n```"
-        what = f"A fine-tuned version of [{base_model}](https://huggingface.co/{base_model}), LoRA merged into 16-bit weights" \
-            if kind == "merged" else f"A fully fine-tuned version of [{base_model}](https://huggingface.co/{base_model})"
-    sections = [
-        "---\nlibrary_name: sentence-transformers\npipeline_tag: sentence-similarity\ntags:\n- sentence-transformers\n"
-        f"- lacker-studio\nbase_model: {base_model}\n---",
-        f"# {kind.capitalize()} model trained with Lacker Studio",
-        f"{what}, trained with [Lacker Studio](https://pypi.org/project/lacker-studio/).",
-        "## Usage",
-        load,
-    ]
-    if metrics:
-        sections += ["## Retrieval on the held-out split", metrics_table(metrics)]
-    (folder / "README.md").write_text("\n\n".join(sections) + "\n")

@@ -2,24 +2,31 @@
 
 What `from_pretrained` returns IS a `sentence_transformers.SentenceTransformer`; the stock trainer,
 losses and evaluators work on it unchanged. The extra methods the source document names
-(`save_pretrained_merged`, `push_to_hub_merged`) are bound onto that instance.
+(`save_pretrained_merged`, `push_to_hub_merged`) are bound onto that instance, and `push_to_hub` is
+sentence-transformers' own with the adapter naming its base model by hub id.
+
+Every save writes sentence-transformers' model card from `model.model_card_data`, a
+`FineTunedModelCardData`: its usage snippet loads the saved folder (or the repo pushed to), and once
+`engine.hub.describe_training` has run it carries the training settings and before / after metrics.
 """
 
 from __future__ import annotations
 
 import copy
-import json
+import functools
 import logging
-import tempfile
 import types
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.base.modules import Normalize, Transformer
+from sentence_transformers.sentence_transformer.model_card import SentenceTransformerModelCardData
 from sentence_transformers.sentence_transformer.modules import Pooling
 
-from engine import hub
+from engine import bitsandbytes_cpu_warnings, hub
 from engine.families import Family, apply_family, family_for, lora_targets_for
 from engine.resolve import resolve_model
 
@@ -54,6 +61,7 @@ def _quantization_config(device: str):
         import bitsandbytes  # noqa: F401  (the config alone does not tell us it is missing)
     except ImportError as error:
         raise ValueError(f"load_in_4bit=True needs bitsandbytes ({error}); run `pip install bitsandbytes`") from error
+    bitsandbytes_cpu_warnings.release()  # they concern 4-bit models: now they apply
     return BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type="nf4",
@@ -62,13 +70,65 @@ def _quantization_config(device: str):
     )
 
 
-def _build_without_modules_json(path: Path, device: str, pooling_mode: str | None, transformer_kwargs: dict):
+@dataclass
+class FineTunedModelCardData(SentenceTransformerModelCardData):
+    """sentence-transformers' model card data, plus how the model was fine-tuned.
+
+    `training_settings` and `retrieval_metrics` ({"base": {...}, "trained": {...}}) are set by
+    `engine.hub.describe_training`; the card shows them in a section after the usage snippet.
+    """
+
+    training_settings: dict = field(default_factory=dict)
+    retrieval_metrics: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        # Saved to a folder rather than pushed, the usage snippet loads that folder (sentence-transformers
+        # would write a placeholder id there).
+        named_by_folder = self.model_id is None and self.save_dir is not None
+        if named_by_folder:
+            self.model_id = str(self.save_dir)
+        try:
+            values = super().to_dict()
+        finally:
+            if named_by_folder:
+                self.model_id = None
+        if self.training_settings or self.retrieval_metrics:
+            # The usage snippet is the one place in sentence-transformers' template that takes markdown
+            # from the card data, and how well the model does belongs right after how to load it.
+            section = hub.fine_tuning_section(self.training_settings, self.retrieval_metrics)
+            values["usage_snippet"] = f"{values['usage_snippet']}\n\n{section}\n"
+        return values
+
+
+def _card_data(path: Path, model_name_or_path: str) -> FineTunedModelCardData:
+    """The card data of a model loaded from `path`: the base model named by hub id where it has one,
+    and the language and license its own card declares."""
+    from huggingface_hub import ModelCard
+
+    # Nothing is looked up on the Hub: the base model is known here, and we work offline.
+    card = FineTunedModelCardData(local_files_only=True)
+    card.add_tags("lacker-studio")
+    if not Path(model_name_or_path).expanduser().exists():
+        card.base_model = model_name_or_path
+    readme = path / "README.md"
+    if readme.exists():
+        declared = ModelCard.load(readme, ignore_metadata_errors=True).data  # a card is no reason to refuse a model
+        if declared.language:
+            card.set_language(declared.language)
+        if declared.license:
+            card.set_license(declared.license)
+    return card
+
+
+def _build_without_modules_json(path: Path, device: str, pooling_mode: str | None, transformer_kwargs: dict,
+                                model_card_data: FineTunedModelCardData):
     transformer = Transformer(str(path), **transformer_kwargs)
     family = family_for(transformer.auto_model.config.model_type)
     mode = pooling_mode or (family.pooling if family else "mean")
     logger.info("%s has no modules.json; using Transformer + %s Pooling + Normalize", path, mode)
     pooling = Pooling(transformer.get_embedding_dimension(), pooling_mode=mode)
-    return SentenceTransformer(modules=[transformer, pooling, Normalize()], device=device)
+    return SentenceTransformer(modules=[transformer, pooling, Normalize()], device=device,
+                               model_card_data=model_card_data)
 
 
 class FastSentenceTransformer:
@@ -113,14 +173,16 @@ class FastSentenceTransformer:
             if device == "cuda":
                 model_kwargs.setdefault("device_map", {"": 0})
 
+        card_data = _card_data(path, str(model_name_or_path))
         if (path / "modules.json").exists():
             model = SentenceTransformer(
-                str(path), device=device, trust_remote_code=trust_remote_code, model_kwargs=model_kwargs
+                str(path), device=device, trust_remote_code=trust_remote_code, model_kwargs=model_kwargs,
+                model_card_data=card_data,
             )
         else:
             transformer_kwargs = {"model_kwargs": model_kwargs | {"trust_remote_code": trust_remote_code},
                                   "processor_kwargs": {"trust_remote_code": trust_remote_code}}
-            model = _build_without_modules_json(path, device, pooling_mode, transformer_kwargs)
+            model = _build_without_modules_json(path, device, pooling_mode, transformer_kwargs, card_data)
 
         apply_family(model, family_of(model))
         if max_seq_length is not None:
@@ -230,6 +292,8 @@ def merged_copy(model: SentenceTransformer, dtype=None) -> SentenceTransformer:
                     param.copy_(trained.pop(name).to(param.dtype))
         if trained:
             raise RuntimeError(f"could not place trained weights {sorted(trained)[:3]} in the 16-bit base")
+        copy_.model_card_data = copy.copy(model.model_card_data)  # what the card says about the training
+        copy_.model_card_data.register_model(copy_)
     else:
         copy_ = copy.deepcopy(model)
     if _has_adapter(copy_):
@@ -243,40 +307,41 @@ def merged_copy(model: SentenceTransformer, dtype=None) -> SentenceTransformer:
 
 
 def save_pretrained_merged(self: SentenceTransformer, save_directory, dtype=None, **kwargs) -> str:
-    """Write a merged 16-bit model that loads in plain sentence-transformers and transformers."""
-    merged = merged_copy(self, dtype=dtype)
-    merged.save_pretrained(str(save_directory), **kwargs)
-    _mark_dtype(Path(save_directory), next(merged.parameters()).dtype)
+    """Write a merged 16-bit model that loads in plain sentence-transformers and transformers.
+
+    `dtype` as in `merged_copy`; other kwargs go to `SentenceTransformer.save_pretrained`."""
+    merged_copy(self, dtype=dtype).save_pretrained(str(save_directory), **kwargs)
     return str(save_directory)
 
 
-def _mark_dtype(folder: Path, dtype: torch.dtype) -> None:
-    config_path = folder / "config.json"
-    config = json.loads(config_path.read_text())
-    config["dtype"] = str(dtype).removeprefix("torch.")
-    config_path.write_text(json.dumps(config, indent=2))
+@functools.wraps(SentenceTransformer.push_to_hub, assigned=())
+def push_to_hub_merged(self: SentenceTransformer, repo_id: str, *args, **kwargs) -> str:
+    """Merge the adapters into a 16-bit copy and upload that with `SentenceTransformer.push_to_hub`
+    (same arguments). The token comes from `token=`, else HF_TOKEN, else `hf auth login`."""
+    return SentenceTransformer.push_to_hub(merged_copy(self), repo_id, *args, **kwargs)
 
 
-def push_to_hub_merged(self: SentenceTransformer, repo_id: str, token: str | None = None, private: bool | None = None,
-                       commit_message: str = "Upload merged model from Lacker Studio", metrics: dict | None = None) -> str:
-    """Merge, save to a temporary folder with a model card, and upload it. The token comes from
-    `token=`, else HF_TOKEN, else `hf auth login`."""
-    with tempfile.TemporaryDirectory() as folder:
-        self.save_pretrained_merged(folder)
-        hub.write_model_card(Path(folder), base_model=self._lacker_base_name, kind="merged", metrics=metrics,
-                             repo_id=repo_id)
-        return hub.push_folder(folder, repo_id, token=token, private=private, commit_message=commit_message)
+@functools.wraps(SentenceTransformer.push_to_hub, assigned=())
+def push_to_hub(self: SentenceTransformer, repo_id: str, *args, **kwargs) -> str:
+    """`SentenceTransformer.push_to_hub` (same arguments): uploads the LoRA adapter (or, for a model
+    without adapters, the model) with its model card. The token comes from `token=`, else HF_TOKEN,
+    else `hf auth login`; the Hub is HF_ENDPOINT as huggingface_hub read it when first imported."""
+    with _adapters_naming_hub_base(self):
+        return SentenceTransformer.push_to_hub(self, repo_id, *args, **kwargs)
 
 
-def push_to_hub(self: SentenceTransformer, repo_id: str, token: str | None = None, private: bool | None = None,
-                commit_message: str = "Upload LoRA adapter from Lacker Studio", metrics: dict | None = None) -> str:
-    """Upload the LoRA adapter (or, for a model without adapters, the model) with a model card."""
-    with tempfile.TemporaryDirectory() as folder:
-        self.save_pretrained(folder)
-        hub.point_adapter_at_hub_base(Path(folder), self._lacker_base_name)
-        hub.write_model_card(Path(folder), base_model=self._lacker_base_name,
-                             kind="adapter" if _has_adapter(self) else "full", metrics=metrics, repo_id=repo_id)
-        return hub.push_folder(folder, repo_id, token=token, private=private, commit_message=commit_message)
+@contextmanager
+def _adapters_naming_hub_base(model: SentenceTransformer):
+    """An adapter saved locally names its base by local path; on the Hub it must name the hub id."""
+    configs = model[0].auto_model.peft_config.values() if _has_adapter(model) else ()
+    local_names = [(config, config.base_model_name_or_path) for config in configs]
+    for config, _ in local_names:
+        config.base_model_name_or_path = model._lacker_base_name
+    try:
+        yield
+    finally:
+        for config, name in local_names:
+            config.base_model_name_or_path = name
 
 
 def _bind_extra_methods(model: SentenceTransformer) -> None:

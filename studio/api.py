@@ -11,15 +11,12 @@ from __future__ import annotations
 import gradio as gr
 
 from engine import data as data_layer
-from engine.families import DEFAULT_MODEL
-from studio.data_sources import source_from_text
+from engine.config import api_defaults
+from studio.data_sources import read_source, source_from_text
 from studio.events import progress_of
 from studio.store import Run
 
-DEFAULTS = {"model": DEFAULT_MODEL, "eval_size": 0.1, "method": "lora", "lora_r": 16, "lora_alpha": 16,
-            "lora_dropout": 0.0, "target_modules": None, "learning_rate": 2e-4, "epochs": 1.0, "max_steps": None,
-            "batch_size": 32, "max_seq_length": 256, "warmup_ratio": 0.1, "loss": None, "seed": 42,
-            "evaluate": True, "max_eval_queries": 500, "gradient_checkpointing": False}
+DEFAULTS = api_defaults()  # every setting of engine.config.TrainConfig but the paths the studio sets itself
 
 
 def run_record(studio, run: Run) -> dict:
@@ -37,17 +34,15 @@ def register(studio) -> None:
     def start_run(config: dict, data: str) -> dict:
         """Queue a run. `config`: worker config keys (defaults fill the rest); `data`: "sample", an
         allowed local file or a Hugging Face dataset id. Columns default to the engine's guess."""
-        unknown = sorted(set(config) - set(DEFAULTS) - {"columns", "data_config", "data_split"})
+        unknown = sorted(set(config) - set(DEFAULTS))
         if unknown:
-            raise gr.Error(f"unknown config keys: {', '.join(unknown)}; known: {', '.join(sorted(DEFAULTS))}, columns")
+            raise gr.Error(f"unknown setting{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}; "
+                           f"the settings are: {', '.join(DEFAULTS)}")
         try:
             source = source_from_text(data, studio.settings, config.get("data_config"), config.get("data_split"))
-            full = {**DEFAULTS, **{k: v for k, v in config.items() if k in DEFAULTS}}
-            if not config.get("columns"):
-                from studio.data_sources import read_source
-
-                config = {**config, "columns": data_layer.guess_columns(read_source(source, studio.settings))}
-            full["columns"] = config["columns"]
+            full = {**DEFAULTS, **config}
+            if not full["columns"]:
+                full["columns"] = data_layer.guess_columns(read_source(source, studio.settings))
             run = studio.start_run(full, source)
         except (ValueError, OSError) as problem:
             raise gr.Error(str(problem))

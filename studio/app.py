@@ -16,7 +16,7 @@ import gradio as gr
 
 from engine import data as data_layer
 from studio import api, hardware
-from studio.commands import lacker_train_command
+from engine.config import command_line
 from studio.data_sources import DataSource, read_source, write_run_data
 from studio.events import progress_of
 from studio.runner import Runner
@@ -26,6 +26,8 @@ from studio.tabs import compare, data, export, model, runs, train
 from studio.ui import CSS
 
 logger = logging.getLogger(__name__)
+
+STUDIO_PATHS = ("data", "eval_data", "extra_corpus", "output_dir", "resume_from_checkpoint")
 
 
 class Studio:
@@ -54,15 +56,21 @@ class Studio:
         threading.Thread(target=warm, name=f"compare-{run.id}", daemon=True).start()
 
     def start_run(self, config: dict, source: DataSource) -> Run:
-        """Check the data against the mapping, then queue the run (its folder gets a copy of the data)."""
+        """Check the settings and the data against the mapping, then queue the run (its folder gets a copy of
+        the data). ValueError names a bad setting; DataError a problem in the data."""
+        from engine.config import TrainConfig
+
+        checked = TrainConfig.from_dict({**config, "data": source.label}).to_json()
+        # Paths are the studio's to set: the run folder holds the data's copies and is the output.
+        config = {key: value for key, value in checked.items() if key not in STUDIO_PATHS}
         table = read_source(source, self.settings)
-        data_layer.validate(table, config["columns"], source.label)
+        data_layer.validate(table, config["columns"], source.name, loss=config["loss"])
 
         def write_data(run_dir: Path) -> dict:
             overrides = write_run_data(run_dir, source, self.settings, config["columns"], config["eval_size"],
                                        config["seed"])
             shown = {**config, "data_config": source.config, "data_split": source.split}
-            (run_dir / "command.txt").write_text(lacker_train_command(
+            (run_dir / "command.txt").write_text(command_line(
                 shown, source.label, str(run_dir), eval_data=source.eval_label) + "\n")
             return overrides
 
@@ -106,17 +114,8 @@ def build_app(studio: Studio) -> gr.Blocks:
     return demo
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="lacker studio", description="Start the Lacker Studio web app.")
-    parser.add_argument("--host", help="address to listen on (default GRADIO_SERVER_NAME, else 127.0.0.1)")
-    parser.add_argument("--port", type=int, help="port (default GRADIO_SERVER_PORT, else 7860)")
-    parser.add_argument("--auth", help="user:password to require a login (or set LACKER_AUTH)")
-    parser.add_argument("--home", help="where runs and the run registry live (or set LACKER_HOME; default ./runs)")
-    return parser.parse_args(argv)
-
-
-def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
+def main(args: argparse.Namespace) -> None:
+    """Serve the studio with the flags of `studio.add_arguments`."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     environ = None
     if args.home:

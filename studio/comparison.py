@@ -68,14 +68,14 @@ class RunComparison:
 
     def _document_embeddings(self, index, documents: list[str]) -> np.ndarray:
         position = {doc: i for i, doc in enumerate(index.corpus)}
-        return index.embeddings.float().cpu().numpy()[[position[d] for d in documents]]
+        return index.embeddings.cpu().numpy()[[position[d] for d in documents]]
 
     def query_gains(self, limit: int = GAIN_QUERIES) -> list[dict]:
         """Held-out queries sorted by how far their relevant document moved up, best first."""
         n = min(limit, len(self.queries))
         ranks = []
         for index in (self.base, self.trained):
-            scores = self._query_embeddings(index, n) @ index.embeddings.float().cpu().numpy().T
+            scores = self._query_embeddings(index, n) @ index.embeddings.cpu().numpy().T
             own = (self._query_embeddings(index, n) * self._document_embeddings(index, self.documents[:n])).sum(axis=1)
             ranks.append((scores > own[:, None] + 1e-6).sum(axis=1) + 1)
         rows = [{"query": q, "base_rank": int(b), "trained_rank": int(a), "gain": int(b - a)}

@@ -39,6 +39,12 @@ class DataSource:
         return self.location
 
     @property
+    def name(self) -> str:
+        """How the page names this source: a file by its base name (the studio's folders are not the user's
+        business), a dataset by its id."""
+        return Path(self.location).name if self.kind == "file" else self.label
+
+    @property
     def eval_label(self) -> str | None:
         return str(SAMPLE_TEST.relative_to(REPO_ROOT)) if self.kind == "sample" else None
 

@@ -27,6 +27,7 @@ class RunProgress:
     elapsed: float | None = None
     eta: float | None = None
     samples_per_second: float | None = None
+    download_fraction: float | None = None  # of the model's download (0..1), before training starts
     losses: list[tuple[int, float]] = field(default_factory=list)  # (step, training loss)
     evals: list[dict] = field(default_factory=list)  # {"step", "which", "metrics"}
     logs: deque = field(default_factory=lambda: deque(maxlen=LOG_LINES_KEPT))
@@ -43,8 +44,9 @@ class RunProgress:
     def fraction(self) -> float:
         if self.status == "completed":
             return 1.0
-        if not self.total_steps:
-            return 0.0
+        if not self.total_steps:  # before the first step: the model's download, while there is one
+            downloading = self.download_fraction is not None and self.download_fraction < 1.0
+            return self.download_fraction if downloading else 0.0
         return min(1.0, self.step / self.total_steps)
 
     def metrics(self, which: str) -> dict | None:
@@ -76,6 +78,9 @@ class RunProgress:
         elif kind == "eval":
             self.evals.append({"step": event.get("step") or 0, "which": event.get("which") or "trained",
                                "metrics": event.get("metrics") or {}})
+        elif kind == "download":  # several a second while a model downloads; the throttled "loading" status logs it
+            self.message = event.get("message") or self.message
+            self.download_fraction = event.get("fraction")
         elif kind == "log":
             self.logs.append(str(event.get("message", "")))
         elif kind == "error":

@@ -1,5 +1,8 @@
 """Getting a run's model out: a zip to download, a copy in an allowed folder, or a push to the Hub.
 
+Each carries the model card the worker saved with the model (sentence-transformers' card with the
+run's settings and before / after metrics), its usage snippet naming where that copy is loaded from.
+
 The Hub token is used for the one push call and nowhere else: it is not written to the run folder,
 the registry, events or logs, and is blanked out of any error text shown to the user.
 """
@@ -9,8 +12,10 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
+from engine.hub import name_model_in_card, point_adapter_at_hub_base, push_folder
 from studio.settings import Settings
 from studio.store import Run
 
@@ -29,23 +34,36 @@ def model_folder(run: Run, kind: str) -> Path:
     return folder
 
 
+@contextmanager
+def _named_copy(folder: Path, name: str):
+    """A temporary copy of `folder` whose model card loads `name`, so the run folder never changes."""
+    with tempfile.TemporaryDirectory(prefix="lacker-export-") as staging:
+        staged = Path(staging) / folder.name
+        shutil.copytree(folder, staged)
+        name_model_in_card(staged, name)
+        yield staged
+
+
 def zip_model(run: Run, kind: str) -> Path:
-    """RUN_DIR/exports/<run>-<kind>.zip, built once."""
+    """RUN_DIR/exports/lacker-<run>-<kind>.zip, built once; its model card loads the folder it unzips to."""
     folder = model_folder(run, kind)
     target = Path(run.run_dir) / "exports" / f"lacker-{run.id}-{kind}"
     if not target.with_suffix(".zip").exists():
         target.parent.mkdir(exist_ok=True)
-        shutil.make_archive(str(target), "zip", root_dir=folder)
+        with _named_copy(folder, target.name) as staged:
+            shutil.make_archive(str(target), "zip", root_dir=staged)
     return target.with_suffix(".zip")
 
 
 def save_model(run: Run, kind: str, destination: str, settings: Settings) -> Path:
-    """Copy the model folder into `destination`, which must lie inside the allowed folders."""
+    """Copy the model folder into `destination`, which must lie inside the allowed folders; the copy's
+    model card loads it from there."""
     folder = model_folder(run, kind)
     target = settings.check_local_path(destination)
     if target.exists() and any(target.iterdir()):
         raise FileExistsError(f"{destination} exists and is not empty; pick a new folder name")
     shutil.copytree(folder, target, dirs_exist_ok=True)
+    name_model_in_card(target, str(target))
     return target
 
 
@@ -57,24 +75,17 @@ def redact(text: str, token: str | None) -> str:
 
 
 def push_model(run: Run, kind: str, repo_id: str, token: str | None, private: bool) -> str:
-    """Upload the model with a model card that carries the before / after metrics; returns the repo URL.
-
-    Works on a temporary copy so the card and the Hub base-model id never change the run folder."""
-    from engine.hub import point_adapter_at_hub_base, push_folder, write_model_card
-
+    """Upload the model with the model card the run wrote (settings, before / after metrics), its usage
+    snippet naming `repo_id`; returns the repo URL. The adapter's config names its base by hub id."""
     repo_id = (repo_id or "").strip()
     if "/" not in repo_id:
         raise ValueError("repo id must look like your-name/model-name")
     folder = model_folder(run, kind)
     token = (token or "").strip() or None
     try:
-        with tempfile.TemporaryDirectory(prefix="lacker-push-") as staging:
-            staged = Path(staging) / kind
-            shutil.copytree(folder, staged)
+        with _named_copy(folder, repo_id) as staged:
             if kind == "adapter":
                 point_adapter_at_hub_base(staged, run.model)
-            card_kind = "full" if run.method == "full" else kind
-            write_model_card(staged, run.model, card_kind, run.metrics, repo_id=repo_id)
             return push_folder(staged, repo_id, token=token, private=private)
     except Exception as problem:  # huggingface_hub raises many kinds; the user needs the words, without the token
         raise RuntimeError(redact(f"push to {repo_id} failed: {problem}", token)) from None

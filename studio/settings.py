@@ -13,8 +13,9 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from engine.bundled import ASSETS_DIR
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
-ASSETS_DIR = REPO_ROOT / "assets"
 DEFAULT_MAX_UPLOAD_MB = 200
 
 

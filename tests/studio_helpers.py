@@ -95,9 +95,10 @@ def free_port() -> int:
 
 
 class StudioProcess:
-    """`python app.py` in its own process, as Spaces starts it, with its output in a log file."""
+    """`python app.py` in its own process, as Spaces starts it, with its output in a log file.
+    `python` and `cwd` default to this interpreter and the checkout."""
 
-    def __init__(self, home, env: dict | None = None, args: tuple = ()):
+    def __init__(self, home, env: dict | None = None, args: tuple = (), python: str | None = None, cwd=None):
         import os
         import subprocess
         import sys
@@ -112,7 +113,7 @@ class StudioProcess:
         full_env = {**os.environ, "LACKER_HOME": str(self.home), "GRADIO_SERVER_NAME": "127.0.0.1",
                     "GRADIO_SERVER_PORT": str(self.port), "GRADIO_ANALYTICS_ENABLED": "False", **(env or {})}
         self._log = open(self.log_path, "wb")
-        self.process = subprocess.Popen([sys.executable, "app.py", *args], cwd=root, env=full_env,
+        self.process = subprocess.Popen([python or sys.executable, "app.py", *args], cwd=cwd or root, env=full_env,
                                         stdout=self._log, stderr=subprocess.STDOUT)
         self._wait_until_up()
 

@@ -10,6 +10,8 @@ from engine.data import (
     LOSSES,
     MIN_ROWS,
     DataError,
+    MappingError,
+    column_guess,
     default_loss,
     guess_columns,
     load_sample,
@@ -82,7 +84,7 @@ def test_read_errors_name_the_file_and_the_fix(tmp_path):
 
     jsonl = tmp_path / "data.jsonl"
     jsonl.write_text('{"q": "a"}\n{"q": "b",\n')
-    assert error(read_table, jsonl).startswith("data.jsonl, line 2: not valid JSON")
+    assert error(read_table, jsonl).startswith("data.jsonl, line 2: the JSON stops before it is complete")
 
     array = tmp_path / "data.json"
     array.write_text('[{"q": "a"}, "b"]')
@@ -141,9 +143,39 @@ def test_guess_columns_from_common_names(columns, expected):
     assert guess_columns(columns) == expected
 
 
-def test_guess_columns_falls_back_to_the_two_text_columns_of_a_dataframe():
+def test_guess_columns_takes_unknown_names_in_order_only_in_a_two_column_table():
+    two = pd.DataFrame({"left": ["a", "b"], "right": ["c", "d"]})
+    guess = column_guess(two)
+    assert guess.mapping == {"anchor": "left", "positive": "right"}
+    assert guess.describe() == ("anchor: left (the first of the only two columns); "
+                                "positive: right (the second of the only two columns)")
+    # With more columns, position says nothing about which text is the query: nothing is guessed.
     df = pd.DataFrame({"id": [1, 2], "left": ["a", "b"], "rating": [0.5, 0.1], "right": ["c", "d"]})
-    assert guess_columns(df) == {"anchor": "left", "positive": "right"}
+    assert guess_columns(df) == {"score": "rating"}
+    assert guess_columns(pd.DataFrame({"id": [1, 2], "text": ["a", "b"]})) == {"anchor": "text"}
+
+
+@pytest.mark.parametrize("columns, expected", [
+    (["ticket_id", "answer_text", "section", "question_text"], {"anchor": "question_text", "positive": "answer_text"}),
+    (["QuestionText", "AnswerText"], {"anchor": "QuestionText", "positive": "AnswerText"}),
+    (["Q", "A"], {"anchor": "Q", "positive": "A"}),
+    (["id", "a", "b"], {}),
+    (["Title", "Body"], {"anchor": "Title", "positive": "Body"}),
+    (["text", "summary"], {"anchor": "text", "positive": "summary"}),
+    (["summary", "text"], {"anchor": "text", "positive": "summary"}),
+    (["prompt", "response"], {"anchor": "prompt", "positive": "response"}),
+    (["PROMPT-TEXT", "Response Text"], {"anchor": "PROMPT-TEXT", "positive": "Response Text"}),
+    (["text_a", "text_b"], {"anchor": "text_a", "positive": "text_b"}),
+    (["Text 1", "Text 2", "score"], {"anchor": "Text 1", "positive": "Text 2", "score": "score"}),
+])
+def test_guess_columns_reads_names_as_people_write_them(columns, expected):
+    assert guess_columns(columns) == expected
+
+
+def test_the_guess_says_why_it_picked_each_column():
+    guess = column_guess(["ticket_id", "answer_text", "section", "question_text", "score"])
+    assert guess.describe() == ('anchor: question_text (reads as "question"); positive: answer_text '
+                                '(reads as "answer"); score: score (its name)')
 
 
 def test_parse_column_spec():
@@ -173,7 +205,8 @@ def test_task_and_default_loss_per_mapping():
         assert loss in LOSSES[task]
     assert "CachedMultipleNegativesRankingLoss" in LOSSES["pairs"]
     assert "CachedMultipleNegativesRankingLoss" in LOSSES["triplets"]
-    assert error(task_for, {"anchor": "a"}).startswith("no column is mapped to positive. Map both anchor and positive")
+    assert error(task_for, {"anchor": "a"}).startswith("no column is mapped to positive. Map both anchor (the query) "
+                                                       "and positive")
     assert "cannot be combined" in error(task_for, {"anchor": "a", "positive": "b", "score": "s", "label": "l"})
 
 
@@ -181,9 +214,10 @@ def test_task_and_default_loss_per_mapping():
 
 def test_missing_column_lists_the_real_ones_and_a_mapping_to_pass():
     df = qa()
-    assert error(validate, df, {"anchor": "question", "positive": "positive"}, "data.csv") == (
-        "column 'positive' not found in data.csv; columns are: question, answer. "
-        "Pass --columns anchor=question,positive=answer")
+    with pytest.raises(MappingError) as caught:
+        validate(df, {"anchor": "question", "positive": "positive"}, "data.csv")
+    assert str(caught.value) == "column 'positive' not found in data.csv; columns are: question, answer."
+    assert caught.value.fix == "pass --columns anchor=question,positive=answer"  # the CLI's fix line, not the page's
     assert error(validate, df, {"anchor": "question", "positive": "reply"}, "data.csv").startswith(
         "column 'reply' (for positive) not found in data.csv")
     assert error(validate, df, {"anchor": "question"}, "data.csv").startswith(
@@ -193,7 +227,7 @@ def test_missing_column_lists_the_real_ones_and_a_mapping_to_pass():
 @pytest.mark.parametrize("column, value, message", [
     ("answer", "   ", "data.csv, row 17, column 'answer': empty value. Fill it in or drop the row."),
     ("answer", None, "data.csv, row 17, column 'answer': empty value. Fill it in or drop the row."),
-    ("question", 42, "data.csv, row 17, column 'question': not text (42, a int). Make it text or drop the row."),
+    ("question", 42, "data.csv, row 17, column 'question': not text (42, a number). Make it text or drop the row."),
 ])
 def test_bad_text_names_the_row_and_column(column, value, message):
     df = qa(20).astype(object)

@@ -1,5 +1,5 @@
-"""The engine as a user drives it: the source document's inference example, model resolution, pushes
-to a stand-in hub, the worker's stop / resume / reproducibility, and the CLI end to end."""
+"""The engine as a user drives it: the source document's inference example, model resolution, the
+worker's stop / resume / reproducibility, and the CLI end to end (pushes: test_model_card.py)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,6 @@ import torch
 
 from engine import FastSentenceTransformer
 from engine.resolve import ModelNotAvailable
-from hub_standin import HubStandIn
 from tiny_models import build_tiny_model
 
 REPO = Path(__file__).resolve().parent.parent
@@ -71,26 +70,6 @@ def test_unknown_model_says_it_is_not_available_offline(monkeypatch, tmp_path):
         FastSentenceTransformer.from_pretrained("nobody/no-such-model-xyz")
     with pytest.raises(ModelNotAvailable, match="holds no model"):
         FastSentenceTransformer.from_pretrained(str(tmp_path))
-
-
-def test_push_adapter_and_merged_model_to_a_hub(tiny_bert, monkeypatch):
-    with HubStandIn() as hub:
-        monkeypatch.setenv("HF_ENDPOINT", hub.url)
-        model = FastSentenceTransformer.from_pretrained(str(tiny_bert))
-        FastSentenceTransformer.get_peft_model(model, r=4)
-        model.push_to_hub("team/adapter", token="hf_test_token")
-        model.push_to_hub_merged("team/merged", token="hf_test_token", private=True,
-                                 metrics={"base": {"ndcg@10": 0.5}, "trained": {"ndcg@10": 0.75}})
-
-    adapter, merged = hub.repos["team/adapter"], hub.repos["team/merged"]
-    assert "Bearer hf_test_token" in hub.tokens
-    assert {"adapter_model.safetensors", "adapter_config.json", "modules.json", "README.md"} <= adapter["files"].keys()
-    assert json.loads(adapter["files"]["adapter_config.json"])["base_model_name_or_path"] == str(tiny_bert)
-    assert {"model.safetensors", "config.json", "modules.json", "README.md"} <= merged["files"].keys()
-    assert "adapter_config.json" not in merged["files"]
-    assert merged["private"] and not adapter["private"]
-    card = merged["files"]["README.md"].decode()
-    assert "| ndcg@10 | 0.5000 | 0.7500 | +0.2500 |" in card and 'SentenceTransformer("team/merged")' in card
 
 
 def test_merged_model_loads_without_this_package(tiny_bert, pairs_csv, tmp_path):

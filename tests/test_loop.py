@@ -16,8 +16,8 @@ import torch
 from bench import models
 from engine.attention import enable
 from engine.families import family_by_name
-from engine.loop import (BUCKET, PackedTrainer, checkpointing_blocks_graphs, draws_random, linear_schedule,
-                         loop_unavailable, no_duplicate_batches)
+from engine.loop import BUCKET, PackedTrainer, linear_schedule, loop_unavailable, no_duplicate_batches
+from engine.loop.surgery import checkpointing_blocks_graphs, draws_random
 
 ANCHORS = [f"what does package {i} do for topic {i % 5}" for i in range(24)] + ["shared query"] * 2
 POSITIVES = [f"package {i} is a tool about topic {i % 5} with feature {i * 3} " * (1 + i % 4) for i in range(24)]
@@ -86,11 +86,10 @@ def test_packed_loop_matches_the_stock_padded_loop_step_by_step(request, name, w
     """MPNet packs through its relative-position-bias path (engine.attention.relative)."""
     checkpoint = request.getfixturevalue(name.removeprefix("tiny-"))
     columns = [ANCHORS, POSITIVES] + ([NEGATIVES] if with_negatives else [])
-    packed_model, family = lora_model(name, checkpoint, packed=True)
+    packed_model, _ = lora_model(name, checkpoint, packed=True)
     stock_model, _ = lora_model(name, checkpoint, packed=False)
     initial = {n: p.detach().clone() for n, p in packed_model.named_parameters() if p.requires_grad}
-    trainer = PackedTrainer(packed_model, columns, batch_size=8, learning_rate=5e-3, steps=6, warmup_ratio=0.2,
-                            position_offset=family.position_offset)
+    trainer = PackedTrainer(packed_model, columns, batch_size=8, learning_rate=5e-3, steps=6, warmup_ratio=0.2)
     assert trainer.packed
     records = []
     trainer.fit(on_steps=records.extend)
@@ -115,9 +114,9 @@ def test_cached_loss_gives_the_whole_batch_result_one_mini_batch_at_a_time(reque
     columns = [ANCHORS, POSITIVES, NEGATIVES]
     runs = []
     for mini_batch in (None, 5):
-        model, family = lora_model(name, checkpoint, packed=packed)
+        model, _ = lora_model(name, checkpoint, packed=packed)
         trainer = PackedTrainer(model, columns, batch_size=8, learning_rate=5e-3, steps=4, warmup_ratio=0.2,
-                                position_offset=family.position_offset if packed else 0, mini_batch=mini_batch)
+                                mini_batch=mini_batch)
         records = []
         trainer.fit(on_steps=records.extend)
         runs.append(([r[1] for r in records], dict(model.named_parameters()), trainer))
@@ -170,7 +169,7 @@ def test_packing_lays_out_sequences_and_fillers(bert):
     plain = trainer.pack(rows).tensors
     bucketed = PackedTrainer(model, [ANCHORS, POSITIVES, NEGATIVES], batch_size=4, learning_rate=1e-3, steps=2,
                              position_offset=2, bucketed=True)  # what CUDA runs do, so that steps repeat shapes
-    fillers = bucketed.filler_count
+    fillers = bucketed.packer.filler_count
     texts = [ANCHORS[r] for r in rows] + [POSITIVES[r] for r in rows] + [NEGATIVES[r] for r in rows]
     tokenized = model.tokenizer(texts, truncation=True, max_length=256)["input_ids"]
     assert plain["input_ids"].tolist() == [t for ids in tokenized for t in ids]
@@ -294,13 +293,13 @@ def test_padded_loop_for_models_without_packed_attention_matches_stock(mpnet, bu
 
 
 def test_mpnet_position_bias_built_on_the_device_gives_the_same_bias(tmp_path):
-    from engine.loop import _position_bias_on_device
+    from engine.attention.relative import position_bias_on_device
 
     model = models.load("tiny-mpnet", models.build("tiny-mpnet", tmp_path / "mpnet"), device="cpu")
     encoder = model[0].model.encoder
     hiddens = [torch.randn(3, 37, 64), torch.randn(2, 300, 64)]  # 300: distances past MPNet's reach of 128
     before = [encoder.compute_position_bias(hidden) for hidden in hiddens]
-    _position_bias_on_device(model[0].model)
+    assert position_bias_on_device(model[0].model, family_by_name("mpnet").relative_bias) == 1
     assert "compute_position_bias" in vars(encoder)  # the device-side lookup is installed
     for hidden, expected in zip(hiddens, before):
         torch.testing.assert_close(encoder.compute_position_bias(hidden), expected)
@@ -344,3 +343,46 @@ def test_train_with_the_cached_loss_runs_the_loop_in_mini_batches(tmp_path, monk
     assert any(e["event"] == "status" and "packed loop" in e["message"] for e in events)
     assert result.steps == 3 and seen == [4, 4, 4]  # 8 anchors + 8 positives, 4 at a time
     assert all(np.isfinite(e["loss"]) for e in events if e["event"] == "train")
+
+
+@pytest.mark.parametrize("candidate_columns", [1, 3])
+def test_in_batch_loss_is_sentence_transformers_multiple_negatives_ranking_loss(bert, candidate_columns):
+    """The loop's loss on given embeddings (anchors, then positives, then negatives) against
+    sentence-transformers' own MultipleNegativesRankingLoss on the same embeddings, value and gradient."""
+    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+
+    from engine.loop.loss import in_batch_loss
+
+    torch.manual_seed(0)
+    batch = 6
+    embeddings = torch.randn(batch * (1 + candidate_columns), 32, dtype=torch.float64, requires_grad=True)
+    stock = MultipleNegativesRankingLoss(models.load("tiny-bert", bert, device="cpu"), scale=20.0)
+    expected = stock.compute_loss_from_embeddings(list(embeddings.split(batch)), labels=None)
+    (expected_grad,) = torch.autograd.grad(expected, embeddings)
+    ours = in_batch_loss(embeddings, batch, scale=20.0)
+    (grad,) = torch.autograd.grad(ours, embeddings)
+    torch.testing.assert_close(ours, expected)
+    torch.testing.assert_close(grad, expected_grad)
+
+
+@pytest.mark.parametrize("mode", ["mean", "cls", "lasttoken"])
+def test_pooling_is_sentence_transformers_pooling(mode):
+    """The loop's pooling, packed and padded, against sentence-transformers' Pooling module on the same
+    token embeddings (right-padded rows, as the loop pads; packed: the same tokens back to back, with
+    filler tokens after them that no sequence may read)."""
+    from sentence_transformers.sentence_transformer.modules import Pooling
+
+    from engine.loop.pooling import pool_packed, pool_padded
+
+    torch.manual_seed(0)
+    lengths = torch.tensor([5, 1, 9, 3])
+    hidden = torch.randn(len(lengths), int(lengths.max()), 16)
+    mask = (torch.arange(hidden.shape[1])[None, :] < lengths[:, None]).long()
+    expected = Pooling(16, pooling_mode=mode)({"token_embeddings": hidden, "attention_mask": mask})["sentence_embedding"]
+    torch.testing.assert_close(pool_padded(hidden, mask, mode), expected)
+
+    stream = torch.cat([hidden[mask.bool()], torch.randn(7, 16)])  # 7 filler tokens, one filler sequence
+    cu_seqlens = torch.tensor([0, *lengths.cumsum(0).tolist(), stream.shape[0]], dtype=torch.int32)
+    seq_idx = torch.cat([torch.repeat_interleave(torch.arange(len(lengths)), lengths), torch.full((7,), len(lengths))])
+    packed = pool_packed(stream, mode, cu_seqlens, seq_idx, lengths.float(), n_real=len(lengths))
+    torch.testing.assert_close(packed, expected)

@@ -130,7 +130,7 @@ def test_unknown_architectures_and_cpu_fall_back_with_one_log_line(checkpoints, 
         assert enable(bert, family_by_name("bert")) is None
     messages = [r.getMessage() for r in caplog.records]
     assert any("not in the family table" in m and "padded SDPA" in m for m in messages)
-    assert sum("unavailable on cpu" in m for m in messages) <= 1
+    assert sum("unavailable on cpu" in m for m in messages) == 1  # said, and said once
     assert "cu_seq_lens_q" not in bert.preprocess(TEXTS)
 
 

@@ -25,6 +25,7 @@ from test_triton_kernels import (
 )
 from tiny_models import CONFIGS, VOCAB
 
+from engine.families import family_of_model
 from engine.kernels import activations
 
 poisoned_memory = pytest.fixture(autouse=True)(nan_filled_empty_memory)
@@ -122,6 +123,11 @@ def assert_same_gradients(grads, expected):
         assert (grad - expected[name]).norm() < 1e-4 * max(expected[name].norm(), floor), name
 
 
+def patch_activations(model) -> int:
+    """engine.kernels.activations.patch_activations at the MLP sites of the model's family row."""
+    return activations.patch_activations(model, family_of_model(model).mlps)
+
+
 @pytest.fixture
 def kernel_calls(monkeypatch):
     """The activation of every call of ActivationFunction's forward."""
@@ -146,8 +152,8 @@ def test_patched_model_matches_unpatched(family, activation, layers, kernel_call
     expected_out, expected_grads = outputs_and_gradients(model, input_ids)
     state = {k: v.clone() for k, v in model.state_dict().items()}
 
-    assert activations.patch_activations(model) == layers
-    assert activations.patch_activations(model) == 0  # already patched
+    assert patch_activations(model) == layers
+    assert patch_activations(model) == layers  # covered already: patched once (one kernel call a layer below)
     out, grads = outputs_and_gradients(model, input_ids)
 
     assert kernel_calls == [activation] * layers
@@ -158,11 +164,11 @@ def test_patched_model_matches_unpatched(family, activation, layers, kernel_call
 
 
 def test_patch_leaves_other_activations_alone():
-    assert activations.patch_activations(tiny_model("bert", hidden_act="relu")) == 0
-    assert activations.patch_activations(tiny_model("qwen3", hidden_act="gelu_fast")) == 0
+    assert patch_activations(tiny_model("bert", hidden_act="relu")) == 0
+    assert patch_activations(tiny_model("qwen3", hidden_act="gelu_fast")) == 0
     model = tiny_model("bert")
     model.encoder.layer[0].intermediate.intermediate_act_fn = torch.nn.ReLU()  # config still says gelu
-    assert activations.patch_activations(model) == 1
+    assert patch_activations(model) == 1
 
 
 def test_patch_reaches_mlps_under_peft_lora(kernel_calls):
@@ -174,7 +180,7 @@ def test_patch_reaches_mlps_under_peft_lora(kernel_calls):
     expected_out, expected_grads = outputs_and_gradients(model, input_ids)
     assert expected_grads and all("lora_" in name for name in expected_grads)
 
-    assert activations.patch_activations(model) == 2
+    assert patch_activations(model) == 2
     out, grads = outputs_and_gradients(model, input_ids)
     assert kernel_calls == ["silu", "silu"]
     assert rel_error(out, expected_out) < 1e-5

@@ -1,6 +1,6 @@
-"""engine.kernels.rope (apply_rope, patch_rope) and engine.kernels.patch_norm (patch_rms_norms):
-the RoPE kernel against its reference, and patched tiny Qwen3 / ModernBERT / Gemma3 models
-against unpatched ones.
+"""engine.kernels.rope (apply_rope, patch_rope) and engine.kernels.patch_norm (patch_rms_norms): the
+RoPE kernel against its reference, and tiny Qwen3 / ModernBERT / Gemma3 models patched at the sites
+of their engine.families rows against unpatched ones.
 
 As in tests/test_triton_kernels.py (whose helpers and fixtures these are): without CUDA the
 kernels run in Triton's interpreter, uninitialized memory is NaN, and forward and every gradient
@@ -27,8 +27,9 @@ from test_triton_kernels import (
 )
 from tiny_models import CONFIGS, VOCAB
 
+from engine.families import family_by_name, family_of_model
 from engine.kernels import norm, rope
-from engine.kernels.patch_norm import patch_rms_norms
+from engine.kernels import patch_norm
 
 poisoned_memory = pytest.fixture(autouse=True)(nan_filled_empty_memory)
 pytestmark = pytest.mark.usefixtures(interpreter_fixes.__name__)
@@ -131,8 +132,8 @@ DTYPE_PAIRS = [(torch.float32, torch.float32), (torch.bfloat16, torch.bfloat16),
 def test_drop_in_returns_what_transformers_returns(family, qk_dtype, angle_dtype):
     import importlib
 
-    site = next(s for s in rope.ROPE_SITES if s.module.endswith(f"modeling_{family}"))
-    original = importlib.import_module(site.module).apply_rotary_pos_emb
+    (site,) = family_by_name(family).rope
+    original = importlib.import_module(site.cls.rpartition(".")[0]).apply_rotary_pos_emb
     drop_in = rope._kernel_in_place_of(original, site.upcasts)
     gen = generator(family, qk_dtype, angle_dtype)
     _, _, (q, k), _ = rope_inputs(gen, qk_dtype, CASES["packed-gqa"])
@@ -147,6 +148,16 @@ def test_drop_in_returns_what_transformers_returns(family, qk_dtype, angle_dtype
 
 
 # ---- patched tiny models ----------------------------------------------------------------------
+
+def patch_rope(model) -> int:
+    """engine.kernels.rope.patch_rope at the RoPE sites of the model's family row."""
+    return rope.patch_rope(model, family_of_model(model).rope)
+
+
+def patch_rms_norms(model) -> int:
+    """engine.kernels.patch_norm.patch_rms_norms at the RMSNorm sites of the model's family row."""
+    return patch_norm.patch_rms_norms(model, family_of_model(model).rms_norms)
+
 
 # family -> (attention layers, RMSNorm modules: per layer input/post-attention (+ Gemma3's two
 # feed-forward norms) and q/k norms, plus the final norm)
@@ -210,9 +221,9 @@ def check_patched_model(family, dtype, kernel_calls):
     model = tiny_model(family).to(device(), dtype)
     patched = copy.deepcopy(model)
     layers, norms = PATCHED[family]
-    assert rope.patch_rope(patched) == layers
+    assert patch_rope(patched) == layers
     assert patch_rms_norms(patched) == norms
-    assert (rope.patch_rope(patched), patch_rms_norms(patched)) == (layers, norms)  # idempotent
+    assert (patch_rope(patched), patch_rms_norms(patched)) == (layers, norms)  # idempotent
     precise = copy.deepcopy(model).float() if dtype != torch.float32 else None
 
     def assert_close(what, ours, theirs, precise_value, tolerance):
@@ -244,7 +255,7 @@ def test_patched_gemma3_under_autocast_matches_unpatched(kernel_calls):
     """fp32 weights, bf16 autocast: q/k bf16 with fp32 cos/sin, so RoPE returns fp32 as transformers does."""
     model = tiny_model("gemma3")
     patched = copy.deepcopy(model)
-    rope.patch_rope(patched)
+    patch_rope(patched)
     patch_rms_norms(patched)
     inputs = model_inputs("gemma3")[1]
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -264,7 +275,7 @@ def test_patch_changes_neither_other_models_nor_cpu_runs(monkeypatch, kernel_cal
     original = modeling_qwen3.apply_rotary_pos_emb
     model, other = tiny_model("qwen3"), tiny_model("qwen3")
     patched = copy.deepcopy(model)
-    rope.patch_rope(patched)
+    patch_rope(patched)
     patch_rms_norms(patched)
     assert modeling_qwen3.apply_rotary_pos_emb is original
     inputs = model_inputs("qwen3")[0]
@@ -297,7 +308,7 @@ def test_patched_model_compiles_once(monkeypatch):
     (eager backend, transformers' functions: Triton kernels off on a CPU)."""
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     model = tiny_model("qwen3")
-    rope.patch_rope(model)
+    patch_rope(model)
     patch_rms_norms(model)
     inputs = model_inputs("qwen3")[1]
     expected = model(**inputs).last_hidden_state
@@ -316,10 +327,10 @@ def test_patch_skips_models_and_modules_it_does_not_cover():
 
     bert = BertModel(BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                                 intermediate_size=64))
-    assert (rope.patch_rope(bert), patch_rms_norms(bert)) == (0, 0)
+    assert (patch_rope(bert), patch_rms_norms(bert)) == (0, 0)
     model = tiny_model("qwen3")
     model.layers[0].self_attn.forward = lambda *args, **kwargs: None  # someone else's patch
-    assert rope.patch_rope(model) == 1
+    assert patch_rope(model) == 1
 
 
 def test_patch_reaches_modules_under_peft_lora(kernel_calls):
@@ -328,7 +339,7 @@ def test_patch_reaches_modules_under_peft_lora(kernel_calls):
         r=4, target_modules=["q_proj", "k_proj", "v_proj"], init_lora_weights=False))
     inputs = model_inputs("qwen3")[1]
     expected_out, expected_grads = outputs_and_gradients(model, inputs)
-    assert (rope.patch_rope(model), patch_rms_norms(model)) == PATCHED["qwen3"]
+    assert (patch_rope(model), patch_rms_norms(model)) == PATCHED["qwen3"]
     out, grads = outputs_and_gradients(model, inputs)
     assert kernel_calls == {"rope": 2, "norm": 9}
     assert rel_error(out, expected_out) < 1e-5
@@ -349,7 +360,7 @@ def test_patch_layers_says_what_the_loop_gets_and_changes_no_output(family, expe
 
     model = tiny_model(family).to(device())
     patched = copy.deepcopy(model)
-    assert patch_layers(patched) == expected
+    assert patch_layers(patched, family_by_name(family)) == expected
     inputs = {name: t.to(device()) for name, t in model_inputs(family)[1].items()}
     with torch.no_grad():
         assert rel_error(patched(**inputs).last_hidden_state, model(**inputs).last_hidden_state) < 1e-5

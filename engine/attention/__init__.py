@@ -9,7 +9,7 @@ function of our own, registered with transformers' attention interface under the
 `lacker_varlen`, that runs `torch.nn.attention.varlen.varlen_attn` (window rules in `.varlen`).
 
     from engine.attention import enable
-    enable(model, family)  # -> "packed varlen attention (bidirectional, ...)" or None, logged once
+    enable(model, family)  # -> "packed varlen attention (positions from 0); ..." or None, logged once
 
 Calls that arrive with padded inputs and a mask (anything that bypasses the flattening collator)
 go to transformers' SDPA function unchanged, so the switch never gives wrong answers, only slower ones.
@@ -109,8 +109,8 @@ def enable(st_model, family, *, compile: bool = False, allow_cpu: bool = False, 
     """Switch a loaded SentenceTransformer to the GPU fast path where it applies; say what was done.
 
     - packed (padding-free) batches through `lacker_varlen` attention, for families whose row lists
-      the "varlen" fast path, or through FlexAttention with MPNet's relative position bias for the
-      "flex" row (`.relative`);
+      the "varlen" fast path, or through FlexAttention with relative position bias for a "flex" row,
+      at its `relative_bias` site (`.relative`);
     - PEFT LoRA layers through the fused LoRA function (`engine.kernels.lora`);
     - with `compile=True`, torch.compile per transformer layer (`engine.kernels.compile`).
 
@@ -120,11 +120,13 @@ def enable(st_model, family, *, compile: bool = False, allow_cpu: bool = False, 
     collator when they start). `allow_cpu=True` runs the packed path on CPU through the PyTorch
     reference attention: for tests. `packing=False` keeps padded batches (the fused LoRA and compile still apply).
     `steps`, the run's planned optimizer steps, lets a short run skip a packed path whose compile
-    would not pay for itself (MPNet's FlexAttention on CUDA: `relative.PAYS_OFF_FROM_STEPS`).
+    would not pay for itself (FlexAttention on CUDA: `relative.PAYS_OFF_FROM_STEPS`).
 
-    Saving is unaffected: the attention implementation is not written to config.json,
-    sentence-transformers saves `unpad_inputs` only when set by hand, and the LoRA layers keep
-    PEFT's classes and parameter names.
+    This is the model surgery of the fast path (with the packed loop's `engine.loop.surgery.prepare_model`),
+    and saving is unaffected: the attention implementation is not written to config.json,
+    sentence-transformers saves `unpad_inputs` only when set by hand, and patched forwards are instance
+    attributes (engine.kernels.patching), so the LoRA layers keep PEFT's classes and parameter names and
+    state dicts do not change. `disable` goes back to padded batches and the model's own forwards.
     """
     transformer = st_model[0]
     hf_model = getattr(transformer, "model", None)
@@ -160,7 +162,8 @@ def enable(st_model, family, *, compile: bool = False, allow_cpu: bool = False, 
 
 
 def _short_run_stays_padded(family, device: torch.device, steps: int | None) -> bool:
-    """MPNet's packed path first compiles FlexAttention (~14 s on an H100): a short run is done sooner padded."""
+    """The relative-bias packed path first compiles FlexAttention (~14 s on an H100): a short run is done
+    sooner padded."""
     from .relative import PAYS_OFF_FROM_STEPS
 
     if family is None or steps is None or steps >= PAYS_OFF_FROM_STEPS or device.type != "cuda" \
@@ -175,7 +178,7 @@ def _packing_unavailable(transformer, family) -> str | None:
     if family is None:
         return "architecture not in the family table, so no packed path"
     if "varlen" not in family.fast_paths and "flex" not in family.fast_paths:
-        return f"{family.name} attention ({family.attention}) has no packed path"
+        return f"{family.name} has no packed path"
     if transformer.transformer_task not in ("feature-extraction", "fill-mask") or "text" not in transformer.modality_config:
         return f"task {transformer.transformer_task!r} cannot take flattened inputs"
     return None
@@ -187,31 +190,35 @@ def _enable_packing(transformer, hf_model, family) -> str:
     if "varlen" in family.fast_paths:
         register()
         _set_attn_implementation(hf_model, ATTN_IMPLEMENTATION)
-        description = f"packed varlen attention ({family.attention}"
-    else:  # relative position bias: MPNet
-        from .relative import patch_mpnet
+        description = "packed varlen attention ("
+    else:  # relative position bias
+        from .relative import patch_relative_bias
 
-        if not patch_mpnet(hf_model):
-            raise ValueError(f"{family.name}: no MPNet attention layers found to patch")
-        description = "packed attention with relative position bias (FlexAttention on CUDA"
+        if not patch_relative_bias(hf_model, family.relative_bias):
+            raise ValueError(f"{family.name}: no {family.relative_bias.self_attention} layers found to patch")
+        description = "packed attention with relative position bias (FlexAttention on CUDA, "
     # What sentence-transformers' own `_can_flatten_inputs` sets up for flash attention.
     transformer.data_collator = DataCollatorWithFlattening(
         return_seq_idx=True, return_flash_attn_kwargs=True, return_position_ids=True
     )
     if transformer.model_forward_params is not None:
         transformer.model_forward_params |= _FLASH_KWARGS
-    # The model's own first position (padding_idx + 1 for RoBERTa-likes: 2 for XLM-R and MPNet as released,
-    # but a checkpoint with another pad id counts from elsewhere), as sentence-transformers reads it.
+    # The model's own first position (padding_idx + 1 for RoBERTa-likes, 2 as most are released, but a
+    # checkpoint with another pad id counts from elsewhere), as sentence-transformers reads it.
     offset = transformer._infer_flatten_position_offset()
     transformer._flatten_position_offset = offset
     transformer.can_flatten_inputs = True
-    return f"{description}, positions from {offset})"
+    return f"{description}positions from {offset})"
 
 
 def disable(st_model) -> None:
-    """Back to padded SDPA batches (e.g. before handing the model to code that needs masks)."""
+    """Back to padded SDPA batches and the model's own forwards (e.g. before handing the model to code
+    that needs masks)."""
+    from engine.kernels.patching import remove_patches
+
     transformer = st_model[0]
-    transformer.can_flatten_inputs = False  # MPNet's patched forward then only sees padded calls
+    transformer.can_flatten_inputs = False
+    remove_patches(transformer.model)
     if getattr(transformer.model.config, "_attn_implementation", None) == ATTN_IMPLEMENTATION:
         _set_attn_implementation(transformer.model, "sdpa")
 

@@ -18,22 +18,26 @@ query block visits only the key blocks of the sequences it holds. Elsewhere (Fle
 CPU backward) `relative_attention_reference` runs one sequence at a time; it defines the meaning.
 Neither path has attention dropout (nor has varlen attention).
 
-    from engine.attention.relative import patch_mpnet
-    patch_mpnet(hf_model)  # packed calls (batch 1 with cu_seq_lens_q) go through the packed path
+    from engine.attention.relative import patch_relative_bias
+    patch_relative_bias(hf_model, family.relative_bias)  # packed calls (batch 1 with cu_seq_lens_q) go packed
+
+The classes it patches are the family row's `relative_bias` site (engine.families); patches go on through
+engine.kernels.patching, so saved models and the classes are untouched.
 """
 
 from __future__ import annotations
 
 import math
-import types
 from dataclasses import dataclass
 
 import torch
 
+from engine.kernels.patching import class_path, install
+
 # Measured on an H100 (BENCHMARKS.md, mpnet-base seq 256 batch 64): the first compile costs ~14 s, a
 # packed step saves ~44 ms over the padded loop's: break-even near 320 steps.
 PAYS_OFF_FROM_STEPS = 300
-REACH = 128  # MPNet's max_distance: every longer distance falls in the last bucket
+REACH = 128  # the bias's max_distance: every longer distance falls in the last bucket
 BLOCK = 128  # FlexAttention's block size, query and key
 
 
@@ -52,7 +56,7 @@ def bias_table(encoder) -> torch.Tensor:
     """(heads, 2 * REACH + 1) bias for distances -REACH..REACH (key position minus query position)."""
     weight = encoder.relative_attention_bias.weight
     distances = torch.arange(-REACH, REACH + 1, device=weight.device)
-    buckets = encoder.relative_position_bucket(distances)  # the defaults MPNet's own forward uses
+    buckets = encoder.relative_position_bucket(distances)  # the defaults the model's own forward uses
     return encoder.relative_attention_bias(buckets).t().float()
 
 
@@ -129,7 +133,7 @@ def relative_attention(q, k, v, bias: PackedRelativeBias, scale: float) -> torch
 def _packed_self_attention(self, hidden_states, attention_mask=None, position_bias=None, output_attentions=False,
                            **kwargs):
     if not isinstance(position_bias, PackedRelativeBias):
-        return self._lacker_padded_forward(hidden_states, attention_mask, position_bias, output_attentions, **kwargs)
+        return type(self).forward(self, hidden_states, attention_mask, position_bias, output_attentions, **kwargs)
     shape = (*hidden_states.shape[:-1], -1, self.attention_head_size)
     q, k, v = (proj(hidden_states).view(shape).transpose(1, 2) for proj in (self.q, self.k, self.v))
     context = relative_attention(q, k, v, position_bias, 1.0 / math.sqrt(self.attention_head_size))
@@ -140,7 +144,7 @@ def _packed_model_forward(self, input_ids=None, attention_mask=None, position_id
                           *args, cu_seq_lens_q=None, **kwargs):
     batch = (input_ids if input_ids is not None else inputs_embeds).shape[0]
     if cu_seq_lens_q is None or batch != 1 or args:
-        return self._lacker_padded_forward(input_ids, attention_mask, position_ids, inputs_embeds, *args, **kwargs)
+        return type(self).forward(self, input_ids, attention_mask, position_ids, inputs_embeds, *args, **kwargs)
     from transformers.modeling_outputs import BaseModelOutputWithPooling
 
     hidden = self.embeddings(input_ids=input_ids, position_ids=position_ids, inputs_embeds=inputs_embeds)
@@ -150,17 +154,32 @@ def _packed_model_forward(self, input_ids=None, attention_mask=None, position_id
     return BaseModelOutputWithPooling(last_hidden_state=hidden)  # no pooler: a packed stream has no first token
 
 
-def patch_mpnet(hf_model) -> int:
-    """Teach every MPNetModel inside `hf_model` (PEFT wrappers included) packed inputs; returns how
-    many self-attention layers were patched. Padded calls run MPNet's own code, unchanged."""
+def patch_relative_bias(hf_model, site) -> int:
+    """Teach every `site.model` inside `hf_model` (PEFT wrappers included) packed inputs; returns how many
+    `site.self_attention` layers are covered. Padded calls run the model's own code, unchanged."""
+    forwards = {site.model: _packed_model_forward, site.self_attention: _packed_self_attention}
     layers = 0
     for module in hf_model.modules():
-        name = type(module).__name__
-        if name not in ("MPNetModel", "MPNetSelfAttention"):
-            continue
-        if not hasattr(module, "_lacker_padded_forward"):
-            module._lacker_padded_forward = module.forward
-            patched = _packed_model_forward if name == "MPNetModel" else _packed_self_attention
-            module.forward = types.MethodType(patched, module)
-        layers += name == "MPNetSelfAttention"
+        path = class_path(module)
+        if path in forwards and install(module, forwards[path]):
+            layers += path == site.self_attention
     return layers
+
+
+def _compute_position_bias_on_device(self, x, position_ids=None, num_buckets=32):
+    if position_ids is not None or num_buckets != 32:
+        return type(self).compute_position_bias(self, x, position_ids, num_buckets)
+    positions = torch.arange(x.size(1), device=x.device)
+    distance = (positions[None, :] - positions[:, None]).clamp(-REACH, REACH) + REACH
+    values = bias_table(self)[:, distance].to(self.relative_attention_bias.weight.dtype)
+    return values.unsqueeze(0).expand(x.size(0), -1, -1, -1).contiguous()
+
+
+def position_bias_on_device(hf_model, site) -> int:
+    """The padded path's bias for CUDA graphs: the encoder (`site.encoder`) builds its relative-position
+    buckets on the host and copies them over every forward, which no CUDA graph can hold; look the bias
+    up on the device instead, from the packed path's table of every distance (`bias_table`, rebuilt each
+    forward: the bias may be trained). Calls with other buckets than the default 32 keep the model's own
+    code. Returns how many encoders are covered."""
+    return sum(install(module, _compute_position_bias_on_device, "compute_position_bias")
+               for module in hf_model.modules() if class_path(module) == site.encoder)

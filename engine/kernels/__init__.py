@@ -8,11 +8,12 @@ defines its meaning and serves CPUs.
 - `contrastive.contrastive_loss`: in-batch contrastive loss in blocks, never the B x C matrix (Triton).
 - `activations.gelu` / `geglu` / `swiglu`: MLP activations, gated ones with their multiply (Triton).
 - `rope.apply_rope`: rotary embedding of q and k in one kernel (Triton).
-- `patch_layers`: puts the RoPE, RMSNorm and gated-activation kernels into a Hugging Face model.
+- `patch_layers`: puts the RoPE, RMSNorm and gated-activation kernels into a Hugging Face model, at the
+  patch sites its family row (engine.families) lists; `patching` is the one way every patch is installed.
 
 The Triton ones import triton only when called, and fall back to their references without it.
 bench/kernels.py times them against PyTorch; BENCHMARKS.md says where each wins. The training
-loop (engine.loop) patches them in with `patch_layers` where it replays steps from CUDA graphs:
+loop (engine.loop.surgery) patches them in with `patch_layers` where it replays steps from CUDA graphs:
 each kernel is one launch there, where eager its Python-side cost (~80 us a call) can exceed its
 GPU time.
 """
@@ -21,15 +22,18 @@ from .compile import compile_layers
 from .lora import LoraLinearFunction, lora_linear_reference, patch_peft_lora
 
 
-def patch_layers(hf_model) -> str | None:
-    """RoPE, RMSNorm and gated MLP activations of `hf_model` through the Triton kernels, where the
-    model's own formula is exactly what a kernel computes; says what was patched, None if nothing."""
+def patch_layers(hf_model, family) -> str | None:
+    """RoPE, RMSNorm and gated MLP activations of `hf_model` through the Triton kernels, at the sites
+    `family` (its engine.families row, or None) lists, where the model's own formula is exactly what a
+    kernel computes; says what was patched, None if nothing."""
+    if family is None:
+        return None
     from .activations import patch_activations
     from .patch_norm import patch_rms_norms
     from .rope import patch_rope
 
-    counts = {"RoPE": patch_rope(hf_model), "RMSNorm": patch_rms_norms(hf_model),
-              "gated activation": patch_activations(hf_model, gated_only=True)}
+    counts = {"RoPE": patch_rope(hf_model, family.rope), "RMSNorm": patch_rms_norms(hf_model, family.rms_norms),
+              "gated activation": patch_activations(hf_model, family.mlps, gated_only=True)}
     done = [f"{name} in {count}" for name, count in counts.items() if count]
     return f"Triton {', '.join(done)} layers" if done else None
 

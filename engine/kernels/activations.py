@@ -8,11 +8,11 @@ output gradient, recomputes the activation and writes both gradients. Nothing bu
 saved.
 
 Layout: x, gate, up (..., n), leading dims flattened to rows; the last dim must be contiguous,
-rows may be strided (the two halves of ModernBERT's `Wi(x).chunk(2, -1)` are read in place).
+rows may be strided (the two halves of a fused `Wi(x).chunk(2, -1)` projection are read in place).
     gelu(x, "none")          = x * Phi(x)                                       (erf form)
     gelu(x, "tanh")          = 0.5 * x * (1 + tanh(sqrt(2/pi) * (x + 0.044715 x^3)))
-    geglu(gate, up, approx)  = gelu(gate, approx) * up      (Gemma3, ModernBERT)
-    swiglu(gate, up)         = silu(gate) * up               (Qwen3)
+    geglu(gate, up, approx)  = gelu(gate, approx) * up      (e.g. Gemma3MLP)
+    swiglu(gate, up)         = silu(gate) * up               (e.g. Qwen3MLP)
 Math in fp32; outputs and gradients come back in the input dtype (gate and up of different
 dtypes are first promoted, as `act(gate) * up` would be). fp16, bf16 and fp32 run the kernels;
 other dtypes, and devices Triton does not run on, the references. No host syncs: an op can be
@@ -20,21 +20,19 @@ captured in a CUDA graph.
 
 `gelu_reference` / `geglu_reference` / `swiglu_reference` are plain PyTorch and define the
 meaning; `gelu` / `geglu` / `swiglu` run Triton on CUDA (or under TRITON_INTERPRET=1) and the
-references elsewhere. `patch_activations` swaps the forward of the MLPs in `_MLP_PATCHES`.
+references elsewhere. `patch_activations` swaps the forward of the MLPs a family row lists (its `mlps`).
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-import types
-from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
 from .norm import _upcast
+from .patching import class_path, install
 from .runtime import log_once, triton_runs_on, why_not
 
 try:
@@ -217,43 +215,28 @@ def swiglu(gate, up):
     return _activate(gate, up, "silu")
 
 
-# The patch. Each forward below is the module's own from transformers 5.17 with its
-# `act(...)` (and the multiply after it) replaced by one `_activate`; self._lacker_activation
-# is the kernel's activation, set by patch_activations.
+# The patch. Each forward below is one MLP layout of transformers 5.17 (a family row's `MlpSite.layout`)
+# with its `act(...)` (and the multiply after it) replaced by one `_activate` of the kernel activation.
 
-def _intermediate_forward(self, hidden_states):
-    """Bert/XLMRoberta/MPNetIntermediate: act(dense(x))."""
-    return _activate(self.dense(hidden_states), None, self._lacker_activation)
+@functools.cache
+def _mlp_forward(layout: str, activation: str):
+    if layout == "dense":
+        def forward(self, hidden_states):
+            """act(dense(x)), e.g. BertIntermediate."""
+            return _activate(self.dense(hidden_states), None, activation)
+    elif layout == "fused_gate_up":
+        def forward(self, hidden_states):
+            """Wo(drop(act(input) * gate)), input and gate the halves of Wi(x), e.g. ModernBertMLP."""
+            input, gate = self.Wi(hidden_states).chunk(2, dim=-1)
+            return self.Wo(self.drop(_activate(input, gate, activation)))
+    elif layout == "gate_up_down":
+        def forward(self, x):
+            """down_proj(act(gate_proj(x)) * up_proj(x)), e.g. Qwen3MLP."""
+            return self.down_proj(_activate(self.gate_proj(x), self.up_proj(x), activation))
+    else:
+        raise ValueError(f"unknown MLP layout {layout!r}; engine.families.MlpSite lists the known ones")
+    return forward
 
-
-def _modernbert_mlp_forward(self, hidden_states):
-    """ModernBertMLP: Wo(drop(act(input) * gate)), input and gate the halves of Wi(x)."""
-    input, gate = self.Wi(hidden_states).chunk(2, dim=-1)
-    return self.Wo(self.drop(_activate(input, gate, self._lacker_activation)))
-
-
-def _gate_up_down_forward(self, x):
-    """Qwen3MLP, Gemma3MLP: down_proj(act(gate_proj(x)) * up_proj(x))."""
-    return self.down_proj(_activate(self.gate_proj(x), self.up_proj(x), self._lacker_activation))
-
-
-@dataclass(frozen=True)
-class _MlpPatch:
-    config_key: str  # the config attribute naming the activation
-    activation_attr: str  # the module's attribute holding the activation module it calls
-    forward: Callable
-
-
-_INTERMEDIATE = _MlpPatch("hidden_act", "intermediate_act_fn", _intermediate_forward)
-_GATE_UP_DOWN = _MlpPatch("hidden_act", "act_fn", _gate_up_down_forward)
-_MLP_PATCHES = {
-    "BertIntermediate": _INTERMEDIATE,
-    "XLMRobertaIntermediate": _INTERMEDIATE,
-    "MPNetIntermediate": _INTERMEDIATE,
-    "ModernBertMLP": _MlpPatch("hidden_activation", "act", _modernbert_mlp_forward),
-    "Qwen3MLP": _GATE_UP_DOWN,
-    "Gemma3MLP": _MlpPatch("hidden_activation", "act_fn", _gate_up_down_forward),
-}
 
 # transformers' activation names (ACT2FN) whose function a kernel activation computes exactly;
 # gelu_new and the *_python ones are the same functions written out in torch ops.
@@ -287,31 +270,26 @@ def _modules_with_config(module: torch.nn.Module, config=None):
         yield from _modules_with_config(child, config)
 
 
-def patch_activations(hf_model: torch.nn.Module, gated_only: bool = False) -> int:
+def patch_activations(hf_model: torch.nn.Module, sites, gated_only: bool = False) -> int:
     """Route the MLP activations of a Hugging Face model through gelu / geglu / swiglu.
 
-    Patches each module whose class is in `_MLP_PATCHES` and whose configured activation
-    (config.hidden_act or hidden_activation) a kernel computes exactly: "gelu" (erf),
+    Patches each module whose class is one of `sites` (a family row's `mlps`) and whose configured
+    activation (the site's config attribute) a kernel computes exactly: "gelu" (erf),
     "gelu_pytorch_tanh" / "gelu_new" (tanh), "silu" / "swish", and the *_python spellings of the
-    gelus. Others are left alone. Only the instance's `forward` is replaced, so state dicts and
-    PEFT wrappers on the linear layers (which the new forward calls as before) are untouched.
-    Returns how many modules were patched; a second call patches none. `gated_only` leaves the
-    plain GELU intermediates (BERT, XLM-R, MPNet) alone: on an H100 one GELU kernel is no faster
+    gelus. Others are left alone. Only the instance's `forward` is replaced (engine.kernels.patching),
+    so state dicts and PEFT wrappers on the linear layers (which the new forward calls as before) are
+    untouched. Returns how many modules are covered; patching twice is harmless. `gated_only` leaves
+    the plain GELU intermediates (layout "dense") alone: on an H100 one GELU kernel is no faster
     than PyTorch's, where the gated ones save a pass (BENCHMARKS.md).
     """
-    patched = 0
+    by_class = {site.cls: site for site in sites if not (gated_only and site.layout == "dense")}
+    covered = 0
     for module, config in _modules_with_config(hf_model):
-        patch = _MLP_PATCHES.get(type(module).__name__)
-        if not type(module).__module__.startswith("transformers.models."):
-            patch = None  # a class of the same name from remote code may have another forward
-        if patch is None or config is None or hasattr(module, "_lacker_activation") \
-                or (gated_only and patch is _INTERMEDIATE):
+        site = by_class.get(class_path(module))
+        if site is None or config is None:
             continue
-        activation = _kernel_activation(getattr(config, patch.config_key, None),
-                                        getattr(module, patch.activation_attr, None))
-        if activation is None:
-            continue
-        module._lacker_activation = activation
-        module.forward = types.MethodType(patch.forward, module)
-        patched += 1
-    return patched
+        activation = _kernel_activation(getattr(config, site.activation_config, None),
+                                        getattr(module, site.activation_module, None))
+        if activation is not None:
+            covered += install(module, _mlp_forward(site.layout, activation))
+    return covered

@@ -14,9 +14,10 @@ forward of PEFT's layers in place, so state dicts, adapter saving and merging ar
 from __future__ import annotations
 
 import logging
-import types
 
 import torch
+
+from .patching import install
 
 logger = logging.getLogger(__name__)
 
@@ -78,7 +79,7 @@ def _half_weights(base: torch.nn.Linear, dtype: torch.dtype):
 def _fast_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
     adapters = [name for name in self.active_adapters if name in self.lora_A]
     if args or kwargs or self.disable_adapters or self.merged or len(adapters) != 1 or not x.is_cuda:
-        return self._peft_forward(x, *args, **kwargs)
+        return type(self).forward(self, x, *args, **kwargs)
     name = adapters[0]
     if torch.is_autocast_enabled("cuda"):
         dtype = torch.get_autocast_dtype("cuda")
@@ -93,7 +94,7 @@ def _fast_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
 def patch_peft_lora(model: torch.nn.Module) -> int:
     """Route PEFT LoRA Linear layers (plain LoRA, no dropout, frozen base) through the fused function.
 
-    Returns how many layers were patched. Layers with LoRA dropout, DoRA or other variants, or a
+    Returns how many layers are covered (patching twice is harmless). Layers with LoRA dropout, DoRA or other variants, or a
     trainable base weight, keep PEFT's forward.
     """
     try:
@@ -102,13 +103,11 @@ def patch_peft_lora(model: torch.nn.Module) -> int:
         return 0
     patched = 0
     for module in model.modules():
-        if not isinstance(module, LoraLinear) or hasattr(module, "_peft_forward"):
+        if not isinstance(module, LoraLinear):
             continue
         if not isinstance(module.base_layer, torch.nn.Linear) or module.base_layer.weight.requires_grad:
             continue
         if module.lora_variant or any(not isinstance(d, torch.nn.Identity) for d in module.lora_dropout.values()):
             continue
-        module._peft_forward = module.forward
-        module.forward = types.MethodType(_fast_forward, module)
-        patched += 1
+        patched += install(module, _fast_forward)
     return patched

@@ -1,16 +1,57 @@
-"""Per-instance forward swaps, shared by the kernel patches (engine.kernels.rope, .patch_norm)."""
+"""The one way the fast path patches a model: a method of one module instance (not its class) replaced
+by a function of ours, marked so that it can be recognised, kept from being patched twice, and taken off.
+
+Every patch site goes through `install`: the RoPE, RMSNorm, MLP and LoRA patches of engine.kernels and
+the relative-position-bias forwards of engine.attention.relative. Only instance attributes change, so
+classes, other models in the process, parameter names, state dicts and saved models are untouched. A
+patched function reaches the module's own code as `type(self).<method>(self, ...)`: `install` only
+patches a method that no one else has replaced on the instance, so the class's method is the original.
+"""
 
 from __future__ import annotations
 
 import types
 
+import torch
 
-def install_forward(module, function) -> bool:
-    """Give `module` (not its class) a forward running `function(module, ...)`. True when the module
-    now runs it (also when it already did); False, and nothing changed, when a forward of someone
-    else's is already installed on it."""
-    current = vars(module).get("forward")
+MARKER = "__lacker_patch__"  # set on every function `install` puts on a module
+
+
+def install(module: torch.nn.Module, function, method: str = "forward") -> bool:
+    """Make `module.<method>` run `function(module, ...)`. True when the module now runs it (also when it
+    already did); False, and nothing changed, when someone else's method is already installed on it."""
+    current = vars(module).get(method)
     if current is None:
-        module.forward = types.MethodType(function, module)
+        setattr(function, MARKER, True)
+        setattr(module, method, types.MethodType(function, module))
         return True
     return getattr(current, "__func__", None) is function
+
+
+def is_patched(module: torch.nn.Module, method: str = "forward") -> bool:
+    return getattr(vars(module).get(method), MARKER, False)
+
+
+def remove_patches(model: torch.nn.Module) -> int:
+    """Take every method `install` put on `model`'s modules off again; returns how many."""
+    removed = 0
+    for module in model.modules():
+        for method in [name for name, value in vars(module).items() if getattr(value, MARKER, False)]:
+            delattr(module, method)
+            removed += 1
+    return removed
+
+
+def class_path(module: torch.nn.Module) -> str:
+    """"module.path.ClassName": how the family table names a patch site's class."""
+    return f"{type(module).__module__}.{type(module).__name__}"
+
+
+def modules_at(model: torch.nn.Module, sites):
+    """(module, site) for every module inside `model` (PEFT wrappers included) whose class is the `cls`
+    of one of `sites` (a family row's patch sites)."""
+    by_class = {site.cls: site for site in sites}
+    for module in model.modules():
+        site = by_class.get(class_path(module))
+        if site is not None:
+            yield module, site

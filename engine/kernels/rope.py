@@ -1,5 +1,5 @@
 """Rotary position embedding (RoPE) of queries and keys in one pass, forward and backward (Triton),
-and `patch_rope`, which puts it into the attention layers of Qwen3, ModernBERT and Gemma3 models.
+and `patch_rope`, which puts it into the attention layers a family row lists (its `rope` sites).
 
 transformers rotates q and k with `apply_rotary_pos_emb` in the `rotate_half` convention:
 
@@ -30,7 +30,6 @@ from __future__ import annotations
 import functools
 import logging
 import types
-from dataclasses import dataclass
 
 import torch
 
@@ -40,7 +39,7 @@ try:
 except ImportError:  # the reference serves
     triton = None
 
-from .patching import install_forward
+from .patching import install, modules_at
 from .runtime import log_once, triton_runs_on, why_not
 
 logger = logging.getLogger(__name__)
@@ -209,27 +208,6 @@ def apply_rope(q, k, cos, sin, out_dtype: torch.dtype | None = None):
 # ---- patching transformers models ---------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class RopeSite:
-    """An attention class whose forward calls its modeling module's `apply_rotary_pos_emb(q, k, cos,
-    sin[, unsqueeze_dim=1])`, with the dtype rule of that function (checked against transformers 5.17)."""
-
-    module: str  # the modeling module, which defines both the class and apply_rotary_pos_emb
-    attention: str  # the attention class
-    upcasts: bool  # True: q.float() * cos ..., both outputs cast to q's dtype (ModernBERT);
-    # False: in the inputs' promoted dtype, which the outputs keep (Qwen3, Gemma3: bf16 q and fp32
-    # cos under autocast give fp32 outputs). The kernel rounds once where those round three times,
-    # so bf16 outputs can differ from transformers' by a unit in the last place.
-
-
-ROPE_SITES = (
-    RopeSite("transformers.models.qwen3.modeling_qwen3", "Qwen3Attention", upcasts=False),
-    RopeSite("transformers.models.modernbert.modeling_modernbert", "ModernBertAttention", upcasts=True),
-    RopeSite("transformers.models.gemma3.modeling_gemma3", "Gemma3Attention", upcasts=False),  # gemma3, gemma3_text
-)
-_SITE_OF = {(site.module, site.attention): site for site in ROPE_SITES}
-
-
 def _kernel_in_place_of(original, upcasts: bool):
     """A drop-in for transformers' apply_rotary_pos_emb that runs apply_rope where it computes the
     same thing, and `original` elsewhere (CPU, another unsqueeze_dim, q and k promoting apart)."""
@@ -269,26 +247,26 @@ def _patched_forward(attention_class: type, upcasts: bool):
     return patched
 
 
-def patch_rope(hf_model) -> int:
-    """Make every Qwen3, ModernBERT and Gemma3 attention module inside `hf_model` (PEFT wrappers
-    included) rotate q and k with `apply_rope`; returns how many attention modules are covered.
+def patch_rope(hf_model, sites) -> int:
+    """Make every attention module inside `hf_model` (PEFT wrappers included) whose class is one of
+    `sites` (a family row's `rope`: the class, and whether its apply_rotary_pos_emb upcasts) rotate q
+    and k with `apply_rope`; returns how many attention modules are covered.
 
-    Each module gets its own `forward` attribute: its class's forward code, reading
+    Each module gets its own `forward` (engine.kernels.patching): its class's forward code, reading
     apply_rotary_pos_emb from a private copy of the modeling module's globals, taken when the class
     is first patched (names the module rebinds later do not reach patched modules). The modeling
     module itself is untouched, so other models in the process keep transformers' code. Where Triton does
     not run (CPU without TRITON_INTERPRET=1) patched modules call transformers' own function, so
-    their outputs do not change there. Patching twice is harmless; a module whose forward someone
-    else has already replaced is left alone and not counted.
+    their outputs do not change there. A site that does not upcast computes in the inputs' promoted
+    dtype, which the outputs keep; the kernel rounds once where transformers rounds three times, so bf16
+    outputs can differ from transformers' by a unit in the last place. Patching twice is harmless; a
+    module whose forward someone else has already replaced is left alone and not counted.
     """
     covered = 0
-    for module in hf_model.modules():
-        site = _SITE_OF.get((type(module).__module__, type(module).__name__))
-        if site is None:
-            continue
+    for module, site in modules_at(hf_model, sites):
         patched = _patched_forward(type(module), site.upcasts)
         if patched is None:
-            _log_fallback(f"{site.attention}.forward does not call apply_rotary_pos_emb")
+            _log_fallback(f"{type(module).__name__}.forward does not call apply_rotary_pos_emb")
             continue
-        covered += install_forward(module, patched)
+        covered += install(module, patched)
     return covered

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from engine.hub import METRIC_NAMES
+from engine.hub import metric_rows
 from studio import charts
 from studio.data_sources import read_run_eval
 from studio.store import COMPLETED, STOPPED
@@ -38,15 +38,9 @@ def rank_marker(hit: dict) -> str:
 
 
 def metrics_rows(metrics: dict | None) -> list[list]:
-    base, trained = (metrics or {}).get("base") or {}, (metrics or {}).get("trained") or {}
-    rows = []
-    for name in METRIC_NAMES:
-        if name in trained or name in base:
-            before, after = base.get(name), trained.get(name)
-            change = f"{after - before:+.4f}" if before is not None and after is not None else ""
-            rows.append([METRIC_LABELS.get(name, name),
-                         None if before is None else round(before, 4), None if after is None else round(after, 4), change])
-    return rows
+    return [[METRIC_LABELS.get(name, name), None if before is None else round(before, 4),
+             None if after is None else round(after, 4), change]
+            for name, before, after, change in metric_rows(metrics or {})]
 
 
 def build(studio, ui) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 import gradio as gr
 
 from engine.families import CURATED_MODELS, DEFAULT_MODEL, family_by_name, family_for
+from engine.resolve import model_availability
 from studio.hardware import gpu_memory_estimate_gb
 from studio.settings import PathNotAllowed
 from studio.ui import error_box, hide_error, show_error
@@ -27,12 +28,12 @@ def describe_model(name: str, local_folder: Path | None = None) -> dict:
         family = family_by_name(curated.family)
         return {"model": name, "source": "curated", "family": family.name, "params_m": curated.params_m,
                 "dim": curated.dim, "layers": curated.layers, "max_seq_length": curated.max_seq_length,
-                "lora_targets": list(family.lora_targets), "note": curated.note}
+                "lora_targets": list(family.lora_targets),
+                "note": "; ".join(filter(None, (curated.note, model_availability(name))))}
     if local_folder is None:
         return {"model": name, "source": "hub", "family": None, "params_m": None, "dim": None, "layers": None,
                 "max_seq_length": None, "lora_targets": [],
-                "note": "not in the curated list: downloaded when training starts (this machine must reach the Hub); "
-                        "LoRA targets every linear layer"}
+                "note": f"not in the curated list: {model_availability(name)}; LoRA targets every linear layer"}
     config = json.loads((local_folder / "config.json").read_text())
     family = family_for(config.get("model_type", ""))
     dim = config.get("hidden_size") or config.get("dim") or config.get("d_model")
@@ -67,8 +68,9 @@ def memory_summary(info: dict, method: str, batch_size: int, max_seq_length: int
 
 
 def build(studio, ui) -> None:
-    gr.Markdown("Pick the embedding model to fine-tune. The bundled **all-MiniLM-L6-v2** works offline "
-                "and is what the demo preset trains.")
+    gr.Markdown("Pick the embedding model to fine-tune. A Hub model is downloaded (once, into the Hugging Face "
+                "cache) when training starts; the bundled **all-MiniLM-L6-v2** also works offline and is what the "
+                "demo preset trains.")
     with gr.Row():
         model_id = gr.Dropdown(choices=list(_CURATED), value=DEFAULT_MODEL, allow_custom_value=True, scale=3,
                                label="Model: pick a curated one or type any Hugging Face Hub id")

@@ -8,6 +8,7 @@ import html
 import gradio as gr
 
 from engine import data as data_layer
+from engine.config import bounds, default
 from engine.data import DataError
 from engine.families import DEFAULT_MODEL
 from studio import charts
@@ -32,30 +33,39 @@ DEMO_PRESET = {"method": "lora", "lora_r": 16, "lora_alpha": 16, "learning_rate"
 def training_config(model_state, mapping, eval_size, method, lora_r, lora_alpha, lora_dropout, targets, learning_rate,
                     length_mode, epochs, max_steps, batch_size, max_seq_length, warmup_ratio, loss, seed, evaluate,
                     max_eval_queries, gradient_checkpointing=False) -> dict:
-    """The worker's config.json from the form (data keys are added when the run folder is written)."""
+    """The worker's config.json from the form (data keys are added when the run folder is written); the studio
+    checks it against engine.config.TrainConfig when the run starts."""
     default_targets = (model_state or {}).get("lora_targets") or []
     chosen = list(targets or [])
+    if length_mode == "max steps" and not max_steps:
+        raise ValueError("set Max steps, or train for a number of epochs")
     return {
         "model": (model_state or {}).get("model") or DEFAULT_MODEL,
         "columns": mapping,
-        "eval_size": float(eval_size),
+        "eval_size": eval_size,
         "method": method,
-        "lora_r": int(lora_r),
-        "lora_alpha": int(lora_alpha),
-        "lora_dropout": float(lora_dropout),
+        "lora_r": lora_r,
+        "lora_alpha": lora_alpha,
+        "lora_dropout": lora_dropout,
         "target_modules": None if not chosen or sorted(chosen) == sorted(default_targets) else chosen,
-        "learning_rate": float(learning_rate),
-        "epochs": float(epochs),
-        "max_steps": int(max_steps) if length_mode == "max steps" else None,
-        "batch_size": int(batch_size),
-        "max_seq_length": int(max_seq_length),
-        "warmup_ratio": float(warmup_ratio),
+        "learning_rate": learning_rate,
+        "epochs": epochs,
+        "max_steps": max_steps if length_mode == "max steps" else None,
+        "batch_size": batch_size,
+        "max_seq_length": max_seq_length,
+        "warmup_ratio": warmup_ratio,
         "loss": loss or None,
-        "seed": int(seed),
+        "seed": seed,
         "evaluate": bool(evaluate),
-        "max_eval_queries": int(max_eval_queries),
+        "max_eval_queries": max_eval_queries,
         "gradient_checkpointing": bool(gradient_checkpointing),
     }
+
+
+def setting_box(name: str, label: str, whole: bool = False) -> gr.Number:
+    """A number box for one run setting: its default and bounds come from engine.config.TrainConfig."""
+    minimum, maximum = bounds(name)
+    return gr.Number(default(name), label=label, precision=0 if whole else None, minimum=minimum, maximum=maximum)
 
 
 def progress_html(progress, run_status: str) -> str:
@@ -100,32 +110,34 @@ def build(studio, ui) -> None:
                                elem_id="demo-preset")
     with gr.Row():
         with gr.Column(scale=1):
-            method = gr.Radio(METHODS, value="lora", label="Method")
+            method = gr.Radio(METHODS, value=default("method"), label="Method")
             with gr.Row():
-                lora_r = gr.Number(16, label="LoRA r", precision=0, minimum=1)
-                lora_alpha = gr.Number(16, label="LoRA alpha", precision=0, minimum=1)
-                lora_dropout = gr.Number(0.0, label="LoRA dropout", minimum=0, maximum=0.9)
+                lora_r = setting_box("lora_r", "LoRA r", whole=True)
+                lora_alpha = setting_box("lora_alpha", "LoRA alpha", whole=True)
+                lora_dropout = setting_box("lora_dropout", "LoRA dropout")
             targets = gr.CheckboxGroup(label="LoRA target modules (from the model's family)",
                                        choices=describe_model(DEFAULT_MODEL)["lora_targets"],
                                        value=describe_model(DEFAULT_MODEL)["lora_targets"])
             loss = gr.Dropdown(label="Loss (default from the column roles)", choices=[], allow_custom_value=True)
         with gr.Column(scale=1):
             with gr.Row():
-                learning_rate = gr.Number(2e-4, label="Learning rate", minimum=0)
-                warmup = gr.Number(0.1, label="Warmup ratio", minimum=0, maximum=0.5)
+                learning_rate = setting_box("learning_rate", "Learning rate")
+                warmup = setting_box("warmup_ratio", "Warmup ratio")
             with gr.Row():
-                length_mode = gr.Radio(["max steps", "epochs"], value="max steps", label="Train for")
-                max_steps = gr.Number(200, label="Max steps", precision=0, minimum=1)
-                epochs = gr.Number(1, label="Epochs", minimum=0.01)
+                length_mode = gr.Radio(["max steps", "epochs"], label="Train for",
+                                       value="max steps" if default("max_steps") else "epochs")
+                max_steps = setting_box("max_steps", "Max steps", whole=True)
+                epochs = setting_box("epochs", "Epochs")
             with gr.Row():
-                batch_size = gr.Number(32, label="Batch size", precision=0, minimum=1)
-                max_seq_length = gr.Number(256, label="Max sequence length (tokens)", precision=0, minimum=8)
-            checkpointing = gr.Checkbox(False, label="Gradient checkpointing: less GPU memory for long sequences, "
-                                        "about a third slower", elem_id="gradient-checkpointing")
+                batch_size = setting_box("batch_size", "Batch size", whole=True)
+                max_seq_length = setting_box("max_seq_length", "Max sequence length (tokens)", whole=True)
+            checkpointing = gr.Checkbox(default("gradient_checkpointing"),
+                                        label="Gradient checkpointing: less GPU memory for "
+                                        "long sequences, about a third slower", elem_id="gradient-checkpointing")
             with gr.Row():
-                seed = gr.Number(42, label="Seed", precision=0)
-                evaluate = gr.Checkbox(True, label="Evaluate base and trained model")
-                max_eval_queries = gr.Number(500, label="Eval queries", precision=0, minimum=10)
+                seed = setting_box("seed", "Seed", whole=True)
+                evaluate = gr.Checkbox(default("evaluate"), label="Evaluate base and trained model")
+                max_eval_queries = setting_box("max_eval_queries", "Eval queries", whole=True)
     memory_md = gr.Markdown(elem_id="train-memory")
     with gr.Row():
         start_btn = gr.Button("Start training", variant="primary", elem_id="start-training")
@@ -145,14 +157,13 @@ def build(studio, ui) -> None:
             targets, learning_rate, length_mode, epochs, max_steps, batch_size, max_seq_length, warmup, loss, seed,
             evaluate, max_eval_queries, checkpointing]
 
-    def start(model_state, data_state, anchor, positive, negative, score, eval_size, *rest):
+    def start(model_state, data_state, anchor, positive, negative, score, label, eval_size, *rest):
         source = DataSource.from_dict(data_state)
         if source is None:
             return gr.skip(), show_error("no data yet: load a file, a dataset or the sample on the Data tab"), gr.skip()
-        mapping = mapping_from(anchor, positive, negative, score)
-        config = training_config(model_state, mapping, eval_size, *rest)
+        mapping = mapping_from(anchor, positive, negative, score, label)
         try:
-            run = studio.start_run(config, source)
+            run = studio.start_run(training_config(model_state, mapping, eval_size, *rest), source)
         except (DataError, PathNotAllowed, ValueError, OSError) as problem:
             return gr.skip(), show_error(str(problem)), gr.skip()
         return run.id, hide_error(), studio.command_for(run)
@@ -189,8 +200,8 @@ def build(studio, ui) -> None:
                 "max steps", p["max_steps"], p["batch_size"], p["max_seq_length"], p["warmup_ratio"],
                 p["max_eval_queries"], True)
 
-    def loss_choices(anchor, positive, negative, score, current):
-        mapping = mapping_from(anchor, positive, negative, score)
+    def loss_choices(anchor, positive, negative, score, label, current):
+        mapping = mapping_from(anchor, positive, negative, score, label)
         if not mapping.get("anchor"):
             return gr.skip()
         try:
@@ -213,6 +224,8 @@ def build(studio, ui) -> None:
     start_btn.click(start, form, [run_state, error, command], api_name="start_training").then(
         render, [run_state, drawn], run_view, api_visibility="private")
     stop_btn.click(stop, run_state, error, api_name="stop_training")
+    max_steps.input(lambda: "max steps", None, length_mode, api_visibility="private")
+    epochs.input(lambda: "epochs", None, length_mode, api_visibility="private")
     timer.tick(render, [run_state, drawn], run_view, api_visibility="private", show_progress="hidden")
     ui.demo.load(attach, None, [run_state, command], api_visibility="private")
     preset_btn.click(preset, None, [*ui.data_load_outputs, ui.model_state, ui.model_id, method, lora_r, lora_alpha,

@@ -27,15 +27,14 @@ CASES = ([(name, True, False) for name in FAMILIES] + [("tiny-mpnet", False, Fal
 @pytest.mark.parametrize("name, packed, checkpointing", CASES)
 def test_graphed_loop_matches_the_stock_loop_on_cuda(name, packed, checkpointing, tmp_path):
     """With gradient checkpointing (models without dropout) the steps are captured too: the recompute
-    needs no host copy of the RNG state (engine.loop.checkpointing_blocks_graphs)."""
+    needs no host copy of the RNG state (engine.loop.surgery.checkpointing_blocks_graphs)."""
     checkpoint = models.build(name, tmp_path / name)
     columns = [ANCHORS * 4, [p + " more" * (i % 3) for i, p in enumerate(POSITIVES * 4)], NEGATIVES * 4]
-    packed_model, family = lora_model(name, checkpoint, packed=packed, device="cuda")
+    packed_model, _ = lora_model(name, checkpoint, packed=packed, device="cuda")
     if checkpointing:
         packed_model[0].auto_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     stock_model, _ = lora_model(name, checkpoint, packed=False, device="cuda")
-    trainer = PackedTrainer(packed_model, columns, batch_size=8, learning_rate=2e-3, steps=12, warmup_ratio=0.1,
-                            position_offset=family.position_offset)
+    trainer = PackedTrainer(packed_model, columns, batch_size=8, learning_rate=2e-3, steps=12, warmup_ratio=0.1)
     records = []
     trainer.fit(on_steps=records.extend)
     expected = reference_losses(stock_model, trainer.plan, columns, 12, 2e-3, trainer.warmup)
@@ -77,9 +76,8 @@ def test_cached_loss_on_cuda_matches_the_graphed_whole_batch_loop(name, packed, 
     columns = [ANCHORS * 4, POSITIVES * 4, NEGATIVES * 4]
     results = []
     for mini_batch in (None, 5):
-        model, family = lora_model(name, checkpoint, packed=packed, device="cuda")
-        trainer = PackedTrainer(model, columns, batch_size=8, learning_rate=2e-3, steps=8,
-                                position_offset=family.position_offset if packed else 0, mini_batch=mini_batch)
+        model, _ = lora_model(name, checkpoint, packed=packed, device="cuda")
+        trainer = PackedTrainer(model, columns, batch_size=8, learning_rate=2e-3, steps=8, mini_batch=mini_batch)
         records = []
         trainer.fit(on_steps=records.extend)
         results.append([r[1] for r in records])

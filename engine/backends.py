@@ -1,0 +1,184 @@
+"""The two ways a run trains, each from a `Run` to the number of steps done, reporting the same events:
+
+- `train_packed`: the packed loop (engine.loop), for the in-batch-negative losses it runs; CUDA graphs on a GPU;
+- `train_with_trainer`: the task's stock trainer (sentence-transformers'), for everything else.
+
+`loop_unavailable` says which one a run gets, and why.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from engine.checkpoints import KEEP, save_loop_checkpoint
+from engine.config import TrainConfig
+from engine.events import EventLog
+
+
+@dataclass
+class Run:
+    """What a back-end needs of a run, prepared by engine.train.train."""
+
+    config: TrainConfig
+    task: object  # the task module (engine.tasks.*)
+    model: object
+    train_rows: object  # the prepared training table (columns named by role)
+    loss_name: str
+    evaluation: object  # the task's held-out evaluation; falsy when there is nothing to measure
+    events: EventLog
+    stop: threading.Event
+    checkpoint_dir: Path
+    resume: str | None
+
+
+def loop_unavailable(run: Run) -> str | None:
+    """None when the packed loop trains this run, else why the trainer does (a short phrase)."""
+    config = run.config
+    if config.loop == "off":
+        return "loop is off"
+    if config.loop == "auto" and not config.fast:
+        return "the fast path is off"
+    from engine.loop import is_loop_checkpoint, loop_unavailable as model_unavailable
+
+    if run.resume and not is_loop_checkpoint(run.resume):
+        return f"{run.resume} is a trainer checkpoint"
+    if run.task.packed_columns(run.train_rows) is None:
+        return f"the packed loop does not train {run.task.NAME} models yet"
+    return model_unavailable(run.model, run.loss_name)
+
+
+def train_packed(run: Run) -> int:
+    """Train with engine.loop.PackedTrainer; returns the steps done."""
+    from engine.loop import CACHED_MINI_BATCH, PackedTrainer
+
+    config, events = run.config, run.events
+    columns = run.task.packed_columns(run.train_rows)
+    events.status("loading", f"tokenizing {sum(map(len, columns))} texts once, for the packed loop")
+    trainer = PackedTrainer(
+        run.model, columns, batch_size=config.batch_size, learning_rate=config.learning_rate, steps=config.max_steps,
+        epochs=config.epochs, warmup_ratio=config.warmup_ratio, seed=config.seed,
+        mini_batch=CACHED_MINI_BATCH if run.loss_name.startswith("Cached") else None,
+    )
+    if run.resume:
+        trainer.load_state(run.resume)
+        events.log(f"resumed at step {trainer.step} of {trainer.total_steps}")
+    started, first_step = time.time(), trainer.step
+
+    def on_steps(records):
+        elapsed = time.time() - started
+        per_step = elapsed / max(records[-1][0] - first_step, 1)
+        for step, loss, grad_norm, learning_rate in records:
+            events.emit("train", step=step, total_steps=trainer.total_steps,
+                        epoch=round(step / trainer.batches_per_epoch, 4), loss=loss, learning_rate=learning_rate,
+                        grad_norm=grad_norm, samples_per_second=round(config.batch_size / per_step, 2),
+                        elapsed=round(elapsed, 2), eta=round(per_step * (trainer.total_steps - step), 2))
+
+    def on_every(step):
+        if config.eval_steps and run.evaluation and step % config.eval_steps == 0 and step < trainer.total_steps:
+            events.emit("eval", step=step, which="trained", metrics=run.evaluation.measure(run.model))
+        if config.save_steps and step % config.save_steps == 0:
+            save_loop_checkpoint(trainer, run.checkpoint_dir, events.log)
+
+    intervals = [n for n in (config.eval_steps, config.save_steps) if n]
+    every = math.gcd(*intervals) if intervals else None
+    events.status("training", f"{config.method} on {config.model} (packed loop)")
+    for note in (trainer.kernel_note, trainer.graph_note):  # known before the first step
+        if note:
+            events.log(note)
+    noted = trainer.graph_note
+    steps = trainer.fit(on_steps=on_steps, stop=run.stop, every=every, on_every=on_every)
+    if trainer.graph_note and trainer.graph_note != noted:  # a capture that failed during training
+        events.log(trainer.graph_note)
+    if run.stop.is_set():
+        save_loop_checkpoint(trainer, run.checkpoint_dir, events.log)
+    return steps
+
+
+def _progress_callback(run: Run):
+    from transformers import TrainerCallback
+
+    events, stop, batch_size = run.events, run.stop, run.config.batch_size
+
+    class ProgressEvents(TrainerCallback):
+        """Turns the trainer's logs into `train` / `eval` events, and a stop request into a clean stop."""
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.started = time.time()
+            self.first_step = state.global_step
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if stop.is_set():
+                control.should_training_stop = True
+                control.should_save = True
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if not logs or "loss" not in logs:
+                return
+            elapsed = time.time() - self.started
+            per_step = elapsed / max(state.global_step - self.first_step, 1)
+            events.emit(
+                "train",
+                step=state.global_step,
+                total_steps=state.max_steps,
+                epoch=round(state.epoch or 0.0, 4),
+                loss=float(logs["loss"]),
+                learning_rate=float(logs.get("learning_rate", 0.0)),
+                grad_norm=float(logs["grad_norm"]) if logs.get("grad_norm") is not None else None,
+                samples_per_second=round(batch_size / per_step, 2),
+                elapsed=round(elapsed, 2),
+                eta=round(per_step * (state.max_steps - state.global_step), 2),
+            )
+
+        def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+            if metrics:
+                events.emit("eval", step=state.global_step, which="trained", metrics=run.evaluation.metrics_from(metrics))
+
+    return ProgressEvents()
+
+
+def train_with_trainer(run: Run) -> int:
+    """Train with the task's stock trainer; returns the steps done."""
+    import torch
+
+    from engine import data as data_layer
+
+    config, on_gpu = run.config, torch.cuda.is_available()
+    loss = run.task.build_loss(run.loss_name, run.model, run.train_rows)
+    evaluating = bool(config.eval_steps and run.evaluation)
+    args = dict(
+        output_dir=str(run.checkpoint_dir),
+        num_train_epochs=config.epochs,
+        max_steps=config.max_steps or -1,
+        per_device_train_batch_size=config.batch_size,
+        learning_rate=config.learning_rate,
+        warmup_ratio=config.warmup_ratio,
+        seed=config.seed,
+        data_seed=config.seed,
+        logging_steps=1,
+        save_strategy="steps" if config.save_steps else "no",
+        save_steps=config.save_steps or 500,
+        save_total_limit=KEEP,
+        eval_strategy="steps" if evaluating else "no",
+        eval_steps=config.eval_steps,
+        report_to=[],
+        bf16=on_gpu and torch.cuda.is_bf16_supported(),
+        fp16=on_gpu and not torch.cuda.is_bf16_supported(),
+        use_cpu=not on_gpu,
+        # Tokenizing runs in the collate function: on a GPU, DataLoader workers keep it off the
+        # main thread (GPU_NOTES.md measured 17-28 ms a batch there).
+        dataloader_num_workers=min(4, max((os.cpu_count() or 1) - 1, 0)) if on_gpu else 0,
+        dataloader_prefetch_factor=4 if on_gpu else None,
+        dataloader_pin_memory=on_gpu,
+        dataloader_persistent_workers=on_gpu,
+        disable_tqdm=True,  # the events carry progress (and the CLI prints them)
+    )
+    trainer = run.task.trainer(run.model, data_layer.to_dataset(run.train_rows), loss,
+                               run.evaluation.evaluator() if evaluating else None, [_progress_callback(run)], args)
+    run.events.status("training", f"{config.method} on {config.model}")
+    trainer.train(resume_from_checkpoint=run.resume)
+    return trainer.state.global_step

@@ -1,0 +1,103 @@
+"""A run's progress as events: one JSON object a line in RUN_DIR/events.jsonl, and on a terminal as text.
+
+Every event has `event` (status, log, download, train, eval, error) and `time`; the studio reads the file
+and never talks to the worker. `EventLog(path, echo=True)` also prints what happens to stderr, for the CLI
+and `engine.train.train` called from Python: status and log lines as they come, training progress as one
+line rewritten in place on a terminal, or a line every few seconds when stderr is a file.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+ECHO_EVERY_SECONDS = 5.0  # progress lines when stderr is not a terminal
+
+
+class EventLog:
+    """Appends one JSON object a line to a file, flushed at once so a reader never waits on us."""
+
+    def __init__(self, path: str | os.PathLike | None, echo: bool = False):
+        self.path = Path(path) if path else None
+        self._lock = threading.Lock()
+        self._echo = TerminalEcho() if echo else None
+        if self.path:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def emit(self, event: str, **fields) -> dict:
+        record = {"event": event, "time": round(time.time(), 3), **fields}
+        if self.path:
+            with self._lock, self.path.open("a") as handle:
+                handle.write(json.dumps(record) + "\n")
+        if self._echo is not None:
+            self._echo.show(record)
+        return record
+
+    def status(self, status: str, message: str = "") -> None:
+        logger.info("%s%s", status, f": {message}" if message else "")
+        self.emit("status", status=status, message=message)
+
+    def log(self, message: str) -> None:
+        logger.info(message)
+        self.emit("log", message=message)
+
+
+class TerminalEcho:
+    """Events as text on stderr: what a person running `lacker train` watches."""
+
+    def __init__(self, stream=None):
+        self.stream = stream or sys.stderr
+        self.live = bool(getattr(self.stream, "isatty", lambda: False)())
+        self._last_line = 0.0
+        self._open_line = False  # a progress line is on screen, not yet ended
+
+    def show(self, record: dict) -> None:
+        kind = record["event"]
+        if kind == "train":
+            self._progress(record)
+        elif kind == "download":
+            self._progress_text(record.get("message", ""), final=record.get("fraction") == 1.0)
+        elif kind == "status" and record["status"] != "failed":  # a failure is the caller's to word (error/fix)
+            self._line(f"[{record['status']}] {record.get('message', '')}".rstrip())
+        elif kind == "log":
+            self._line(record["message"])
+        elif kind == "eval":
+            metrics = record.get("metrics") or {}
+            shown = ", ".join(f"{name} {value:.4f}" for name, value in list(metrics.items())[:3])
+            self._line(f"{record.get('which', '')} model at step {record.get('step', 0)}: {shown}")
+
+    def _progress(self, r: dict) -> None:
+        total = r.get("total_steps") or 0
+        eta = r.get("eta")
+        text = (f"step {r['step']}/{total}  loss {r['loss']:.4f}  {r.get('samples_per_second', 0):.1f} samples/s"
+                + (f"  ETA {_duration(eta)}" if eta is not None else ""))
+        self._progress_text(text, final=bool(total) and r["step"] >= total)
+
+    def _progress_text(self, text: str, final: bool) -> None:
+        now = time.monotonic()
+        if self.live:
+            self.stream.write("\r" + text.ljust(78) + ("\n" if final else ""))
+            self._open_line = not final
+        elif final or now - self._last_line >= ECHO_EVERY_SECONDS:
+            self.stream.write(text + "\n")
+            self._last_line = now
+        self.stream.flush()
+
+    def _line(self, text: str) -> None:
+        if self._open_line:
+            self.stream.write("\n")
+            self._open_line = False
+        self.stream.write(text + "\n")
+        self.stream.flush()
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"

@@ -1,0 +1,142 @@
+"""The embedding task: a bi-encoder (`sentence_transformers.SentenceTransformer`) trained on text pairs.
+
+Column roles and the losses they allow (sentence-transformers' loss classes, the default first):
+
+    | data shape      | roles                                   | losses                                  |
+    |-----------------|-----------------------------------------|-----------------------------------------|
+    | pairs           | anchor, positive                        | MultipleNegativesRankingLoss, Cached... |
+    | triplets        | anchor, positive, negative (one or more)| MultipleNegativesRankingLoss, ..., TripletLoss |
+    | scored-pairs    | anchor, positive, score                 | CoSENTLoss, AnglELoss, CosineSimilarityLoss |
+    | labelled-pairs  | anchor, positive, label                 | OnlineContrastiveLoss, ContrastiveLoss, SoftmaxLoss |
+
+Evaluation is retrieval on the held-out split (InformationRetrievalEvaluator: NDCG@10, MRR@10, Recall@k, MAP);
+the studio's comparison is a side-by-side search of the base and trained models (engine.evaluate).
+Importing this module does not import torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+NAME = "embedding"
+
+LOSSES = {
+    "pairs": ("MultipleNegativesRankingLoss", "CachedMultipleNegativesRankingLoss"),
+    "triplets": ("MultipleNegativesRankingLoss", "CachedMultipleNegativesRankingLoss", "TripletLoss"),
+    "scored-pairs": ("CoSENTLoss", "AnglELoss", "CosineSimilarityLoss"),
+    "labelled-pairs": ("OnlineContrastiveLoss", "ContrastiveLoss", "SoftmaxLoss"),
+}
+
+
+def load_model(config):
+    """The model to fine-tune, as `config` says (a SentenceTransformer)."""
+    from engine.models import FastSentenceTransformer
+
+    return FastSentenceTransformer.from_pretrained(
+        config.model,
+        max_seq_length=config.max_seq_length,
+        load_in_4bit=config.method == "qlora",
+        full_finetuning=config.method == "full",
+    )
+
+
+def add_adapter(model, config) -> None:
+    """LoRA on the family's targets, or, for full fine-tuning, only gradient checkpointing if asked."""
+    from engine.models import FastSentenceTransformer
+
+    if config.method != "full":
+        FastSentenceTransformer.get_peft_model(
+            model, r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+            target_modules=config.target_modules, use_gradient_checkpointing=config.gradient_checkpointing,
+            random_state=config.seed,
+        )
+    elif config.gradient_checkpointing:
+        model[0].auto_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+def build_loss(name: str, model, train_rows):
+    """The sentence-transformers loss called `name` (one of LOSSES) for `model`."""
+    from sentence_transformers.sentence_transformer import losses
+
+    known = sorted({loss for names in LOSSES.values() for loss in names})
+    if name not in known:
+        raise ValueError(f"loss {name!r} is not supported; pick one of: {', '.join(known)}")
+    if name == "CachedMultipleNegativesRankingLoss":
+        from engine.loop import CACHED_MINI_BATCH  # the same mini-batches as the packed loop's cached steps
+
+        return losses.CachedMultipleNegativesRankingLoss(model, mini_batch_size=CACHED_MINI_BATCH)
+    if name == "SoftmaxLoss":
+        return losses.SoftmaxLoss(model, model.get_embedding_dimension(), num_labels=int(train_rows["label"].max()) + 1)
+    return getattr(losses, name)(model)
+
+
+def uses_in_batch_negatives(loss_name: str) -> bool:
+    """Losses whose batches must hold no duplicate texts (sentence-transformers' NO_DUPLICATES sampler)."""
+    return "MultipleNegatives" in loss_name
+
+
+def packed_columns(train_rows) -> list[list[str]]:
+    """The texts the packed loop embeds, a list per column: anchors, positives, then each negative column."""
+    return [train_rows[c].tolist() for c in train_rows.columns if c in ("anchor", "positive") or c.startswith("negative")]
+
+
+@dataclass
+class RetrievalEvaluation:
+    """Held-out retrieval: query i's relevant document is documents[i]; `extra` documents are distractors."""
+
+    queries: list[str]
+    documents: list[str]
+    extra: list[str] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.queries)
+
+    def describe(self) -> str:
+        return (f"retrieval evaluation: {len(set(self.queries))} queries over "
+                f"{len(set(self.documents) | set(self.extra))} documents")
+
+    def measure(self, model) -> dict[str, float]:
+        from engine.evaluate import retrieval_metrics
+
+        return retrieval_metrics(model, self.queries, self.documents, self.extra)
+
+    def evaluator(self):
+        from engine.evaluate import retrieval_evaluator
+
+        return retrieval_evaluator(self.queries, self.documents, self.extra)
+
+    def metrics_from(self, raw: dict) -> dict[str, float]:
+        """Our metric names from what the trainer's evaluation logged."""
+        from engine.evaluate import evaluator_metrics
+
+        return evaluator_metrics(raw)
+
+
+def held_out_evaluation(held_out, shape: str, max_queries: int, seed: int, extra_corpus=()) -> RetrievalEvaluation:
+    """The held-out rows as retrieval queries. Scored pairs count as relevant from the middle of the score range
+    up; labelled pairs where the label is not 0. Documents of the rows left out by `max_queries`, and every
+    negative, stay in the corpus as distractors, with `extra_corpus`."""
+    rows = held_out
+    if shape == "scored-pairs":
+        low, high = rows["score"].min(), rows["score"].max()
+        rows = rows[rows["score"] >= (low + high) / 2]
+    elif shape == "labelled-pairs":
+        rows = rows[rows["label"] != 0]
+    chosen = rows.sample(n=min(max_queries, len(rows)), random_state=seed) if len(rows) > max_queries else rows
+    chosen_documents = set(chosen["positive"])
+    extra = [doc for doc in held_out["positive"].tolist() if doc not in chosen_documents]
+    for column in held_out.columns:
+        if column.startswith("negative"):
+            extra += held_out[column].tolist()
+    return RetrievalEvaluation(chosen["anchor"].tolist(), chosen["positive"].tolist(), extra + list(extra_corpus))
+
+
+def trainer(model, train_dataset, loss, evaluator, callbacks, args_overrides: dict):
+    """sentence-transformers' own trainer for the runs the packed loop does not take."""
+    from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+    from sentence_transformers.base.sampler import BatchSamplers
+
+    sampler = BatchSamplers.NO_DUPLICATES if uses_in_batch_negatives(type(loss).__name__) else BatchSamplers.BATCH_SAMPLER
+    args = SentenceTransformerTrainingArguments(batch_sampler=sampler, **args_overrides)
+    return SentenceTransformerTrainer(model=model, args=args, train_dataset=train_dataset, loss=loss,
+                                      evaluator=evaluator, callbacks=callbacks)

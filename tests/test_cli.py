@@ -1,0 +1,64 @@
+"""The `lacker` command as a user types it: --version, the studio's flags, and error/fix lines without a
+traceback for bad input (exit 2)."""
+
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+from studio.settings import REPO_ROOT
+
+
+def lacker(*args, timeout=120, **kwargs):
+    return subprocess.run([sys.executable, "-m", "engine", *args], cwd=REPO_ROOT, capture_output=True, text=True,
+                          timeout=timeout, **kwargs)
+
+
+def test_version_and_the_studios_help_list_what_it_takes():
+    version = lacker("--version")
+    assert version.returncode == 0 and version.stdout.startswith("lacker-studio ")
+    help_text = lacker("studio", "--help")
+    assert help_text.returncode == 0
+    for flag in ("--host", "--port", "--auth", "--home"):
+        assert flag in help_text.stdout
+
+
+def test_bad_settings_and_missing_files_get_error_and_fix_lines_and_exit_2(tmp_path):
+    cases = [
+        (["--batch-size", "0"], "batch_size must be at least 1"),
+        (["--data", str(tmp_path / "missing.csv")], "missing.csv"),
+    ]
+    for extra, named in cases:
+        args = ["train", "--data", "assets/debian-pairs/train.jsonl", "--output", str(tmp_path / "run"), *extra]
+        result = lacker(*args)
+        assert result.returncode == 2, result.stderr
+        assert "error: " in result.stderr and named in result.stderr and "\n  fix: " in result.stderr
+        assert "Traceback" not in result.stderr
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_lacker_studio_serves_on_the_port_it_is_given(tmp_path):
+    port = _free_port()
+    studio = subprocess.Popen([sys.executable, "-m", "engine", "studio", "--host", "127.0.0.1", "--port", str(port),
+                               "--home", str(tmp_path / "home")], cwd=tmp_path, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        deadline, page = time.time() + 180, None
+        while time.time() < deadline and studio.poll() is None:
+            try:
+                page = urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5).read().decode()
+                break
+            except OSError:
+                time.sleep(1)
+        assert page is not None, studio.stderr.read() if studio.poll() is not None else "no answer in 180 s"
+        assert "Lacker Studio" in page
+        assert (tmp_path / "home" / "runs.sqlite").exists()  # --home was honoured
+    finally:
+        studio.terminate()
+        studio.wait(timeout=30)

@@ -1,0 +1,66 @@
+"""The Compare tab's search: the top k of each model are the documents a brute-force cosine ranking puts
+first, and each fine-tuned hit's base rank is where the base model ranks that document."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from engine import FastSentenceTransformer
+from engine.evaluate import SearchIndex, compare_search
+from tiny_models import build_tiny_model
+
+CORPUS = [f"package {i} is a tool about topic {i % 7} with feature {i * 3}" for i in range(40)]
+QUERIES = ["what does package 3 do", "a tool about topic 5", "feature 27"]
+
+
+@pytest.fixture(scope="module")
+def two_models(tmp_path_factory):
+    """Two tiny models with different random weights, standing for the base and the fine-tuned model."""
+    folder = tmp_path_factory.mktemp("tiny")
+    return [FastSentenceTransformer.from_pretrained(str(build_tiny_model("bert", folder / f"bert-{seed}", seed=seed)),
+                                                    for_inference=True)
+            for seed in (0, 1)]
+
+
+def brute_force_ranking(model, query: str, corpus: list[str]) -> list[tuple[str, float]]:
+    """Every document with its cosine similarity to `query`, most similar first."""
+    query_embedding = model.encode_query([query], convert_to_tensor=True)
+    document_embeddings = model.encode_document(corpus, convert_to_tensor=True)
+    scores = torch.nn.functional.cosine_similarity(query_embedding, document_embeddings)
+    order = torch.argsort(scores, descending=True, stable=True).tolist()
+    return [(corpus[i], float(scores[i])) for i in order]
+
+
+@pytest.mark.parametrize("query", QUERIES)
+def test_top_k_are_the_brute_force_cosine_ranking(two_models, query):
+    model = two_models[0]
+    expected = brute_force_ranking(model, query, CORPUS)[:5]
+    hits = SearchIndex.build(model, CORPUS).search(query, top_k=5)
+    assert [hit["rank"] for hit in hits] == [1, 2, 3, 4, 5]
+    assert [hit["document"] for hit in hits] == [document for document, _ in expected]
+    assert [hit["score"] for hit in hits] == pytest.approx([score for _, score in expected], abs=1e-5)
+
+
+def test_compare_search_gives_each_trained_hit_its_base_rank(two_models):
+    base_model, trained_model = two_models
+    base, trained = SearchIndex.build(base_model, CORPUS), SearchIndex.build(trained_model, CORPUS)
+    query = QUERIES[0]
+    result = compare_search(base, trained, query, top_k=5)
+
+    base_order = [document for document, _ in brute_force_ranking(base_model, query, CORPUS)]
+    trained_order = [document for document, _ in brute_force_ranking(trained_model, query, CORPUS)]
+    assert result["query"] == query
+    assert [hit["document"] for hit in result["base"]] == base_order[:5]
+    assert [hit["document"] for hit in result["trained"]] == trained_order[:5]
+    for hit in result["trained"]:
+        assert hit["base_rank"] == base_order.index(hit["document"]) + 1
+        assert hit["rank_change"] == hit["base_rank"] - hit["rank"]
+    assert any(hit["rank_change"] != 0 for hit in result["trained"])  # the two models disagree somewhere
+
+
+def test_top_k_beyond_the_corpus_returns_every_document_once(two_models):
+    hits = SearchIndex.build(two_models[0], CORPUS[:3] + CORPUS[:2]).search(QUERIES[1], top_k=10)
+    assert sorted(hit["document"] for hit in hits) == sorted(CORPUS[:3])
