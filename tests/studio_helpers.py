@@ -1,4 +1,5 @@
-"""Shared pieces of the studio tests: a studio on a temporary home, quick configs, waiting for a run."""
+"""Shared pieces of the studio tests: a studio on a temporary home, quick configs, waiting for a run, and
+gradio_client calls whose inputs and outputs are named the way a user sees them."""
 
 from __future__ import annotations
 
@@ -41,6 +42,50 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.5):
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
+FINISHED = ("completed", "stopped", "failed")
+RUN_TIMEOUT = 300  # a CPU worker: imports, loading, a few steps, saving
+
+
+def finished_api_run(client, run_id: str, timeout: float = RUN_TIMEOUT) -> dict:
+    """Wait until /run_status says `run_id` finished; returns that status."""
+    return wait_for(lambda: (status := client.predict(run_id, api_name="/run_status"))["status"] in FINISHED
+                    and status, timeout, f"run {run_id} to finish")
+
+
+def _endpoint_components(client, api_name: str, side: str) -> list[dict]:
+    """The components an endpoint reads ("inputs") or writes ("outputs"), in order, without the gr.State
+    ones, which the server keeps per session and gradio_client neither sends nor receives."""
+    dependency = next(d for d in client.config["dependencies"] if d.get("api_name") == api_name.lstrip("/"))
+    components = {component["id"]: component for component in client.config["components"]}
+    return [components[i] for i in dependency[side] if components[i]["type"] != "state"]
+
+
+def component_name(component: dict) -> str:
+    """What a user knows a component by: "error" for the error box, else its elem_id, else its label."""
+    props = component["props"]
+    if "lacker-error" in (props.get("elem_classes") or []):
+        return "error"
+    return props.get("elem_id") or props["label"]
+
+
+def outputs_by_name(client, api_name: str, values) -> dict:
+    """An endpoint's output values keyed by component_name (a dropdown's come as updates: read ["value"])."""
+    values = values if isinstance(values, (tuple, list)) else (values,)
+    components = _endpoint_components(client, api_name, "outputs")
+    assert len(components) == len(values), f"{api_name} returned {len(values)} values for {len(components)} outputs"
+    return {component_name(component): value for component, value in zip(components, values)}
+
+
+def inputs_by_name(client, api_name: str, named: dict) -> list:
+    """An endpoint's input values in order: named[component_name] where given (an update's value), else
+    what the component shows when the page opens, as a button press with the form left alone would send."""
+    values = []
+    for component in _endpoint_components(client, api_name, "inputs"):
+        value = named.get(component_name(component), component["props"].get("value"))
+        values.append(value["value"] if isinstance(value, dict) and value.get("__type__") == "update" else value)
+    return values
+
+
 def free_port() -> int:
     import socket
 
@@ -70,12 +115,10 @@ class StudioProcess:
         self._log = open(self.log_path, "wb")
         self.process = subprocess.Popen([python or sys.executable, "app.py", *args], cwd=cwd or root, env=full_env,
                                         stdout=self._log, stderr=subprocess.STDOUT)
-        self.started_in = self._wait_until_up()
+        self._wait_until_up()
 
-    def _wait_until_up(self, timeout: float = 60) -> float:
+    def _wait_until_up(self, timeout: float = 60) -> None:
         import urllib.request
-
-        started = time.time()
 
         def up():
             if self.process.poll() is not None:
@@ -87,7 +130,6 @@ class StudioProcess:
                 return getattr(error, "code", None) in (401, 403)  # up, behind a login
 
         wait_for(up, timeout, "the studio to answer")
-        return time.time() - started
 
     def close(self) -> None:
         self.process.terminate()

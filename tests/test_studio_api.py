@@ -1,5 +1,6 @@
 """The studio's API endpoints through gradio_client, against `python app.py` in its own process:
-data loading and its errors, a run from start to Compare and Export, a token that leaves no trace."""
+data loading and its errors, the demo preset's run, a run from start to Compare and Export, a token
+that leaves no trace."""
 
 import zipfile
 from pathlib import Path
@@ -7,8 +8,9 @@ from pathlib import Path
 import pytest
 from gradio_client import Client, handle_file
 
+from engine.families import DEFAULT_MODEL
 from hub_standin import HubStandIn
-from studio_helpers import StudioProcess, wait_for
+from studio_helpers import RUN_TIMEOUT, StudioProcess, finished_api_run, inputs_by_name, outputs_by_name
 
 TOKEN = "hf_StudioTestTokenDoNotLeak0123456789"
 
@@ -37,39 +39,48 @@ def finished_run(client):
     run = client.predict({"max_steps": 2, "batch_size": 8, "max_seq_length": 64, "evaluate": False}, "sample",
                          api_name="/start_run")
     assert run["status"] in ("queued", "running")
-    done = wait_for(lambda: (s := client.predict(run["run_id"], api_name="/run_status"))["status"]
-                    in ("completed", "stopped", "failed") and s, 300, "the run to finish")
+    done = finished_api_run(client, run["run_id"])
     assert done["status"] == "completed", (done["error"], done["hint"])
     return done
 
 
-def test_the_app_is_up_quickly(app):
-    assert app.started_in < 30
-
-
 def test_the_sample_loads_with_its_columns_guessed(client):
-    source, preview, anchor, positive, *_rest, summary, _histogram, error = client.predict(api_name="/use_sample")
-    assert "4,000 rows" in source and "debian-pairs/train.jsonl" in source
-    assert (anchor["value"], positive["value"]) == ("query", "document")
-    assert "pairs" in summary and "MultipleNegativesRankingLoss" in summary
-    assert not error["visible"]
+    loaded = outputs_by_name(client, "/use_sample", client.predict(api_name="/use_sample"))
+    assert "4,000 rows" in loaded["data-source"] and "debian-pairs/train.jsonl" in loaded["data-source"]
+    assert (loaded["anchor (query)"]["value"], loaded["positive (relevant text)"]["value"]) == ("query", "document")
+    assert "pairs" in loaded["data-summary"] and "MultipleNegativesRankingLoss" in loaded["data-summary"]
+    assert not loaded["error"]["visible"]
 
 
-def test_the_demo_preset_fills_model_data_and_a_short_cpu_run(client):
-    values = client.predict(api_name="/demo_preset")
-    source, model = values[0], values[10]  # after the Data tab's 10 shown outputs
-    method, max_steps, batch_size, max_seq_length = values[11], values[16], values[17], values[18]
-    assert "debian-pairs/train.jsonl" in source and model == "sentence-transformers/all-MiniLM-L6-v2"
-    assert (method, batch_size, max_seq_length) == ("lora", 16, 128) and max_steps <= 60
+def test_the_demo_preset_is_a_short_cpu_run_that_beats_the_base_model(app):
+    client = Client(app.url, verbose=False)  # its own session, as a new browser tab: the preset fills its state
+    preset = outputs_by_name(client, "/demo_preset", client.predict(api_name="/demo_preset"))
+    assert "debian-pairs/train.jsonl" in preset["data-source"]
+    assert preset["Model: pick a curated one or type any Hugging Face Hub id"] == DEFAULT_MODEL
+    assert preset["Train for"] == "max steps" and preset["Evaluate base and trained model"]
+
+    before = {run["run_id"] for run in client.predict(api_name="/list_runs")}
+    started = outputs_by_name(client, "/start_training", client.predict(
+        *inputs_by_name(client, "/start_training", preset), api_name="/start_training"))  # Start, form untouched
+    assert not started["error"]["visible"], started["error"]["value"]
+    assert f"--max-steps {preset['Max steps']}" in started["train-command"]
+    (run_id,) = {run["run_id"] for run in client.predict(api_name="/list_runs")} - before
+
+    done = finished_api_run(client, run_id, timeout=3 * RUN_TIMEOUT)  # evaluation of both models included
+    assert done["status"] == "completed", (done["error"], done["hint"])
+    assert done["step"] == done["loss_points"] == preset["Max steps"]
+    base, trained = done["metrics"]["base"]["ndcg@10"], done["metrics"]["trained"]["ndcg@10"]
+    assert trained > base, f"the demo preset did not beat the base model: NDCG@10 {base:.4f} -> {trained:.4f}"
 
 
 def test_a_corrupt_upload_is_an_inline_error(client, tmp_path):
     corrupt = tmp_path / "broken.parquet"
     corrupt.write_bytes(b"this is not parquet at all\x00\x01")
-    *_rest, error = client.predict(handle_file(str(corrupt)), api_name="/upload_data")
-    assert error["visible"] and "broken.parquet" in error["value"]
-    source, *_rest, error = client.predict(api_name="/use_sample")  # and the app keeps working
-    assert not error["visible"] and "4,000 rows" in source
+    uploaded = outputs_by_name(client, "/upload_data",
+                               client.predict(handle_file(str(corrupt)), api_name="/upload_data"))
+    assert uploaded["error"]["visible"] and "broken.parquet" in uploaded["error"]["value"]
+    loaded = outputs_by_name(client, "/use_sample", client.predict(api_name="/use_sample"))  # and the app keeps working
+    assert not loaded["error"]["visible"] and "4,000 rows" in loaded["data-source"]
 
 
 def test_an_upload_over_the_limit_is_refused(client, tmp_path):
@@ -80,7 +91,7 @@ def test_an_upload_over_the_limit_is_refused(client, tmp_path):
 
 
 def test_paths_outside_the_allowed_folders_are_refused(client):
-    *_rest, error = client.predict("/etc/passwd", "", "", api_name="/load_data")
+    error = outputs_by_name(client, "/load_data", client.predict("/etc/passwd", "", "", api_name="/load_data"))["error"]
     assert error["visible"] and "outside the folders this studio may read" in error["value"]
     with pytest.raises(Exception, match="outside the folders"):
         client.predict({"max_steps": 2}, "/etc/passwd", api_name="/start_run")

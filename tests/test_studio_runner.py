@@ -10,9 +10,7 @@ from pathlib import Path
 from studio.events import progress_of
 from studio.store import COMPLETED, FAILED, QUEUED, RUNNING, STOPPED
 
-from studio_helpers import make_studio, start_sample_run, wait_for
-
-RUN_TIMEOUT = 300  # a CPU worker: imports, loading, a few steps, saving
+from studio_helpers import RUN_TIMEOUT, make_studio, start_sample_run, wait_for
 
 
 def test_a_run_finishes_on_its_own_and_is_remembered(tmp_path):

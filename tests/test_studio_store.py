@@ -3,7 +3,6 @@
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -84,6 +83,4 @@ def test_an_upload_over_the_limit_names_its_size_and_the_limit(tmp_path):
 def test_importing_the_studio_does_not_import_torch():
     code = ("import sys, studio, studio.app; from studio.app import build_app; "
             "assert 'torch' not in sys.modules, 'torch was imported'")
-    started = time.time()
     subprocess.run([sys.executable, "-c", code], check=True, cwd=os.path.dirname(os.path.dirname(__file__)))
-    assert time.time() - started < 30
