@@ -1,13 +1,13 @@
 """The `lacker` command as a user types it: --version, the studio's flags, and error/fix lines without a
 traceback for bad input (exit 2)."""
 
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
 
 from studio.settings import REPO_ROOT
+
+from studio_helpers import free_port, wait_for
 
 
 def lacker(*args, timeout=120, **kwargs):
@@ -37,28 +37,24 @@ def test_bad_settings_and_missing_files_get_error_and_fix_lines_and_exit_2(tmp_p
         assert "Traceback" not in result.stderr
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_lacker_studio_serves_on_the_port_it_is_given(tmp_path):
-    port = _free_port()
+    port = free_port()
+    log = open(tmp_path / "studio.log", "wb")
     studio = subprocess.Popen([sys.executable, "-m", "engine", "studio", "--host", "127.0.0.1", "--port", str(port),
-                               "--home", str(tmp_path / "home")], cwd=tmp_path, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE, text=True)
+                               "--home", str(tmp_path / "home")], cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT)
+
+    def page():
+        if studio.poll() is not None:
+            raise AssertionError(f"the studio exited: {(tmp_path / 'studio.log').read_text()[-2000:]}")
+        try:
+            return urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5).read().decode()
+        except OSError:
+            return None
+
     try:
-        deadline, page = time.time() + 180, None
-        while time.time() < deadline and studio.poll() is None:
-            try:
-                page = urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5).read().decode()
-                break
-            except OSError:
-                time.sleep(1)
-        assert page is not None, studio.stderr.read() if studio.poll() is not None else "no answer in 180 s"
-        assert "Lacker Studio" in page
+        assert "Lacker Studio" in wait_for(page, 180, "the studio to answer on --port")
         assert (tmp_path / "home" / "runs.sqlite").exists()  # --home was honoured
     finally:
         studio.terminate()
         studio.wait(timeout=30)
+        log.close()
