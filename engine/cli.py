@@ -89,7 +89,7 @@ def _evaluate(args) -> int:
     from engine.tasks import embedding
 
     table = data_layer.read_table(args.data, config=args.data_config, split=args.split)
-    mapping = data_layer.parse_column_spec(args.columns) if args.columns else data_layer.guess_columns(list(table.columns))
+    mapping = data_layer.parse_column_spec(args.columns) if args.columns else data_layer.column_guess(table).mapping
     summary = data_layer.validate(table, mapping, source_name=Path(args.data).name)
     rows = data_layer.prepare(table, mapping)
     evaluation = embedding.held_out_evaluation(rows, summary.task, args.max_queries, seed=42)

@@ -35,7 +35,7 @@ class DataSource:
     def label(self) -> str:
         """How a user names this source, and what `lacker train --data` takes."""
         if self.kind == "sample":
-            return str(SAMPLE_TRAIN.relative_to(REPO_ROOT))
+            return _shown_path(SAMPLE_TRAIN)
         return self.location
 
     @property
@@ -46,7 +46,7 @@ class DataSource:
 
     @property
     def eval_label(self) -> str | None:
-        return str(SAMPLE_TEST.relative_to(REPO_ROOT)) if self.kind == "sample" else None
+        return _shown_path(SAMPLE_TEST) if self.kind == "sample" else None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -54,6 +54,11 @@ class DataSource:
     @classmethod
     def from_dict(cls, values: dict | None) -> "DataSource | None":
         return cls(**values) if values else None
+
+
+def _shown_path(path: Path) -> str:
+    """A bundled file as a command names it: relative in a checkout, absolute when installed from a wheel."""
+    return str(path.relative_to(REPO_ROOT)) if path.is_relative_to(REPO_ROOT) else str(path)
 
 
 SAMPLE = DataSource("sample")

@@ -89,7 +89,7 @@ class RunProgress:
             self.logs.append(f"ERROR: {self.error}" + (f" ({self.hint})" if self.hint else ""))
 
 
-class EventLog:
+class EventReader:
     """One run's events.jsonl, read incrementally. Thread-safe: the runner's monitor and the UI timer share it."""
 
     def __init__(self, path: str | Path):
@@ -119,7 +119,7 @@ class EventLog:
             return self.progress
 
 
-_logs: dict[Path, EventLog] = {}
+_logs: dict[Path, EventReader] = {}
 _logs_lock = threading.Lock()
 
 
@@ -129,5 +129,5 @@ def progress_of(run_dir: str | Path) -> RunProgress:
     with _logs_lock:
         log = _logs.get(path)
         if log is None:
-            log = _logs[path] = EventLog(path)
+            log = _logs[path] = EventReader(path)
     return log.refresh()
