@@ -87,9 +87,12 @@ def train_packed(run: Run) -> int:
         events.log(f"resumed at step {trainer.step} of {trainer.total_steps}")
     started, first_step = time.time(), trainer.step
     clock = SaveClock(config.save_seconds)
+    saved_at = [trainer.step]
 
     def save():
-        save_loop_checkpoint(trainer, run.checkpoint_dir, events.log)
+        if trainer.step != saved_at[0]:  # the end may fall on a save_steps save
+            save_loop_checkpoint(trainer, run.checkpoint_dir, events.log)
+            saved_at[0] = trainer.step
         clock.restart()
 
     def on_steps(records):
@@ -119,8 +122,7 @@ def train_packed(run: Run) -> int:
     steps = trainer.fit(on_steps=on_steps, stop=run.stop, every=every, on_every=on_every)
     if trainer.graph_note and trainer.graph_note != noted:  # a capture that failed during training
         events.log(trainer.graph_note)
-    if trainer.step:  # at the end, or where it stopped: saving or measuring may still fail
-        save()
+    save()  # at the end, or where it stopped: saving the model or measuring it may still fail
     return steps
 
 

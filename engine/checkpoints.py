@@ -110,11 +110,9 @@ def _keep_newest(checkpoint_dir: Path) -> None:
 
 
 def save_loop_checkpoint(trainer, checkpoint_dir: Path, log) -> Path:
-    """Save the packed loop's state as checkpoint-STEP (written whole, or not at all), then drop all but the
-    newest KEEP; `log(message)`. A checkpoint of this step already there is kept as it is."""
+    """Save the packed loop's state as checkpoint-STEP (written whole, or not at all; one of that step already
+    there, from a run this one resumed, is replaced), then drop all but the newest KEEP; `log(message)`."""
     target = Path(checkpoint_dir) / f"checkpoint-{trainer.step}"
-    if target.exists():
-        return target
     with atomic.folder(target) as folder:
         trainer.save_state(folder)
         write_manifest(folder)
