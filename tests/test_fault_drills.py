@@ -225,3 +225,28 @@ def test_events_and_the_registry_on_a_full_disk(small_disk):
     studio.store.retry()
     assert studio.store.write_problem is None and not registry_notice(studio)["visible"]
     assert RunStore(studio.settings.registry_path).get("r1").status == FAILED
+
+
+@pytest.mark.parametrize("loop", ["on", "off"])
+def test_checkpoints_come_by_time_on_both_back_ends_and_resume(loop, tmp_path):
+    """No save_steps: the time cadence alone (here: as often as it can) checkpoints during training, in the packed
+    loop ("on") and in sentence-transformers' trainer ("off"); each checkpoint checks out, and "latest" goes on."""
+    import pandas as pd
+
+    from engine.checkpoints import checkpoint_problem
+    from engine.train import train
+    from tiny_models import build_tiny_model
+
+    data = tmp_path / "pairs.csv"
+    pd.DataFrame({"question": [f"what does package {i} do" for i in range(64)],
+                  "answer": [f"package {i} is a tool with feature {i * 3}" for i in range(64)]}).to_csv(data, index=False)
+    steps = 25 if loop == "on" else 3  # the loop reads its losses back (and may checkpoint) every 10 steps or second
+    common = dict(model=str(build_tiny_model("bert", tmp_path / "bert")), data=str(data), batch_size=8,
+                  max_seq_length=32, evaluate=False, loop=loop, save_seconds=1e-6, output_dir=str(tmp_path / "run"))
+    train({**common, "max_steps": steps})
+    saved = [int(m.split("checkpoint-")[-1]) for m in _logs(tmp_path / "run").splitlines() if "checkpoint saved" in m]
+    assert saved and min(saved) < steps and max(saved) == steps
+    assert all(checkpoint_problem(folder) is None for folder in checkpoint_folders(tmp_path / "run" / "checkpoints"))
+
+    train({**common, "max_steps": steps + 2, "resume_from_checkpoint": "latest"})
+    assert _steps_drawn(tmp_path / "run")[-3:] == [steps, steps + 1, steps + 2]
