@@ -250,3 +250,24 @@ def test_checkpoints_come_by_time_on_both_back_ends_and_resume(loop, tmp_path):
 
     train({**common, "max_steps": steps + 2, "resume_from_checkpoint": "latest"})
     assert _steps_drawn(tmp_path / "run")[-3:] == [steps, steps + 1, steps + 2]
+
+
+
+def test_only_studio_runs_point_at_worker_log(tmp_path, monkeypatch):
+    """The CLI writes no worker.log: its hint for an unexpected error is --debug; a studio run's names the file."""
+    import engine.train
+    from engine.worker import run
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(engine.train, "train", broken)
+    hints = {}
+    for echo in (True, False):
+        run_dir = tmp_path / f"echo-{echo}"
+        run_dir.mkdir()
+        (run_dir / "config.json").write_text(json.dumps({"data": "rows.csv"}))
+        assert run(run_dir, echo=echo) == 1
+        hints[echo] = progress_of(run_dir).hint
+    assert "--debug" in hints[True] and "worker.log" not in hints[True]
+    assert str(tmp_path / "echo-False" / "worker.log") in hints[False]
