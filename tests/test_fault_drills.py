@@ -5,16 +5,15 @@ half-written model is left where a user would load it."""
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 from pathlib import Path
 
 import pytest
 
+from engine.atomic import DiskFull
 from engine.checkpoints import CheckpointError, checkpoint_folders, resume_point, step_of
 from engine.events import EventLog
-from engine.atomic import DiskFull
 from engine.worker import explain
 from studio.events import progress_of
 from studio.store import COMPLETED, FAILED, RUNNING, STOPPED, Run, RunStore
@@ -24,6 +23,26 @@ from studio_helpers import make_studio, start_sample_run, wait_for
 
 RUN_TIMEOUT = 900  # a CPU worker on a shared machine: imports, loading, the steps, saving
 STEPS, SAVE_EVERY = 16, 3
+
+
+@pytest.fixture
+def watched():
+    """`watched(studio)` starts the studio's monitor, and closes it when the test ends."""
+    studios = []
+
+    def watch(studio):
+        studio.runner.start_monitor()
+        studios.append(studio)
+        return studio
+
+    yield watch
+    for studio in studios:
+        studio.runner.close()
+
+
+@pytest.fixture
+def studio(tmp_path, watched):
+    return watched(make_studio(tmp_path))
 
 
 def _steps_drawn(run_dir) -> list[int]:
@@ -59,92 +78,73 @@ def _resume_and_finish(studio, run_id: str) -> tuple[Run, int]:
     return resumed, int(_logs(resumed.run_dir).split(" (step ")[1].split(")")[0])
 
 
-def test_kill_9_is_reported_as_a_kill_and_resumes_from_the_last_checkpoint(tmp_path):
-    studio = make_studio(tmp_path)
-    studio.runner.start_monitor()
-    try:
-        run = _run_until_step(studio, SAVE_EVERY * 2 + 1)
-        shown_at_kill = progress_of(run.run_dir).step
-        os.kill(run.pid, signal.SIGKILL)
-        wait_for(lambda: studio.store.get(run.id).is_finished, 60, "the killed run to be noticed")
-        killed = studio.store.get(run.id)
-        assert killed.status == FAILED
-        # The cause as it is: a signal. Memory is named only as a possibility where the kernel's log is unreadable.
-        assert "killed by signal 9 (SIGKILL)" in killed.error and "ran out of memory" not in killed.error
-        assert "Resume" in killed.hint
-        assert not (Path(run.run_dir) / "merged").exists()
-        assert studio.runner.can_resume(killed)
+def test_kill_9_is_reported_as_a_kill_and_resumes_from_the_last_checkpoint(studio):
+    run = _run_until_step(studio, SAVE_EVERY * 2 + 1)
+    shown_at_kill = progress_of(run.run_dir).step
+    os.kill(run.pid, signal.SIGKILL)
+    wait_for(lambda: studio.store.get(run.id).is_finished, 60, "the killed run to be noticed")
+    killed = studio.store.get(run.id)
+    assert killed.status == FAILED
+    # The cause as it is: a signal. Memory is named only as a possibility where the kernel's log is unreadable.
+    assert "killed by signal 9 (SIGKILL)" in killed.error and "ran out of memory" not in killed.error
+    assert "Resume" in killed.hint
+    assert not (Path(run.run_dir) / "merged").exists()
+    assert studio.runner.can_resume(killed)
 
-        _, resumed_from = _resume_and_finish(studio, run.id)
-        assert shown_at_kill - resumed_from <= SAVE_EVERY  # at most one checkpoint interval lost
-        assert studio.store.get(run.id).status == FAILED  # the killed attempt stays on the record
-    finally:
-        studio.runner.close()
+    _, resumed_from = _resume_and_finish(studio, run.id)
+    assert shown_at_kill - resumed_from <= SAVE_EVERY  # at most one checkpoint interval lost
+    assert studio.store.get(run.id).status == FAILED  # the killed attempt stays on the record
 
 
-def test_a_damaged_checkpoint_falls_back_to_the_one_before(tmp_path):
-    studio = make_studio(tmp_path)
-    studio.runner.start_monitor()
-    try:
-        run = _run_until_step(studio, SAVE_EVERY * 2 + 1)
+def test_a_damaged_checkpoint_falls_back_to_the_one_before(studio):
+    run = _run_until_step(studio, SAVE_EVERY * 2 + 1)
+    studio.runner.stop(run.id)
+    wait_for(lambda: studio.store.get(run.id).is_finished, 120, "the stopped run to exit")
+    assert studio.store.get(run.id).status == STOPPED
+    older, newest = checkpoint_folders(Path(run.run_dir) / "checkpoints")
+    with open(newest / "loop_state.pt", "r+b") as state:  # a bad sector, a bad copy: bytes that differ
+        state.seek(200)
+        state.write(b"\x00" * 64)
+
+    resumed, resumed_from = _resume_and_finish(studio, run.id)
+    assert f"checkpoint {newest.name} cannot be used: loop_state.pt is damaged" in _logs(resumed.run_dir)
+    assert resumed_from == step_of(older)
+
+    # Named explicitly, the damaged checkpoint is a short message that says what to do, not PyTorch's.
+    with pytest.raises(CheckpointError, match="loop_state.pt is damaged") as raised:
+        resume_point(str(newest), newest.parent, print)
+    message, fix = explain(raised.value)
+    assert newest.name in message and "latest" in fix
+
+
+def test_stop_while_loading_or_evaluating_ends_the_worker_at_once(studio):
+    for phase, config in (("loading", {}), ("evaluating", {"evaluate": True, "max_eval_queries": 500})):
+        run = start_sample_run(studio, max_steps=STEPS, **config)
+        wait_for(lambda: progress_of(run.run_dir).status == phase, RUN_TIMEOUT, f"the run to be {phase}",
+                 interval=0.1)
         studio.runner.stop(run.id)
-        wait_for(lambda: studio.store.get(run.id).is_finished, 120, "the stopped run to exit")
-        assert studio.store.get(run.id).status == STOPPED
-        older, newest = checkpoint_folders(Path(run.run_dir) / "checkpoints")
-        with open(newest / "loop_state.pt", "r+b") as state:  # a bad sector, a bad copy: bytes that differ
-            state.seek(200)
-            state.write(b"\x00" * 64)
-
-        resumed, resumed_from = _resume_and_finish(studio, run.id)
-        assert f"checkpoint {newest.name} cannot be used: loop_state.pt is damaged" in _logs(resumed.run_dir)
-        assert resumed_from == step_of(older)
-
-        # Named explicitly, the damaged checkpoint is a short message that says what to do, not PyTorch's.
-        with pytest.raises(CheckpointError, match="loop_state.pt is damaged") as raised:
-            resume_point(str(newest), newest.parent, print)
-        message, fix = explain(raised.value)
-        assert newest.name in message and "latest" in fix
-    finally:
-        studio.runner.close()
+        wait_for(lambda: studio.store.get(run.id).is_finished, 120, f"the run stopped while {phase} to exit")
+        stopped = studio.store.get(run.id)
+        assert stopped.status == STOPPED, (phase, stopped.error, stopped.hint)
+        progress = progress_of(run.run_dir)
+        assert f"stopped while {phase}" in progress.message
+        assert progress.step == 0  # it did not wait for a training step to look at the stop
 
 
-def test_stop_while_loading_or_evaluating_ends_the_worker_at_once(tmp_path):
-    studio = make_studio(tmp_path)
-    studio.runner.start_monitor()
-    try:
-        for phase, config in (("loading", {}), ("evaluating", {"evaluate": True, "max_eval_queries": 500})):
-            run = start_sample_run(studio, max_steps=STEPS, **config)
-            wait_for(lambda: progress_of(run.run_dir).status == phase, RUN_TIMEOUT, f"the run to be {phase}",
-                     interval=0.1)
-            studio.runner.stop(run.id)
-            wait_for(lambda: studio.store.get(run.id).is_finished, 120, f"the run stopped while {phase} to exit")
-            stopped = studio.store.get(run.id)
-            assert stopped.status == STOPPED, (phase, stopped.error, stopped.hint)
-            progress = progress_of(run.run_dir)
-            assert f"stopped while {phase}" in progress.message
-            assert progress.step == 0  # it did not wait for a training step to look at the stop
-    finally:
-        studio.runner.close()
-
-
-def test_a_studio_restart_mid_run_finds_the_run_and_records_its_end(tmp_path):
-    studio = make_studio(tmp_path)
+def test_a_studio_restart_mid_run_finds_the_run_and_records_its_end(tmp_path, watched):
+    studio = watched(make_studio(tmp_path))
     run = start_sample_run(studio, max_steps=12)
     wait_for(lambda: progress_of(run.run_dir).step >= 1, RUN_TIMEOUT, "the first step")
     studio.runner.close()  # the studio goes away; the worker does not
 
-    restarted = make_studio(tmp_path)
-    restarted.runner.start_monitor()
-    try:
-        restarted.runner.poll()
-        assert restarted.runner.active().id == run.id
-        wait_for(lambda: restarted.store.get(run.id).is_finished, RUN_TIMEOUT, "the run to finish")
-        finished = restarted.store.get(run.id)
-        assert finished.status == COMPLETED, (finished.error, finished.hint)
-        assert _steps_drawn(run.run_dir) == list(range(1, 13))
-        assert (Path(run.run_dir) / "merged" / "model.safetensors").exists()
-    finally:
-        restarted.runner.close()
+    restarted = watched(make_studio(tmp_path))
+    restarted.runner.poll()  # a new runner, with no handle on the child, finds the worker by its pid
+    assert restarted.runner.active().id == run.id
+    wait_for(lambda: restarted.store.get(run.id).is_finished, RUN_TIMEOUT, "the run to finish")
+    finished = restarted.store.get(run.id)
+    assert finished.status == COMPLETED, (finished.error, finished.hint)
+    assert _steps_drawn(run.run_dir) == list(range(1, 13))
+    assert (Path(run.run_dir) / "merged" / "model.safetensors").exists()
 
 
 @pytest.fixture
@@ -182,22 +182,18 @@ def _fill(disk: Path) -> Path:
     return filler
 
 
-def test_a_full_disk_is_named_and_leaves_no_half_written_model(small_disk):
+def test_a_full_disk_is_named_and_leaves_no_half_written_model(small_disk, watched):
     """A real full disk: the run's home on a 40 MB tmpfs, so saving the merged model runs out of space."""
-    studio = make_studio(small_disk / "home")
-    studio.runner.start_monitor()
-    try:
-        run = start_sample_run(studio, max_steps=3)
-        wait_for(lambda: studio.store.get(run.id).is_finished, RUN_TIMEOUT, "the run to fail")
-        failed = studio.store.get(run.id)
-        run_dir = Path(run.run_dir)
-        assert failed.status == FAILED and "disk full" in failed.error, (failed.error, failed.hint)
-        assert "free some space" in failed.hint
-        assert not (run_dir / "merged").exists() and not (run_dir / "merged.tmp").exists()
-        assert _events_are_whole_lines(run_dir / "events.jsonl")
-        assert checkpoint_folders(run_dir / "checkpoints")  # training was saved: Resume can go on once there is room
-    finally:
-        studio.runner.close()
+    studio = watched(make_studio(small_disk / "home"))
+    run = start_sample_run(studio, max_steps=3)
+    wait_for(lambda: studio.store.get(run.id).is_finished, RUN_TIMEOUT, "the run to fail")
+    failed = studio.store.get(run.id)
+    run_dir = Path(run.run_dir)
+    assert failed.status == FAILED and "disk full" in failed.error, (failed.error, failed.hint)
+    assert "free some space" in failed.hint
+    assert not (run_dir / "merged").exists() and not (run_dir / "merged.tmp").exists()
+    assert _events_are_whole_lines(run_dir / "events.jsonl")
+    assert checkpoint_folders(run_dir / "checkpoints")  # training was saved: Resume can go on once there is room
 
 
 def test_events_and_the_registry_on_a_full_disk(small_disk):
