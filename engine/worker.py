@@ -73,7 +73,8 @@ def explain(error: BaseException, config=None, traceback_hint: str = DEBUG_HINT)
 def stop_on_signals(stop: threading.Event, events, signals=(signal.SIGTERM,)):
     """While the block runs, `signals` set `stop`; outside the training phase (where the loop looks at `stop`
     after each step) the first one also raises StopRequested, so loading, tokenizing, evaluating or saving end
-    at once. Signal handlers belong to the main thread: elsewhere this only runs the block."""
+    at once; once the run has said its last word, nothing is cut short. Signal handlers belong to the main
+    thread: elsewhere this only runs the block."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -81,7 +82,7 @@ def stop_on_signals(stop: threading.Event, events, signals=(signal.SIGTERM,)):
 
     def handle(signum, frame):
         stop.set()
-        if events.phase != "training" and not raised:
+        if events.phase not in ("training", "completed", "stopped") and not raised:  # done: nothing to cut short
             raised.append(signum)
             raise StopRequested(events.phase or "starting")
 
