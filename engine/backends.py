@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.checkpoints import KEEP, save_loop_checkpoint
+from engine import atomic
+from engine.checkpoints import UNFINISHED, publish, save_loop_checkpoint
 from engine.config import TrainConfig
 from engine.events import EventLog
 
@@ -34,6 +36,22 @@ class Run:
     stop: threading.Event
     checkpoint_dir: Path
     resume: str | None
+
+
+class SaveClock:
+    """Whether a checkpoint is due by time: `seconds` of training since the last one (never, for 0), so that a
+    killed run loses at most that much, whatever save_steps says."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self.restart()
+
+    def restart(self) -> None:
+        self.last = time.monotonic()
+
+    @property
+    def due(self) -> bool:
+        return bool(self.seconds) and time.monotonic() - self.last >= self.seconds
 
 
 def loop_unavailable(run: Run) -> str | None:
@@ -68,6 +86,14 @@ def train_packed(run: Run) -> int:
         trainer.load_state(run.resume)
         events.log(f"resumed at step {trainer.step} of {trainer.total_steps}")
     started, first_step = time.time(), trainer.step
+    clock = SaveClock(config.save_seconds)
+    saved_at = [trainer.step]
+
+    def save():
+        if trainer.step != saved_at[0]:  # the end may fall on a save_steps save
+            save_loop_checkpoint(trainer, run.checkpoint_dir, events.log)
+            saved_at[0] = trainer.step
+        clock.restart()
 
     def on_steps(records):
         elapsed = time.time() - started
@@ -77,12 +103,14 @@ def train_packed(run: Run) -> int:
                         epoch=round(step / trainer.batches_per_epoch, 4), loss=loss, learning_rate=learning_rate,
                         grad_norm=grad_norm, samples_per_second=round(config.batch_size / per_step, 2),
                         elapsed=round(elapsed, 2), eta=round(per_step * (trainer.total_steps - step), 2))
+        if clock.due:  # here, after the step's losses are out: a run resumed from it draws an unbroken curve
+            save()
 
     def on_every(step):
         if config.eval_steps and run.evaluation and step % config.eval_steps == 0 and step < trainer.total_steps:
             events.emit("eval", step=step, which="trained", metrics=run.evaluation.measure(run.model))
         if config.save_steps and step % config.save_steps == 0:
-            save_loop_checkpoint(trainer, run.checkpoint_dir, events.log)
+            save()
 
     intervals = [n for n in (config.eval_steps, config.save_steps) if n]
     every = math.gcd(*intervals) if intervals else None
@@ -94,8 +122,7 @@ def train_packed(run: Run) -> int:
     steps = trainer.fit(on_steps=on_steps, stop=run.stop, every=every, on_every=on_every)
     if trainer.graph_note and trainer.graph_note != noted:  # a capture that failed during training
         events.log(trainer.graph_note)
-    if run.stop.is_set():
-        save_loop_checkpoint(trainer, run.checkpoint_dir, events.log)
+    save()  # at the end, or where it stopped: saving the model or measuring it may still fail
     return steps
 
 
@@ -105,16 +132,23 @@ def _progress_callback(run: Run):
     events, stop, batch_size = run.events, run.stop, run.config.batch_size
 
     class ProgressEvents(TrainerCallback):
-        """Turns the trainer's logs into `train` / `eval` events, and a stop request into a clean stop."""
+        """Turns the trainer's logs into `train` / `eval` events, a stop request into a clean stop, and checkpoints
+        due by time, at the end or at a stop into saves; publishes each checkpoint the trainer wrote."""
 
         def on_train_begin(self, args, state, control, **kwargs):
             self.started = time.time()
             self.first_step = state.global_step
+            self.clock = SaveClock(run.config.save_seconds)
 
         def on_step_end(self, args, state, control, **kwargs):
             if stop.is_set():
                 control.should_training_stop = True
+            if stop.is_set() or self.clock.due or state.global_step >= state.max_steps:
                 control.should_save = True
+
+        def on_save(self, args, state, control, **kwargs):
+            publish(Path(args.output_dir) / f"checkpoint-{state.global_step}", run.checkpoint_dir, events.log)
+            self.clock.restart()
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             if not logs or "loss" not in logs:
@@ -150,8 +184,10 @@ def train_with_trainer(run: Run) -> int:
     config, on_gpu = run.config, torch.cuda.is_available()
     loss = run.task.build_loss(run.loss_name, run.model, run.train_rows)
     evaluating = bool(config.eval_steps and run.evaluation)
+    unfinished = run.checkpoint_dir / UNFINISHED  # the trainer's checkpoints, until ProgressEvents publishes them
+    shutil.rmtree(unfinished, ignore_errors=True)  # a killed run's half-written one
     args = dict(
-        output_dir=str(run.checkpoint_dir),
+        output_dir=str(unfinished),
         num_train_epochs=config.epochs,
         max_steps=config.max_steps or -1,
         per_device_train_batch_size=config.batch_size,
@@ -162,7 +198,6 @@ def train_with_trainer(run: Run) -> int:
         logging_steps=1,
         save_strategy="steps" if config.save_steps else "no",
         save_steps=config.save_steps or 500,
-        save_total_limit=KEEP,
         eval_strategy="steps" if evaluating else "no",
         eval_steps=config.eval_steps,
         report_to=[],
@@ -180,5 +215,7 @@ def train_with_trainer(run: Run) -> int:
     trainer = run.task.trainer(run.model, data_layer.to_dataset(run.train_rows), loss,
                                run.evaluation.evaluator() if evaluating else None, [_progress_callback(run)], args)
     run.events.status("training", f"{config.method} on {config.model}")
-    trainer.train(resume_from_checkpoint=run.resume)
+    with atomic.removed_on_failure(unfinished, run.checkpoint_dir):  # a failed save must not keep the space
+        trainer.train(resume_from_checkpoint=run.resume)
+    shutil.rmtree(unfinished, ignore_errors=True)
     return trainer.state.global_step

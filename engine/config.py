@@ -88,8 +88,10 @@ class TrainConfig:
     max_eval_queries: int = setting(500, "held-out queries the retrieval metrics use at most", minimum=1,
                                     maximum=1_000_000)
     eval_steps: int | None = setting(None, "also evaluate every N steps", minimum=1)
-    save_steps: int | None = setting(None, "checkpoint every N steps (default: only at the end or on stop)",
-                                     minimum=1)
+    save_steps: int | None = setting(None, "also checkpoint every N steps (checkpoints come every --save-seconds, "
+                                           "at the end and on a stop in any case)", minimum=1)
+    save_seconds: float = setting(120.0, "also checkpoint once this many seconds of training have passed since the "
+                                         "last checkpoint (0: only --save-steps, the end and a stop)", minimum=0.0)
     resume_from_checkpoint: str | None = setting(None, "resume from a checkpoint folder, or 'latest' in --output",
                                                  flag="--resume", api=False)
     gradient_checkpointing: bool = setting(False, "recompute activations in the backward: less GPU memory for "

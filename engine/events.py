@@ -16,16 +16,21 @@ import threading
 import time
 from pathlib import Path
 
+from engine import atomic
+
 logger = logging.getLogger(__name__)
 
 ECHO_EVERY_SECONDS = 5.0  # progress lines when stderr is not a terminal
 
 
 class EventLog:
-    """Appends one JSON object a line to a file, flushed at once so a reader never waits on us."""
+    """Appends one JSON object a line to a file, written at once so a reader never waits on us, and whole or not
+    at all: a line that does not fit on the disk is taken back and the write raises (DiskFull for lack of space).
+    `phase` is the last status written (loading, training, evaluating, saving...), None before the first."""
 
     def __init__(self, path: str | os.PathLike | None, echo: bool = False):
         self.path = Path(path) if path else None
+        self.phase: str | None = None
         self._lock = threading.Lock()
         self._echo = TerminalEcho() if echo else None
         if self.path:
@@ -34,15 +39,32 @@ class EventLog:
     def emit(self, event: str, **fields) -> dict:
         record = {"event": event, "time": round(time.time(), 3), **fields}
         if self.path:
-            with self._lock, self.path.open("a") as handle:
-                handle.write(json.dumps(record) + "\n")
+            with self._lock:
+                self._append((json.dumps(record) + "\n").encode())
         if self._echo is not None:
             self._echo.show(record)
         return record
 
+    def _append(self, line: bytes) -> None:
+        handle = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            size = os.fstat(handle).st_size
+            try:
+                rest = memoryview(line)
+                while rest:  # a short write means the disk took only part of it; the next write says why
+                    rest = rest[os.write(handle, rest):]
+            except OSError as error:
+                os.ftruncate(handle, size)  # shrinking needs no space: the file ends with a whole line again
+                if atomic.is_disk_full(error):
+                    raise atomic.DiskFull(self.path.parent, error) from error
+                raise
+        finally:
+            os.close(handle)
+
     def status(self, status: str, message: str = "") -> None:
         logger.info("%s%s", status, f": {message}" if message else "")
         self.emit("status", status=status, message=message)
+        self.phase = status
 
     def log(self, message: str) -> None:
         logger.info(message)

@@ -17,9 +17,10 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from engine import atomic
 from engine import data as data_layer
 from engine.backends import Run, loop_unavailable, train_packed, train_with_trainer
-from engine.checkpoints import latest_checkpoint
+from engine.checkpoints import resume_point
 from engine.config import TrainConfig
 from engine.events import EventLog
 from engine.tasks import task_module
@@ -78,7 +79,7 @@ def train(config: TrainConfig | dict, events: EventLog | None = None, stop: thre
     import torch
     from transformers import set_seed
 
-    from engine.hub import describe_training
+    from engine.hub import describe_training, name_model_in_card
     from engine.models import family_of
     from engine.resolve import download_events, resolve_model
 
@@ -117,11 +118,8 @@ def train(config: TrainConfig | dict, events: EventLog | None = None, stop: thre
         # On a CPU packing only pays inside the loop (one forward a batch, no trainer), so it comes with it.
         planned = config.max_steps or math.ceil(config.epochs * len(train_rows) / config.batch_size)
         _enable_fast_path(model, family_of(model), events, allow_cpu=config.loop != "off", steps=planned)
-    resume = config.resume_from_checkpoint
     checkpoint_dir = output_dir / "checkpoints"
-    if resume == "latest":
-        resume = latest_checkpoint(checkpoint_dir)
-        events.log(f"resuming from {resume}" if resume else "no checkpoint to resume from; starting fresh")
+    resume = resume_point(config.resume_from_checkpoint, checkpoint_dir, events.log)
 
     run = Run(config=config, task=task, model=model, train_rows=train_rows, loss_name=loss_name,
               evaluation=evaluation, events=events, stop=stop, checkpoint_dir=checkpoint_dir, resume=resume)
@@ -138,13 +136,17 @@ def train(config: TrainConfig | dict, events: EventLog | None = None, stop: thre
         events.status("evaluating", "measuring the trained model on the held-out split")
         metrics["trained"] = evaluation.measure(model)
         events.emit("eval", step=steps, which="trained", metrics=metrics["trained"])
-        (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        atomic.write_text(output_dir / "metrics.json", json.dumps(metrics, indent=2))
 
     events.status("saving", "saving the adapter and the merged model")
     describe_training(model, {**config.to_json(), "loss": loss_name, "steps": steps}, metrics)
+    saves = [("merged", model.save_pretrained_merged)]
     if config.method != "full":
-        model.save_pretrained(str(output_dir / "adapter"))
-    model.save_pretrained_merged(str(output_dir / "merged"))
+        saves.insert(0, ("adapter", model.save_pretrained))
+    for name, save in saves:
+        with atomic.folder(output_dir / name) as folder:  # whole, or not there at all
+            save(str(folder))
+            name_model_in_card(folder, str(output_dir / name))  # the card loads the folder's final name
 
     events.status("stopped" if stopped else "completed", f"{steps} steps")
     return TrainResult(model=model, output_dir=output_dir, stopped=stopped, metrics=metrics, steps=steps)

@@ -85,9 +85,11 @@ def test_a_crash_comes_back_as_a_plain_message(tmp_path):
         killed = start_sample_run(studio, max_steps=400)
         wait_for(lambda: studio.store.get(killed.id).status == RUNNING and studio.store.get(killed.id).pid,
                  60, "the run to start")
-        os.kill(studio.store.get(killed.id).pid, signal.SIGKILL)  # what the kernel's OOM killer does
+        os.kill(studio.store.get(killed.id).pid, signal.SIGKILL)  # what the kernel's OOM killer does, or a person
         wait_for(lambda: studio.store.get(killed.id).is_finished, 60, "the killed run to be noticed")
         run = studio.store.get(killed.id)
-        assert run.status == FAILED and "out of memory" in run.error and "batch size" in run.hint
+        # Nothing said it was memory: the error names the signal, and memory at most as a possibility.
+        assert run.status == FAILED and "killed by signal 9 (SIGKILL)" in run.error
+        assert "ran out of memory" not in run.error and run.hint
     finally:
         studio.runner.close()
