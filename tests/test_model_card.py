@@ -179,3 +179,19 @@ def test_a_plain_load_shows_no_bitsandbytes_warning_and_a_4bit_load_does(tiny_be
     assert "pip install kernels" not in plain
     if "held 0" not in out.stdout:  # this CPU is one where bitsandbytes warns: QLoRA users see it
         assert "pip install kernels" in four_bit
+
+
+def test_a_trained_runs_cards_load_the_run_folders_and_carry_its_metrics(tiny_bert, tmp_path):
+    """engine.train writes merged/ and adapter/ beside and renames them in: their cards name the final folders."""
+    from engine.train import train
+
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text("anchor,positive\n" + "".join(f"question {i},answer {i} about it\n" for i in range(40)))
+    run = tmp_path / "run"
+    result = train({"model": str(tiny_bert), "data": str(pairs), "max_steps": 2, "batch_size": 8,
+                    "max_seq_length": 32, "output_dir": str(run)})
+    for name in ("merged", "adapter"):
+        card = (run / name / "README.md").read_text()
+        assert _usage_lines(card) == [f'model = SentenceTransformer("{run / name}")'], name
+        assert f"| ndcg@10 | {result.metrics['base']['ndcg@10']:.4f} | {result.metrics['trained']['ndcg@10']:.4f}" in card
+    assert not any(p.name.endswith((".tmp", ".old")) for p in run.iterdir())
