@@ -25,6 +25,7 @@ from engine.families import DEFAULT_MODEL
 from engine.tasks import TASKS
 
 METHODS = ("lora", "qlora", "full")
+MAX_PASSES = 1000  # passes over the training rows a run may make (max_steps x batch_size / rows)
 LOOP_MODES = ("auto", "on", "off")
 
 
@@ -142,6 +143,24 @@ class TrainConfig:
             if self.eval_size != int(self.eval_size):
                 raise ValueError(f"eval_size {self.eval_size} is neither a fraction below 1 nor a whole row count")
             self.eval_size = int(self.eval_size)
+
+    def check_against(self, train_rows: int, max_positions: int | None = None, hidden_size: int | None = None) -> None:
+        """The bounds that depend on the data and the model: a batch no larger than the training rows, at most
+        MAX_PASSES passes over them, sequences no longer than the model's positions, a LoRA rank below its
+        width. ValueError says which setting and what it may be."""
+        if self.batch_size > train_rows:
+            raise ValueError(f"batch_size {self.batch_size} is larger than the {train_rows} training rows; "
+                             f"pick at most {train_rows}, or bring more data")
+        if self.max_steps is not None and self.max_steps * self.batch_size > MAX_PASSES * train_rows:
+            most = MAX_PASSES * train_rows // self.batch_size
+            raise ValueError(f"max_steps {self.max_steps} at batch {self.batch_size} would go {MAX_PASSES}+ times over "
+                             f"the {train_rows} training rows; pick at most {most} steps")
+        if max_positions and self.max_seq_length and self.max_seq_length > max_positions:
+            raise ValueError(f"max_seq_length {self.max_seq_length} is longer than the model's {max_positions} "
+                             f"positions; pick at most {max_positions}")
+        if hidden_size and self.method != "full" and self.lora_r > hidden_size:
+            raise ValueError(f"lora_r {self.lora_r} is larger than the model's width ({hidden_size}); "
+                             f"pick at most {hidden_size} (8 to 64 is usual)")
 
     def to_json(self) -> dict:
         values = dataclasses.asdict(self)

@@ -95,11 +95,13 @@ def train(config: TrainConfig | dict, events: EventLog | None = None, stop: thre
     train_rows, held_out, summary = _read_split(config, events)
     loss_name = config.loss or summary.loss
     events.log(f"{len(train_rows)} training rows, {len(held_out)} held out; task {summary.task}, loss {loss_name}")
+    config.check_against(len(train_rows))
 
     events.status("loading", f"loading {config.model}")
     resolve_model(config.model, progress=download_events(events))  # progress of a download; the loader finds the cache
     set_seed(config.seed)
     model = task.load_model(config)
+    config.check_against(len(train_rows), *task.model_limits(model))
     if not torch.cuda.is_available():
         events.log("no GPU found: training on the CPU (fine for small models and the demo preset, slow otherwise)")
 

@@ -119,3 +119,26 @@ def test_the_studios_shell_command_reproduces_its_run(tmp_path):
     assert losses[0] == pytest.approx(losses[1], rel=1e-4) and len(losses[0]) == 4
     metrics = [json.loads((d / "metrics.json").read_text()) for d in (studio_dir, cli_dir)]
     assert metrics[0]["trained"] == pytest.approx(metrics[1]["trained"], abs=1e-6)
+
+
+@pytest.mark.parametrize("values, rows, limits, named", [
+    ({"batch_size": 64}, 40, (512, 384), "batch_size 64 is larger than the 40 training rows; pick at most 40"),
+    ({"max_steps": 1_000_000, "batch_size": 32}, 4000, (512, 384), "pick at most 125000 steps"),
+    ({"max_seq_length": 4096}, 4000, (512, 384), "max_seq_length 4096 is longer than the model's 512 positions"),
+    ({"lora_r": 512}, 4000, (512, 384), "lora_r 512 is larger than the model's width (384)"),
+])
+def test_settings_are_bounded_by_the_data_and_the_model(values, rows, limits, named):
+    config = TrainConfig.from_dict({"data": SAMPLE_TRAIN, **values})
+    with pytest.raises(ValueError, match=__import__("re").escape(named)):
+        config.check_against(rows, *limits)
+    TrainConfig.from_dict({"data": SAMPLE_TRAIN}).check_against(rows, *limits)  # the defaults fit
+
+
+def test_a_run_past_what_the_data_allows_fails_before_loading_with_the_setting_named(tmp_path):
+    from engine.train import train
+
+    with pytest.raises(ValueError, match="max_steps 1000000 at batch 32"):
+        train({"data": SAMPLE_TRAIN, "max_steps": 1_000_000, "output_dir": str(tmp_path / "run")})
+    events = [json.loads(line) for line in (tmp_path / "run" / "events.jsonl").read_text().splitlines()]
+    assert not any(e["event"] == "status" and e["status"] == "loading" and "loading sentence" in e["message"]
+                   for e in events)

@@ -2,6 +2,7 @@
 evaluator and side-by-side comparison, behind the same few functions (see `embedding`, the first):
 
     load_model(config)                   -> the library's own model class, ready to train
+    model_limits(model)                  -> (max positions, hidden width), for checking the settings
     add_adapter(model, config)           LoRA on the family's targets (the task's head trained in full)
     losses                               data shape -> loss names, the default first
     build_loss(name, model, train_rows)  -> the library's loss object

@@ -40,6 +40,12 @@ def load_model(config):
     )
 
 
+def model_limits(model) -> tuple[int | None, int | None]:
+    """(positions the model can embed, its hidden width): what max_seq_length and lora_r are checked against."""
+    config = model[0].auto_model.config
+    return getattr(config, "max_position_embeddings", None), getattr(config, "hidden_size", None)
+
+
 def add_adapter(model, config) -> None:
     """LoRA on the family's targets, or, for full fine-tuning, only gradient checkpointing if asked."""
     from engine.models import FastSentenceTransformer
