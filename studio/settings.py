@@ -1,12 +1,14 @@
 """What an operator can set from the environment, and the rules for which local paths the studio may read
-and write: every path a user or an API caller names (model, data, export destination) goes through
-`Settings.check_local_path` or `Settings.check_writable_path`, and a refusal reads the same whether the
-path exists or not, naming no folder of the server.
+and write: every path a user or an API caller names goes through one check (a model name:
+`Settings.check_model_name`; data: `check_local_path`; an export destination: `check_writable_path`), and a
+refusal reads the same whether the path exists or not, naming no folder of the server.
 
     LACKER_HOME            where runs, uploads and the run registry live (default ./runs)
-    LACKER_ALLOWED_DIRS    extra folders (os.pathsep-separated) that model and data paths may point into
+    LACKER_ALLOWED_DIRS    extra folders (os.pathsep-separated) that model and data paths may point into and
+                           exports may be saved into
     LACKER_MAX_UPLOAD_MB   the largest file the Data tab accepts (default 200)
-    LACKER_AUTH            "user:password" to ask for a login (the `--auth` flag of `lacker studio` does the same)
+    LACKER_AUTH            "user:password" to ask for a login (the `--auth` flag of `lacker studio` does the same;
+                           wrong passwords are throttled, see studio.login)
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ WRITE_REFUSED = ("this studio may only write inside its runs folder or the folde
 
 
 class PathNotAllowed(ValueError):
-    """A local path outside the folders the operator lets the studio read."""
+    """A local path outside the folders the operator lets the studio read (or write, for an export)."""
 
 
 def looks_like_path(text: str) -> bool:
