@@ -133,8 +133,9 @@ def main(args: argparse.Namespace) -> None:
     # The file route serves the export zips and Gradio's own uploads and cache (named by a hash of their content,
     # which only the session that sent or received a file learns); never the registry, the uploads kept under the
     # home, or a run's files.
-    demo.launch(server_name=args.host, server_port=args.port, auth=LoginThrottle(*settings.auth) if settings.auth else None,
-                max_file_size=f"{settings.max_upload_mb}mb", allowed_paths=[str(settings.downloads_dir)],
+    login = LoginThrottle(*settings.auth) if settings.auth else None
+    demo.launch(server_name=args.host, server_port=args.port, auth=login, max_file_size=f"{settings.max_upload_mb}mb",
+                allowed_paths=[str(settings.downloads_dir)],
                 blocked_paths=[str(settings.registry_path), str(settings.uploads_dir)],
                 app_kwargs={"middleware": [Middleware(ClientAddress)]},
                 css=CSS, theme=gr.themes.Soft(), show_error=True)
