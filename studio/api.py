@@ -32,15 +32,17 @@ def register(studio) -> None:
     """Add the endpoints to the Blocks being built."""
 
     def start_run(config: dict, data: str) -> dict:
-        """Queue a run. `config`: worker config keys (defaults fill the rest); `data`: "sample", an
-        allowed local file or a Hugging Face dataset id. Columns default to the engine's guess."""
+        """Queue a run. `config`: worker config keys (defaults fill the rest; paths other than "model" are the
+        studio's to set); `data`: "sample", an allowed local file or a Hugging Face dataset id. "model" is a Hub id
+        or a model folder inside the allowed folders. Columns default to the engine's guess."""
         unknown = sorted(set(config) - set(DEFAULTS))
         if unknown:
             raise gr.Error(f"unknown setting{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}; "
                            f"the settings are: {', '.join(DEFAULTS)}")
         try:
-            source = source_from_text(data, studio.settings, config.get("data_config"), config.get("data_split"))
             full = {**DEFAULTS, **config}
+            full["model"] = studio.settings.check_model_name(str(full["model"] or ""))
+            source = source_from_text(data, studio.settings, full["data_config"], full["data_split"])
             if not full["columns"]:
                 full["columns"] = data_layer.guess_columns(read_source(source, studio.settings))
             run = studio.start_run(full, source)

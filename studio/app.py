@@ -13,12 +13,14 @@ import types
 from pathlib import Path
 
 import gradio as gr
+from starlette.middleware import Middleware
 
 from engine import data as data_layer
 from studio import api, hardware
 from engine.config import command_line
 from studio.data_sources import DataSource, read_source, write_run_data
 from studio.events import progress_of
+from studio.login import ClientAddress, LoginThrottle
 from studio.runner import Runner
 from studio.settings import Settings
 from studio.store import COMPLETED, FAILED, Run, RunStore
@@ -127,6 +129,13 @@ def main(args: argparse.Namespace) -> None:
     studio.runner.start_monitor()
     demo = build_app(studio)
     demo.queue(default_concurrency_limit=4)
-    demo.launch(server_name=args.host, server_port=args.port, auth=settings.auth,
-                max_file_size=f"{settings.max_upload_mb}mb", allowed_paths=[str(settings.home)],
+    settings.downloads_dir.mkdir(parents=True, exist_ok=True)
+    # The file route serves the export zips and Gradio's own uploads and cache (named by a hash of their content,
+    # which only the session that sent or received a file learns); never the registry, the uploads kept under the
+    # home, or a run's files.
+    login = LoginThrottle(*settings.auth) if settings.auth else None
+    demo.launch(server_name=args.host, server_port=args.port, auth=login, max_file_size=f"{settings.max_upload_mb}mb",
+                allowed_paths=[str(settings.downloads_dir)],
+                blocked_paths=[str(settings.registry_path), str(settings.uploads_dir)],
+                app_kwargs={"middleware": [Middleware(ClientAddress)]},
                 css=CSS, theme=gr.themes.Soft(), show_error=True)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from engine import data as data_layer
 from engine.data import DataError
-from studio.settings import ASSETS_DIR, REPO_ROOT, Settings
+from studio.settings import ASSETS_DIR, REPO_ROOT, Settings, looks_like_path
 
 SAMPLE_TRAIN = ASSETS_DIR / "debian-pairs" / "train.jsonl"
 SAMPLE_TEST = ASSETS_DIR / "debian-pairs" / "test.jsonl"
@@ -71,14 +71,13 @@ def source_from_text(text: str, settings: Settings, config: str | None = None, s
         raise DataError("give a file path or a Hugging Face dataset id (for example sentence-transformers/natural-questions)")
     if text.lower() == "sample":
         return SAMPLE
-    path = Path(text).expanduser()
-    if path.exists():
-        resolved = settings.check_local_path(text)
+    if looks_like_path(text) or Path(text).suffix.lower() in DATA_SUFFIXES:
+        resolved = settings.check_local_path(text)  # first: what exists outside the allowed folders stays unsaid
         if resolved.is_dir():
             raise DataError(f"{text} is a folder; give a CSV, TSV, JSON, JSONL or Parquet file inside it")
+        if not resolved.exists():
+            raise DataError(f"{text}: no such file. Upload it, or give the path of a file on the studio's machine")
         return DataSource("file", str(resolved))
-    if text.startswith(("/", ".", "~")) or path.suffix.lower() in DATA_SUFFIXES:
-        raise DataError(f"{text}: no such file. Upload it, or give the path of a file on the studio's machine")
     return DataSource("hub", text, config or None, split or None)
 
 

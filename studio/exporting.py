@@ -44,22 +44,23 @@ def _named_copy(folder: Path, name: str):
         yield staged
 
 
-def zip_model(run: Run, kind: str) -> Path:
-    """RUN_DIR/exports/lacker-<run>-<kind>.zip, built once; its model card loads the folder it unzips to."""
+def zip_model(run: Run, kind: str, settings: Settings) -> Path:
+    """downloads/lacker-<run>-<kind>.zip under the runs home, built once; its model card loads the folder it
+    unzips to. The downloads folder is the only one the studio's file route serves."""
     folder = model_folder(run, kind)
-    target = Path(run.run_dir) / "exports" / f"lacker-{run.id}-{kind}"
+    target = settings.downloads_dir / f"lacker-{run.id}-{kind}"
     if not target.with_suffix(".zip").exists():
-        target.parent.mkdir(exist_ok=True)
+        target.parent.mkdir(parents=True, exist_ok=True)
         with _named_copy(folder, target.name) as staged:
             shutil.make_archive(str(target), "zip", root_dir=staged)
     return target.with_suffix(".zip")
 
 
 def save_model(run: Run, kind: str, destination: str, settings: Settings) -> Path:
-    """Copy the model folder into `destination`, which must lie inside the allowed folders; the copy's
-    model card loads it from there."""
+    """Copy the model folder into `destination`, which must lie where the studio may write (the runs home or
+    an operator's folder: Settings.check_writable_path); the copy's model card loads it from there."""
+    target = settings.check_writable_path(destination)
     folder = model_folder(run, kind)
-    target = settings.check_local_path(destination)
     if target.exists() and any(target.iterdir()):
         raise FileExistsError(f"{destination} exists and is not empty; pick a new folder name")
     shutil.copytree(folder, target, dirs_exist_ok=True)

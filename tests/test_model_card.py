@@ -152,7 +152,7 @@ def test_studio_exports_name_their_own_copy_in_the_card(trained_model, tmp_path,
     settings = Settings.from_env({"LACKER_HOME": str(tmp_path / "home")})
     run_card = (run_dir / "merged" / "README.md").read_text()
 
-    with zipfile.ZipFile(zip_model(run, "merged")) as archive:
+    with zipfile.ZipFile(zip_model(run, "merged", settings)) as archive:
         zipped = archive.read("README.md").decode()
     assert _usage_lines(zipped) == ['model = SentenceTransformer("lacker-run-1-merged")'] and METRIC_ROW in zipped
     copy = save_model(run, "merged", str(tmp_path / "home" / "exports" / "mine"), settings)

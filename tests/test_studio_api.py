@@ -92,8 +92,8 @@ def test_an_upload_over_the_limit_is_refused(client, tmp_path):
 
 def test_paths_outside_the_allowed_folders_are_refused(client):
     error = outputs_by_name(client, "/load_data", client.predict("/etc/passwd", "", "", api_name="/load_data"))["error"]
-    assert error["visible"] and "outside the folders this studio may read" in error["value"]
-    with pytest.raises(Exception, match="outside the folders"):
+    assert error["visible"] and "may only read files inside the folders its operator allows" in error["value"]
+    with pytest.raises(Exception, match="may only read files inside the folders"):
         client.predict({"max_steps": 2}, "/etc/passwd", api_name="/start_run")
 
 

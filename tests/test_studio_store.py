@@ -50,7 +50,7 @@ def test_local_paths_outside_the_allowed_folders_are_refused(tmp_path):
     settings = Settings.from_env({"LACKER_HOME": str(home)})
     assert settings.check_local_path(str(home / "data.csv")) == (home / "data.csv").resolve()
     for path in ("/etc/passwd", str(outside / "secret.csv"), str(home / "link.csv"), str(home / ".." / "outside")):
-        with pytest.raises(PathNotAllowed, match="outside the folders this studio may read"):
+        with pytest.raises(PathNotAllowed, match="may only read files inside the folders its operator allows"):
             settings.check_local_path(path)
     extra = Settings.from_env({"LACKER_HOME": str(home), "LACKER_ALLOWED_DIRS": str(outside)})
     assert extra.check_local_path(str(outside / "secret.csv")).name == "secret.csv"

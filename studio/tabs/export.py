@@ -7,7 +7,6 @@ import gradio as gr
 
 from studio.commands import load_snippet
 from studio.exporting import push_model, save_model, zip_model
-from studio.settings import PathNotAllowed
 from studio.tabs.compare import comparable_runs
 from studio.ui import error_box, hide_error, show_error
 
@@ -26,7 +25,7 @@ def build(studio, ui) -> None:
             zip_btn = gr.Button("Build the zip", variant="primary", elem_id="export-zip")
             download = gr.File(label="Download", interactive=False, elem_id="export-download")
             gr.Markdown("### Save to a folder on this machine")
-            destination = gr.Textbox(label="Folder (inside the allowed folders)",
+            destination = gr.Textbox(label="Folder (a new one inside the runs folder or an allowed folder)",
                                      placeholder=str(studio.settings.home / "exports" / "my-model"))
             save_btn = gr.Button("Save")
             saved_md = gr.Markdown()
@@ -51,7 +50,7 @@ def build(studio, ui) -> None:
         if not run_id:
             return gr.skip(), show_error("pick a finished run first")
         try:
-            return str(zip_model(studio.store.get(run_id), what)), hide_error()
+            return str(zip_model(studio.store.get(run_id), what, studio.settings)), hide_error()
         except (OSError, ValueError) as problem:
             return gr.skip(), show_error(str(problem))
 
@@ -60,7 +59,7 @@ def build(studio, ui) -> None:
             return gr.skip(), show_error("pick a run and type a folder")
         try:
             target = save_model(studio.store.get(run_id), what, folder.strip(), studio.settings)
-        except (PathNotAllowed, OSError, ValueError) as problem:
+        except (OSError, ValueError) as problem:  # PathNotAllowed is a ValueError
             return gr.skip(), show_error(str(problem))
         return f"Saved to `{target}`.", hide_error()
 

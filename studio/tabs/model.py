@@ -10,7 +10,6 @@ import gradio as gr
 from engine.families import CURATED_MODELS, DEFAULT_MODEL, family_by_name, family_for
 from engine.resolve import model_availability
 from studio.hardware import gpu_memory_estimate_gb
-from studio.settings import PathNotAllowed
 from studio.ui import error_box, hide_error, show_error
 
 _CURATED = {m.model_id: m for m in CURATED_MODELS}
@@ -84,24 +83,24 @@ def build(studio, ui) -> None:
                  column_widths=["30%", "9%", "7%", "6%", "6%", "7%", "23%", "12%"])
     state = gr.State(describe_model(DEFAULT_MODEL))
 
-    def pick_hub(name: str):
-        name = (name or "").strip()
-        if not name:
+    def pick(text: str):
+        """A Hub id, or a local folder inside the allowed folders (checked whichever box it was typed in)."""
+        text = (text or "").strip()
+        if not text:
             return gr.skip(), gr.skip(), show_error("type a model id, for example sentence-transformers/all-MiniLM-L6-v2")
-        info = describe_model(name)
-        return info, model_summary(info), hide_error()
-
-    def pick_local(text: str):
         try:
-            folder = studio.settings.check_local_path(text)
-            if not (folder / "config.json").exists():
+            name = studio.settings.check_model_name(text)
+            if not Path(name).is_absolute():
+                info = describe_model(name)
+            elif (Path(name) / "config.json").exists():
+                info = describe_model(name, Path(name))
+            else:
                 raise ValueError(f"{text} holds no config.json; give the folder a model was saved to")
-            info = describe_model(str(folder), folder)
-        except (PathNotAllowed, ValueError, OSError) as error:
+        except (ValueError, OSError) as error:  # PathNotAllowed is a ValueError
             return gr.skip(), gr.skip(), show_error(str(error))
         return info, model_summary(info), hide_error()
 
-    model_id.change(pick_hub, model_id, [state, info_md, error], api_name="select_model")
-    use_local.click(pick_local, local_path, [state, info_md, error], api_name="select_local_model")
-    local_path.submit(pick_local, local_path, [state, info_md, error], api_visibility="private")
+    model_id.change(pick, model_id, [state, info_md, error], api_name="select_model")
+    use_local.click(pick, local_path, [state, info_md, error], api_name="select_local_model")
+    local_path.submit(pick, local_path, [state, info_md, error], api_visibility="private")
     ui.model_state, ui.model_id, ui.memory_md = state, model_id, memory_md
