@@ -59,12 +59,14 @@ class Studio:
 
     def start_run(self, config: dict, source: DataSource) -> Run:
         """Check the settings and the data against the mapping, then queue the run (its folder gets a copy of
-        the data). ValueError names a bad setting; DataError a problem in the data."""
+        the data). ValueError names a bad setting (PathNotAllowed a model path outside the allowed folders);
+        DataError a problem in the data."""
         from engine.config import TrainConfig
 
         checked = TrainConfig.from_dict({**config, "data": source.label}).to_json()
         # Paths are the studio's to set: the run folder holds the data's copies and is the output.
         config = {key: value for key, value in checked.items() if key not in STUDIO_PATHS}
+        config["model"] = self.settings.check_model_name(config["model"])  # every way in: form, API, resume
         table = read_source(source, self.settings)
         data_layer.validate(table, config["columns"], source.name, loss=config["loss"])
 
