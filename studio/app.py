@@ -66,7 +66,7 @@ class Studio:
         checked = TrainConfig.from_dict({**config, "data": source.label}).to_json()
         # Paths are the studio's to set: the run folder holds the data's copies and is the output.
         config = {key: value for key, value in checked.items() if key not in STUDIO_PATHS}
-        config["model"] = self.settings.check_model_name(config["model"])  # every way in: form, API, resume
+        config["model"] = self.settings.check_model_name(config["model"])  # the form and the API alike
         table = read_source(source, self.settings)
         data_layer.validate(table, config["columns"], source.name, loss=config["loss"])
 
