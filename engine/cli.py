@@ -70,12 +70,20 @@ def _train(args) -> int:
     (run_dir / "config.json").write_text(json.dumps(config, indent=2))
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    log = run_dir / "events.jsonl"
+    before = log.stat().st_size if log.exists() else 0  # a resumed run's folder holds the earlier runs' events
     code = run(run_dir, stop, echo=True)
-    events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines() if line.strip()]
+    with log.open("rb") as handle:
+        handle.seek(before)
+        events = [json.loads(line) for line in handle.read().splitlines() if line.strip()]
     errors = [e for e in events if e["event"] == "error"]
     if errors:
         print(f"error: {errors[-1]['error']}\n  fix: {errors[-1]['hint']}", file=sys.stderr)
         return 2 if errors[-1].get("bad_input") else code
+    last = next((e for e in reversed(events) if e["event"] == "status"), {})
+    if last.get("status") == "stopped" and not (run_dir / "merged").is_dir():
+        print(f"stopped: {last.get('message')}; run the same command with --resume to go on", file=sys.stderr)
+        return 1
     metrics_path = run_dir / "metrics.json"
     if metrics_path.exists():
         print(json.dumps(json.loads(metrics_path.read_text()), indent=2))

@@ -58,3 +58,13 @@ def test_lacker_studio_serves_on_the_port_it_is_given(tmp_path):
         studio.terminate()
         studio.wait(timeout=30)
         log.close()
+
+
+def test_a_second_run_in_the_same_folder_is_not_blamed_for_the_first_ones_error(tmp_path):
+    run = tmp_path / "run"
+    bad = lacker("train", "--data", "assets/debian-pairs/train.jsonl", "--output", str(run), "--batch-size", "0")
+    assert bad.returncode == 2
+    good = lacker("train", "--data", "assets/debian-pairs/train.jsonl", "--output", str(run), "--max-steps", "2",
+                  "--batch-size", "8", "--max-seq-length", "32", "--no-eval", timeout=300)
+    assert good.returncode == 0, good.stderr[-2000:]
+    assert "error:" not in good.stderr and "saved to" in good.stdout
