@@ -198,8 +198,9 @@ def test_runs_tab_lists_every_run_and_overlays_two_curves(page, studio_app):
     from gradio_client import Client
 
     client = Client(studio_app.url, verbose=False)
-    quick = {"max_steps": 2, "batch_size": 8, "max_seq_length": 64, "evaluate": False}
-    curves = [client.predict(quick, "sample", api_name="/start_run")["run_id"] for _ in range(2)]
+    quick = {"max_steps": 6, "batch_size": 8, "max_seq_length": 64, "evaluate": False}
+    curves = [client.predict({**quick, "seed": seed}, "sample", api_name="/start_run")["run_id"]
+              for seed in (1, 2)]  # two seeds: two curves to tell apart in the overlay
     cancelled = client.predict({**quick, "max_steps": 400}, "sample", api_name="/start_run")["run_id"]
     assert client.predict(cancelled, api_name="/stop_run")["status"] == "stopped"  # queued behind the two above
     for run_id in curves:
