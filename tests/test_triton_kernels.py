@@ -17,7 +17,11 @@ import zlib
 
 import torch
 
-if not torch.cuda.is_available():
+# Set here, at import, and unset again once collection is over (tests/conftest.py): only the Triton test
+# modules' own tests run with it (interpreter_fixes sets it for them), so every other CPU test, and the workers
+# they start, runs what a user's CPU runs: the PyTorch references.
+SET_FOR_THESE_TESTS = not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1"
+if SET_FOR_THESE_TESTS:
     os.environ["TRITON_INTERPRET"] = "1"
 
 import pytest  # noqa: E402
@@ -46,7 +50,8 @@ poisoned_memory = pytest.fixture(autouse=True)(nan_filled_empty_memory)
 
 @pytest.fixture(autouse=True, scope="module")
 def interpreter_fixes():
-    """Two gaps of triton 3.6's interpreter, patched for these tests only.
+    """TRITON_INTERPRET=1 while these tests run (see SET_FOR_THESE_TESTS), and two gaps of triton 3.6's
+    interpreter, patched for these tests only.
 
     - TRITON_INTERPRET is read when a function is decorated, and torch._dynamo imports triton
       (so tl.sum, tl.zeros and friends are decorated) before this module can set it in a full
@@ -79,7 +84,10 @@ def interpreter_fixes():
     originals = [(owner, attr, getattr(owner, attr)) for owner, attr, _ in patches]
     for owner, attr, value in patches:
         setattr(owner, attr, value)
+    os.environ["TRITON_INTERPRET"] = "1"  # engine.kernels.runtime reads it at each call
     yield
+    if SET_FOR_THESE_TESTS:
+        os.environ.pop("TRITON_INTERPRET", None)
     for owner, attr, value in originals:
         setattr(owner, attr, value)
 
