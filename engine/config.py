@@ -176,14 +176,11 @@ def _typed(name: str, value, hint):
     """`value` if it fits the field's type (an int where a float is wanted becomes a float), else ValueError."""
     if hint is object:
         return value
-    args = typing.get_args(hint)
-    optional = type(None) in args
     if value is None:
-        if optional:
+        if type(None) in typing.get_args(hint):
             return None
         raise ValueError(f"{name} needs a value, got none")
-    base = next((a for a in args if a is not type(None)), hint) if args else hint
-    origin = typing.get_origin(base) or base
+    origin = _base_type(hint)
     if origin is bool:
         if isinstance(value, bool):
             return value
@@ -332,12 +329,16 @@ def api_defaults() -> dict:
     return {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.metadata["api"]}
 
 
+def _field(name: str) -> dataclasses.Field:
+    return next(f for f in dataclasses.fields(TrainConfig) if f.name == name)
+
+
 def default(name: str):
     """The default of one setting (the studio's form starts from these)."""
-    return next(f.default for f in dataclasses.fields(TrainConfig) if f.name == name)
+    return _field(name).default
 
 
 def bounds(name: str) -> tuple:
     """(minimum, maximum) of one setting, None where it has none (the studio's number boxes use them)."""
-    f = next(f for f in dataclasses.fields(TrainConfig) if f.name == name)
-    return f.metadata["minimum"], f.metadata["maximum"]
+    meta = _field(name).metadata
+    return meta["minimum"], meta["maximum"]
