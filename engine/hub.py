@@ -1,7 +1,7 @@
 """What the model card says about a fine-tuning run, and uploading a saved folder to the Hugging Face Hub.
 
 A model's README.md is sentence-transformers' own card, written on every save and push from
-`model.model_card_data` (`engine.models.FineTunedModelCardData`). `describe_training` records on the
+`model.model_card_data` (`engine.models.sentence_transformer.FineTunedModelCardData`). `describe_training` records on the
 model what a run adds to it: the training settings and the before / after retrieval metrics.
 The studio works on saved folders and without torch: `name_model_in_card`, `point_adapter_at_hub_base`
 and `push_folder` serve it.

@@ -1,0 +1,11 @@
+"""Layer 4, models: load a model (from a folder, the cache or the Hub), switch on its family's fast path,
+add adapters, save / merge / push. A loaded model IS the library's own class, so the stock trainers,
+losses and evaluators work on it unchanged.
+
+One module a model class:
+    sentence_transformer   FastSentenceTransformer -> sentence_transformers.SentenceTransformer
+"""
+
+from engine.models.sentence_transformer import FastSentenceTransformer, family_of, merged_copy
+
+__all__ = ["FastSentenceTransformer", "family_of", "merged_copy"]
