@@ -140,6 +140,9 @@ def build_app(studio: Studio) -> gr.Blocks:
         # A callable value is worked out again on every page load: the same figure before and after a reload.
         notice = gr.Markdown(lambda: hardware.device_notice(studio.step_samples()), elem_id="device-notice",
                              elem_classes=[] if hardware.gpu_name() else ["lacker-notice"])
+        # The data this browser loaded, kept across reloads (studio.tabs.train); outside the tabs, whose contents the
+        # browser builds only once they are opened, and so writes nothing for.
+        ui.saved_data = gr.BrowserState(None, storage_key="lacker-data")
         with gr.Tabs(selected="model") as tabs:
             ui.tabs = tabs
             for tab_id, title, module in (("model", "Model", model), ("data", "Data", data), ("train", "Train", train),

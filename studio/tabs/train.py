@@ -25,7 +25,6 @@ from studio.ui import duration, error_box, hide_error, show_error
 
 METHODS = [("LoRA", "lora"), ("QLoRA (4-bit base; slow on a CPU)", "qlora"), ("Full fine-tuning", "full")]
 LOG_LINES_SHOWN = 30
-SAVED_DATA_KEY = "lacker-data"  # the browser's copy of the data this session loaded, kept across reloads
 
 # Sized to finish, evaluation included, in about a minute on 2 vCPUs (the packed loop: ~0.8 s a step at batch 16;
 # 55 s load to evaluated on 2026-11-27) and still beat the base model clearly: that run lifted NDCG@10 on 300
@@ -77,6 +76,8 @@ def model_info(name: str) -> dict:
 def setting_box(name: str, label: str, whole: bool = False) -> gr.Number:
     """A number box for one run setting: its default and bounds come from engine.config.TrainConfig."""
     minimum, maximum = bounds(name)
+    if default(name) is None:  # a box left empty reads as 0, which Gradio refuses below a minimum with a bare "Error"
+        minimum = None
     return gr.Number(default(name), label=label, precision=0 if whole else None, minimum=minimum, maximum=maximum)
 
 
@@ -153,7 +154,8 @@ def plan_markdown(studio, info, data_state, eval_size, method, length_mode, epoc
     steps = planned_steps(length_mode, epochs, max_steps, batch_size, train_rows)
     batch = int(batch_size or 1)
     if steps is None:
-        lines.append("The number of steps is known once data is loaded (training by epochs).")
+        lines.append("Set Max steps to see how long the run takes." if length_mode == "max steps" else
+                     "The number of steps is known once data is loaded (training by epochs).")
     else:
         estimate = run_estimate(studio, info, steps, batch, max_seq_length, checkpointing, evaluate)
         lines.append(estimate_sentence(estimate, steps))
@@ -257,7 +259,6 @@ def build(studio, ui) -> None:
     command = gr.Textbox(label="The same run from a shell", lines=2, max_lines=6, interactive=False,
                          buttons=["copy"], elem_id="train-command")
     run_state = gr.State(None)
-    saved_data = gr.BrowserState(None, storage_key=SAVED_DATA_KEY)
     drawn = gr.State(None)  # what the loss plot shows now, so an unchanged tick sends nothing
     timer = gr.Timer(1.0)
 
@@ -393,9 +394,9 @@ def build(studio, ui) -> None:
     max_steps.input(lambda: "max steps", None, length_mode, api_visibility="private")
     epochs.input(lambda: "epochs", None, length_mode, api_visibility="private")
     timer.tick(render, [run_state, drawn], run_view, api_visibility="private", show_progress="hidden")
-    ui.demo.load(restore, saved_data, shown_outputs, api_visibility="private")
+    ui.demo.load(restore, ui.saved_data, shown_outputs, api_visibility="private")
     gr.on([ui.data_state.change, *(dropdown.change for dropdown in ui.mapping_inputs)], remember,
-          [ui.data_state, *ui.mapping_inputs], saved_data, api_visibility="private", trigger_mode="always_last")
+          [ui.data_state, *ui.mapping_inputs], ui.saved_data, api_visibility="private", trigger_mode="always_last")
     preset_btn.click(preset, None, [*ui.data_load_outputs, ui.model_state, ui.model_id, method, lora_r, lora_alpha,
                                     learning_rate, length_mode, max_steps, batch_size, max_seq_length, warmup,
                                     max_eval_queries, evaluate, preset_md], api_name="demo_preset")
