@@ -306,3 +306,14 @@ def test_a_reload_keeps_the_sessions_data_and_shows_the_latest_runs_settings(pag
     wait_for(lambda: number_in(page, "Max steps") == 9, 30, "the latest run's settings")
     assert number_in(page, "Batch size") == 4 and "--max-steps 9" in command_text(page)
     page.locator("#train-plan").get_by_text("Expected time").wait_for()  # worked out for the reloaded form
+    log = page.locator("#train-logs textarea")
+    wait_for(lambda: log.input_value(), 30, "the run's log")
+    assert log.input_value().splitlines()[0].startswith("[stopped]")  # the last word first, seen without scrolling
+
+    from studio.tabs.train import DEMO_PRESET
+
+    page.locator("#demo-preset").click()
+    note = page.locator("#demo-preset-note")
+    note.get_by_text(f"{DEMO_PRESET['max_steps']} steps").wait_for()
+    assert "all-MiniLM-L6-v2" in note.inner_text() and "expected" in note.inner_text()
+    wait_for(lambda: number_in(page, "Max steps") == DEMO_PRESET["max_steps"], 30, "the preset's steps in the form")
