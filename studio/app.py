@@ -89,7 +89,7 @@ class Studio:
 
     def source_of(self, run: Run) -> tuple[DataSource | None, dict]:
         """The data a run was started on and its column mapping, as the user picked them; (None, {}) for a run
-        started before the studio kept them, or through `lacker train`."""
+        started before the studio kept them."""
         try:
             saved = json.loads((Path(run.run_dir) / RUN_SOURCE).read_text())
             return DataSource.from_dict(saved["source"]), saved["columns"]
