@@ -138,8 +138,8 @@ def build_app(studio: Studio) -> gr.Blocks:
         gr.Markdown("# Lacker Studio\nFine-tune an embedding model on your own pairs, watch it train, "
                     "and see its search results beside the base model's.")
         # A callable value is worked out again on every page load: the same figure before and after a reload.
-        notice = gr.Markdown(lambda: hardware.device_notice(studio.step_samples()), elem_id="device-notice",
-                             elem_classes=[] if hardware.gpu_name() else ["lacker-notice"])
+        gr.Markdown(lambda: hardware.device_notice(studio.step_samples()), elem_id="device-notice",
+                    elem_classes=[] if hardware.gpu_name() else ["lacker-notice"])
         # The data this browser loaded, kept across reloads (studio.tabs.train); outside the tabs, whose contents the
         # browser builds only once they are opened, and so writes nothing for.
         ui.saved_data = gr.BrowserState(None, storage_key="lacker-data")

@@ -73,6 +73,14 @@ def model_info(name: str) -> dict:
     return describe_model(name)
 
 
+def run_loss(config: dict) -> str | None:
+    """The loss a run trained with when it left the choice to its column roles."""
+    try:
+        return data_layer.default_loss(config.get("columns") or {})
+    except DataError:
+        return None
+
+
 def setting_box(name: str, label: str, whole: bool = False) -> gr.Number:
     """A number box for one run setting: its default and bounds come from engine.config.TrainConfig."""
     minimum, maximum = bounds(name)
@@ -305,7 +313,7 @@ def build(studio, ui) -> None:
         chosen = cfg.get("target_modules") or info["lora_targets"]
         values = {ui.model_id: info["model"], ui.model_state: info,
                   targets: gr.update(choices=sorted({*info["lora_targets"], *chosen}), value=chosen),
-                  length_mode: "max steps" if cfg.get("max_steps") else "epochs", loss: cfg.get("loss")}
+                  length_mode: "max steps" if cfg.get("max_steps") else "epochs", loss: cfg.get("loss") or run_loss(cfg)}
         for box, name in ((method, "method"), (lora_r, "lora_r"), (lora_alpha, "lora_alpha"),
                           (lora_dropout, "lora_dropout"), (learning_rate, "learning_rate"), (epochs, "epochs"),
                           (max_steps, "max_steps"), (batch_size, "batch_size"), (max_seq_length, "max_seq_length"),
