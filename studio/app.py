@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import threading
 import types
@@ -15,20 +16,24 @@ from pathlib import Path
 import gradio as gr
 from starlette.middleware import Middleware
 
+from engine import atomic
 from engine import data as data_layer
 from studio import api, hardware
 from engine.config import command_line
-from studio.data_sources import DataSource, read_source, write_run_data
+from engine.families import CURATED_MODELS
+from studio.data_sources import RUN_SOURCE, DataSource, read_source, shown_eval_data, write_run_data
 from studio.events import progress_of
 from studio.login import ClientAddress, LoginThrottle
 from studio.runner import Runner
 from studio.settings import Settings
 from studio.store import COMPLETED, FAILED, Run, RunStore
 from studio.tabs import compare, data, export, model, runs, train
+from studio.tabs.model import describe_model
 from studio.ui import CSS
 
 logger = logging.getLogger(__name__)
 
+CURATED_PARAMS_M = {m.model_id: m.params_m for m in CURATED_MODELS}
 STUDIO_PATHS = ("data", "eval_data", "extra_corpus", "output_dir", "resume_from_checkpoint")
 
 
@@ -75,10 +80,21 @@ class Studio:
                                        config["seed"])
             shown = {**config, "data_config": source.config, "data_split": source.split}
             (run_dir / "command.txt").write_text(command_line(
-                shown, source.label, str(run_dir), eval_data=source.eval_label) + "\n")
+                shown, source.label, str(run_dir), eval_data=shown_eval_data(source, overrides)) + "\n")
+            # config.json names the run's copies of the data; Open in Train shows what the user picked.
+            atomic.write_text(run_dir / RUN_SOURCE, json.dumps({"source": source.to_dict(), "columns": config["columns"]}))
             return overrides
 
         return self.runner.submit(config, source.label, write_data)
+
+    def source_of(self, run: Run) -> tuple[DataSource | None, dict]:
+        """The data a run was started on and its column mapping, as the user picked them; (None, {}) for a run
+        started before the studio kept them."""
+        try:
+            saved = json.loads((Path(run.run_dir) / RUN_SOURCE).read_text())
+            return DataSource.from_dict(saved["source"]), saved["columns"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None, {}
 
     def command_for(self, run: Run) -> str:
         try:
@@ -86,15 +102,34 @@ class Studio:
         except OSError:
             return ""
 
-    def cpu_steps_per_minute(self) -> float | None:
-        """Measured from the latest completed demo-sized run on this machine, if there is one."""
+    def step_samples(self) -> list[hardware.StepSample]:
+        """The speed of the latest runs that completed here, newest first: what every time estimate is measured
+        from. A resumed run is left out (its clock restarted at the checkpoint), and so is one whose model's size
+        is unknown."""
+        samples = []
         for run in self.store.list((COMPLETED,)):
+            progress = progress_of(run.run_dir)
+            params_m = model_params_m(run.model)
+            if run.resumed_from or not (progress.elapsed and progress.step) or run.duration is None or not params_m:
+                continue
             cfg = run.config
-            if cfg.get("batch_size") == 16 and cfg.get("max_seq_length") == 128 and cfg.get("method") == "lora":
-                progress = progress_of(run.run_dir)
-                if progress.elapsed and progress.step:
-                    return 60 * progress.step / progress.elapsed
-        return None
+            work = hardware.step_work(params_m, cfg.get("batch_size") or 1, cfg.get("max_seq_length"),
+                                      bool(cfg.get("gradient_checkpointing")))
+            samples.append(hardware.StepSample(progress.elapsed / progress.step, work,
+                                               max(0.0, run.duration - progress.elapsed), bool(cfg.get("evaluate"))))
+            if len(samples) == hardware.SAMPLES_USED:
+                break
+        return samples
+
+
+def model_params_m(name: str) -> float | None:
+    """Millions of parameters of a curated model or a local model folder, without loading it; None if unknown."""
+    if name in CURATED_PARAMS_M:
+        return CURATED_PARAMS_M[name]
+    folder = Path(name)
+    if folder.is_absolute() and (folder / "config.json").exists():
+        return describe_model(name, folder).get("params_m")
+    return None
 
 
 def build_app(studio: Studio) -> gr.Blocks:
@@ -102,8 +137,12 @@ def build_app(studio: Studio) -> gr.Blocks:
         ui = types.SimpleNamespace(demo=demo)
         gr.Markdown("# Lacker Studio\nFine-tune an embedding model on your own pairs, watch it train, "
                     "and see its search results beside the base model's.")
-        notice = gr.Markdown(hardware.device_notice(studio.cpu_steps_per_minute()), elem_id="device-notice",
-                             elem_classes=[] if hardware.gpu_name() else ["lacker-notice"])
+        # A callable value is worked out again on every page load: the same figure before and after a reload.
+        gr.Markdown(lambda: hardware.device_notice(studio.step_samples()), elem_id="device-notice",
+                    elem_classes=[] if hardware.gpu_name() else ["lacker-notice"])
+        # The data this browser loaded, kept across reloads (studio.tabs.train); outside the tabs, whose contents the
+        # browser builds only once they are opened, and so writes nothing for.
+        ui.saved_data = gr.BrowserState(None, storage_key="lacker-data")
         with gr.Tabs(selected="model") as tabs:
             ui.tabs = tabs
             for tab_id, title, module in (("model", "Model", model), ("data", "Data", data), ("train", "Train", train),
@@ -113,8 +152,6 @@ def build_app(studio: Studio) -> gr.Blocks:
                     setattr(ui, f"{tab_id}_tab", tab)
                     module.build(studio, ui)
         api.register(studio)
-        demo.load(lambda: hardware.device_notice(studio.cpu_steps_per_minute()), None, notice,
-                  api_visibility="private")
     return demo
 
 

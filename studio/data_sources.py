@@ -22,6 +22,7 @@ SAMPLE_TRAIN = ASSETS_DIR / "debian-pairs" / "train.jsonl"
 SAMPLE_TEST = ASSETS_DIR / "debian-pairs" / "test.jsonl"
 DATA_SUFFIXES = (".csv", ".tsv", ".json", ".jsonl", ".parquet")
 MB = 1024 * 1024
+RUN_SOURCE = "source.json"  # in a run folder: the DataSource and column mapping the user picked
 
 
 @dataclass(frozen=True)
@@ -122,6 +123,40 @@ def held_out_frame(source: DataSource):
     return data_layer.load_sample("test") if source.kind == "sample" else None
 
 
+def sample_held_out_size(eval_size: float, train_rows: int, test_rows: int) -> int:
+    """How many queries of the sample's test split a run holds out: the held-out fraction of all the sample's pairs
+    (as for any other source), at most the whole split. The training rows stay the sample's training split, so
+    a held-out query is never one trained on."""
+    wanted = eval_size if eval_size >= 1 else round(eval_size * (train_rows + test_rows))
+    return max(1, min(int(wanted), test_rows))
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    train_rows: int
+    held_out_rows: int  # the held-out queries, for the sample (a query a row)
+    note: str  # what the page says about it
+
+
+def held_out_split(source: DataSource, settings: Settings, eval_size: float) -> HeldOut:
+    """How many rows a run on `source` trains on and holds out at this held-out fraction, and the page's words for
+    it. The sample keeps its own test split (never trained on): the fraction picks how many of its queries."""
+    rows = len(read_source(source, settings))
+    test = held_out_frame(source)
+    if test is not None:
+        held = sample_held_out_size(eval_size, rows, len(test))
+        asked = round(eval_size * (rows + len(test)))
+        capped = (f" The slider asks for {asked:,} ({eval_size:.0%} of its {rows + len(test):,} pairs): that is capped "
+                  f"at the whole test split." if asked > len(test) else "")
+        return HeldOut(rows, held, f"Held out for evaluation: **{held:,} of the sample's {len(test):,} test queries** "
+                                   f"({eval_size:.0%} of all its pairs; the sample's own test split, never trained "
+                                   f"on). Training uses its {rows:,} training pairs.{capped}")
+    held = max(1, round(eval_size * rows))
+    return HeldOut(rows - held, held, f"Held out for evaluation: **about {held:,} of the {rows:,} rows** "
+                                      f"({eval_size:.0%}; all rows of one query stay on one side); training uses the "
+                                      f"other {rows - held:,}.")
+
+
 def write_run_data(run_dir: Path, source: DataSource, settings: Settings, mapping: dict, eval_size: float,
                    seed: int) -> dict:
     """Write RUN_DIR/data/{train,eval}.jsonl with the mapped columns named by role (the engine's
@@ -132,6 +167,9 @@ def write_run_data(run_dir: Path, source: DataSource, settings: Settings, mappin
         table, held_out = data_layer.split(table, eval_size, seed)
     else:
         held_out = data_layer.prepare(held_out, mapping)
+        queries = held_out["anchor"].drop_duplicates()
+        kept = queries.sample(frac=1.0, random_state=seed).head(sample_held_out_size(eval_size, len(table), len(queries)))
+        held_out = held_out[held_out["anchor"].isin(kept)].reset_index(drop=True)
     folder = run_dir / "data"
     folder.mkdir(parents=True, exist_ok=True)
     table.to_json(folder / "train.jsonl", orient="records", lines=True, force_ascii=False)
@@ -142,6 +180,16 @@ def write_run_data(run_dir: Path, source: DataSource, settings: Settings, mappin
         columns["negative"] = negatives
     return {"data": str(folder / "train.jsonl"), "eval_data": str(folder / "eval.jsonl"),
             "data_config": None, "data_split": None, "columns": columns}
+
+
+def shown_eval_data(source: DataSource, overrides: dict) -> str | None:
+    """The held-out file a shell command names for a run: the sample's test split when the run holds all of it
+    out, else the run's own copy of the part it holds out; None where the command splits --eval-size off."""
+    if source.eval_label is None:
+        return None
+    whole = len(held_out_frame(source))
+    return source.eval_label if len(read_run_eval(Path(overrides["eval_data"]).parent.parent)) == whole \
+        else overrides["eval_data"]
 
 
 def read_run_eval(run_dir: str | Path):

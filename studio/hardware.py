@@ -1,17 +1,105 @@
-"""What the studio can say about the machine without importing torch: is there a GPU, how fast
-will a CPU run go, and roughly how much GPU memory a training setup needs."""
+"""What the studio can say about the machine without importing torch: is there a GPU, how long will a run take
+here, and roughly how much GPU memory a training setup needs.
+
+Time estimates come from one place, `estimate`: a step costs about k seconds per unit of `step_work` (parameters x
+batch x tokens), with k measured from the last runs that finished on this machine (`StepSample`s), or the stated
+default below until there are some. The device notice's steps a minute and the Train tab's duration are both read
+from it, so they agree."""
 
 from __future__ import annotations
 
+import math
 import shutil
+import statistics
 import subprocess
+from dataclasses import dataclass
 from functools import lru_cache
 
 # Measured with the demo preset (all-MiniLM-L6-v2, LoRA, batch 16, max_seq_length 128) on 2 vCPUs with the
 # packed loop: 60 steps trained in 37 s (about 97 a minute; `lacker train --data assets/debian-pairs/train.jsonl
 # --max-steps 60 --batch-size 16 --max-seq-length 128 --no-eval`, 2026-11-27), rounded down; the studio prefers
-# its own measurement from finished CPU runs when it has one.
+# its own measurement from finished runs when it has one.
 CPU_STEPS_PER_MINUTE = 90
+DEMO_SHAPE = {"params_m": 22.7, "batch_size": 16, "max_seq_length": 128}  # what that figure was measured on
+CHECKPOINTING_COST = 4 / 3  # gradient checkpointing recomputes the forward: about a third slower
+# Loading the model, saving it and (with evaluation) measuring both models, besides the steps; the demo preset's
+# run spent about 23 s so on 2 vCPUs (55 s in all for 40 steps at ~0.8 s), without evaluation about 15 s.
+DEFAULT_OVERHEAD_SECONDS = {True: 25.0, False: 15.0}
+CPU_LONG_SECONDS = 600  # past this a CPU run gets a warning before Start
+SAMPLES_USED = 5  # the latest finished runs the estimate is measured from
+
+
+def step_work(params_m: float | None, batch_size: int, max_seq_length: int | None,
+              checkpointing: bool = False) -> float:
+    """The relative cost of one training step: parameters (millions; the bundled model's when unknown) x rows x
+    tokens a row, a third more with gradient checkpointing."""
+    work = (params_m or DEMO_SHAPE["params_m"]) * batch_size * (max_seq_length or DEMO_SHAPE["max_seq_length"])
+    return work * (CHECKPOINTING_COST if checkpointing else 1.0)
+
+
+@dataclass(frozen=True)
+class StepSample:
+    """What one finished run on this machine says about its speed."""
+
+    seconds_per_step: float
+    work: float  # its step_work
+    overhead_seconds: float  # its whole duration less the training steps
+    evaluate: bool
+
+
+@dataclass(frozen=True)
+class Estimate:
+    seconds: float
+    step_seconds: float
+    measured_runs: int  # how many finished runs it comes from; 0: the stated default
+
+    @property
+    def steps_per_minute(self) -> float:
+        return 60 / self.step_seconds
+
+    @property
+    def basis(self) -> str:
+        if self.measured_runs:
+            runs = "run" if self.measured_runs == 1 else f"{self.measured_runs} runs"
+            return f"from the speed of the last {runs} finished on this machine"
+        return (f"no run has finished here yet, so this assumes {CPU_STEPS_PER_MINUTE} steps a minute for "
+                f"all-MiniLM-L6-v2 at batch {DEMO_SHAPE['batch_size']} and {DEMO_SHAPE['max_seq_length']} tokens "
+                "(measured on 2 CPU cores) and scales it by model size, batch and sequence length")
+
+
+def estimate(steps: int, work: float, evaluate: bool, samples: list[StepSample] | tuple = ()) -> Estimate | None:
+    """How long a run of `steps` steps of `work` each takes here; None on a GPU with no run measured yet (the
+    default is a CPU's)."""
+    samples = list(samples)[:SAMPLES_USED]
+    if samples:
+        per_work = statistics.median(s.seconds_per_step / s.work for s in samples)
+        alike = [s.overhead_seconds for s in samples if s.evaluate == evaluate]
+        overhead = statistics.median(alike) if alike else DEFAULT_OVERHEAD_SECONDS[evaluate]
+    elif gpu_name():
+        return None
+    else:
+        per_work = 60 / CPU_STEPS_PER_MINUTE / step_work(**DEMO_SHAPE)
+        overhead = DEFAULT_OVERHEAD_SECONDS[evaluate]
+    step_seconds = per_work * work
+    return Estimate(seconds=steps * step_seconds + overhead, step_seconds=step_seconds, measured_runs=len(samples))
+
+
+def demo_speed(samples: list[StepSample] | tuple = ()) -> Estimate | None:
+    """The demo preset's shape, one step: what the device notice quotes."""
+    return estimate(1, step_work(**DEMO_SHAPE), evaluate=False, samples=samples)
+
+
+def about(seconds: float) -> str:
+    """A duration as a person says it: "under a minute", "about 4 minutes", "about 1 h 20 min"."""
+    minutes = seconds / 60
+    if minutes < 1:
+        return "under a minute"
+    if minutes < 1.5:
+        return "about a minute"
+    if minutes < 90:
+        return f"about {round(minutes)} minutes"
+    hours, rest = divmod(int(math.ceil(minutes / 10) * 10), 60)
+    return f"about {hours} h {rest:02d} min" if rest else f"about {hours} h"
 
 
 @lru_cache(maxsize=1)
@@ -29,14 +117,16 @@ def gpu_name() -> str | None:
     return line or None
 
 
-def device_notice(cpu_steps_per_minute: float | None = None) -> str:
+def device_notice(samples: list[StepSample] | tuple = ()) -> str:
     name = gpu_name()
     if name:
         return f"GPU: {name}."
-    rate = round(cpu_steps_per_minute or CPU_STEPS_PER_MINUTE)
+    rate = round(demo_speed(samples).steps_per_minute)
     return (f"**No GPU found: training runs on the CPU, fine for the demo preset; expect ~{rate} steps/min** "
-            "(bundled model, batch 16, sequences of 128 tokens). Bigger models or settings will be much slower; "
-            "QLoRA saves memory on a GPU and runs, slowly, on the CPU.")
+            f"(bundled model, batch {DEMO_SHAPE['batch_size']}, sequences of {DEMO_SHAPE['max_seq_length']} tokens"
+            f"{'' if samples else '; measured here once a run finishes'}). Bigger models or settings will be much "
+            "slower (the Train tab estimates each run before Start); QLoRA saves memory on a GPU and runs, slowly, "
+            "on the CPU.")
 
 
 def gpu_memory_estimate_gb(params_m: float, layers: int, dim: int, method: str, batch_size: int,

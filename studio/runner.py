@@ -31,6 +31,7 @@ from typing import Callable
 from engine import atomic
 from engine.checkpoints import checkpoint_folders, step_of, usable_checkpoint
 from engine.worker import EXIT_DISK_FULL
+from studio.data_sources import RUN_SOURCE
 from studio.events import TERMINAL, progress_of
 from studio.settings import REPO_ROOT
 from studio.store import FAILED, QUEUED, RUNNING, STOPPED, Run, RunStore
@@ -97,8 +98,9 @@ class Runner:
             _link_tree(old_dir / "data", run_dir / "data")
             for folder in checkpoint_folders(old_dir / "checkpoints"):
                 _link_tree(folder, run_dir / "checkpoints" / folder.name)
-            if (old_dir / "command.txt").exists():
-                shutil.copyfile(old_dir / "command.txt", run_dir / "command.txt")
+            for kept in ("command.txt", RUN_SOURCE):  # what the run was started with: Open in Train shows it
+                if (old_dir / kept).exists():
+                    shutil.copyfile(old_dir / kept, run_dir / kept)
             _copy_history(old_dir / "events.jsonl", run_dir / "events.jsonl", step,
                           f"resumed from run {run_id}: steps 1-{step} are that run's, up to its checkpoint")
             moved = {key: str(run_dir / Path(value).relative_to(old_dir)) for key, value in run.config.items()

@@ -68,3 +68,46 @@ def test_a_second_run_in_the_same_folder_is_not_blamed_for_the_first_ones_error(
                   "--batch-size", "8", "--max-seq-length", "32", "--no-eval", timeout=300)
     assert good.returncode == 0, good.stderr[-2000:]
     assert "error:" not in good.stderr and "saved to" in good.stdout
+
+
+class Stream:
+    """stderr as a terminal (tty=True) or as a file or pipe."""
+
+    def __init__(self, tty: bool):
+        self.tty, self.text = tty, ""
+
+    def isatty(self):
+        return self.tty
+
+    def write(self, text):
+        self.text += text
+
+    def flush(self):
+        pass
+
+
+def train_event(step, total=100):
+    return {"event": "train", "step": step, "total_steps": total, "loss": 1.0 / step, "samples_per_second": 20.0,
+            "eta": 5.0 * (total - step)}
+
+
+def test_training_progress_shows_step_of_total_loss_and_eta_on_a_terminal_and_in_a_log(monkeypatch):
+    from engine import events
+
+    clock = [0.0]
+    monkeypatch.setattr(events.time, "monotonic", lambda: clock[0])
+    terminal, log = events.TerminalEcho(Stream(tty=True)), events.TerminalEcho(Stream(tty=False))
+    for step in range(1, 101):
+        clock[0] = step * 0.5  # two steps a second
+        for echo in (terminal, log):
+            echo.show(train_event(step))
+            if step == 50:
+                echo.show({"event": "log", "message": "checkpoint saved"})
+
+    shown = terminal.stream.text
+    assert "\rstep 37/100  loss 0.0270" in shown and "ETA 5m15s" in shown  # one line, rewritten in place
+    assert "\ncheckpoint saved\n" in shown and shown.endswith("step 100/100  loss 0.0100  20.0 samples/s  ETA 0s".ljust(78) + "\n")
+    lines = log.stream.text.splitlines()
+    progress = [line for line in lines if line.startswith("step ")]
+    assert 10 <= len(progress) <= 21  # about one every ECHO_EVERY_SECONDS (5 s) of 50 s, and the last step
+    assert progress[-1].startswith("step 100/100") and "checkpoint saved" in lines and "\r" not in log.stream.text

@@ -9,7 +9,8 @@ import gradio as gr
 from engine import data as data_layer
 from engine.data import DataError, MappingError
 from studio import charts
-from studio.data_sources import DATA_SUFFIXES, SAMPLE, DataSource, read_source, source_from_text, source_from_upload
+from studio.data_sources import (DATA_SUFFIXES, SAMPLE, DataSource, held_out_split, read_source, source_from_text,
+                                 source_from_upload)
 from studio.settings import PathNotAllowed
 from studio.ui import error_box, hide_error, show_error
 
@@ -55,6 +56,10 @@ def guess_markdown(guess) -> str:
             f"{picked}: pick the {' and '.join(missing)} column{'s' if len(missing) > 1 else ''} below.")
 
 
+def used_markdown(mapping: dict) -> str:
+    return "; ".join(f"{role}: {column}" for role, column in data_layer.mapped_columns(mapping))
+
+
 def summary_markdown(summary: dict, source: DataSource) -> str:
     lines = [f"**{summary.get('rows', 0):,} rows** · task **{summary.get('task')}** · default loss "
              f"**{summary.get('loss')}** · duplicates: {summary.get('duplicates', 0):,}"]
@@ -64,8 +69,6 @@ def summary_markdown(summary: dict, source: DataSource) -> str:
     else:
         empty_text = f"{empty:,}"
     lines.append(f"Empty values: {empty_text}")
-    if source.kind == "sample":
-        lines.append("Held out for evaluation: the sample's own test split (500 pairs).")
     for warning in summary.get("warnings") or []:
         lines.append(f"⚠️ {warning}")
     return "\n\n".join(lines)
@@ -98,7 +101,9 @@ def build(studio, ui) -> None:
         negative = gr.Dropdown(label=ROLE_LABELS["negative"], choices=[], multiselect=True, interactive=True)
         score = gr.Dropdown(label=ROLE_LABELS["score"], choices=[NONE], value=NONE, interactive=True)
         label = gr.Dropdown(label=ROLE_LABELS["label"], choices=[NONE], value=NONE, interactive=True)
-    eval_size = gr.Slider(0.02, 0.5, value=0.1, step=0.01, label="Held-out split (fraction of rows kept for evaluation)")
+    eval_size = gr.Slider(0.02, 0.5, value=0.1, step=0.01, label="Held-out split (fraction of rows kept for evaluation)",
+                          elem_id="held-out-size")
+    held_out_md = gr.Markdown(elem_id="held-out-note")
     summary_md = gr.Markdown(elem_id="data-summary")
     histogram = gr.Plot(label="Text lengths")
     state = gr.State(None)
@@ -109,11 +114,13 @@ def build(studio, ui) -> None:
         summary = data_layer.validate(table, mapping, source.name).to_dict()
         return summary_markdown(summary, source), charts.length_histogram(summary.get("text_lengths") or {})
 
-    def load(source: DataSource):
+    def load(source: DataSource, mapping: dict | None = None):
+        """Show `source`, its columns mapped as `mapping` says (a run's, opened again), else as guessed."""
         table = read_source(source, settings)
         columns = [str(c) for c in table.columns]
         guess = data_layer.column_guess(table)
-        mapping = guess.mapping
+        picked = guess_markdown(guess) if mapping is None else f"Columns as the run used them: {used_markdown(mapping)}."
+        mapping = guess.mapping if mapping is None else mapping
         summary, figure, problem = "", None, hide_error()
         if "anchor" in mapping and "positive" in mapping:
             try:
@@ -123,7 +130,7 @@ def build(studio, ui) -> None:
         negatives = data_layer.negatives_of(mapping)
         return (source.to_dict(),
                 f"**Loaded:** `{source.name}` · {len(table):,} rows · columns: {', '.join(columns)}\n\n"
-                f"{guess_markdown(guess)}",
+                f"{picked}",
                 mapped_first(table, mapping),
                 gr.update(choices=columns, value=mapping.get("anchor")),
                 gr.update(choices=columns, value=mapping.get("positive")),
@@ -166,6 +173,17 @@ def build(studio, ui) -> None:
             return "", None, show_error(page_message(error)), gr.skip()
         return summary, figure, hide_error(), mapped_first(table, mapping)
 
+    def held_out(source_dict, fraction):
+        source = DataSource.from_dict(source_dict)
+        if source is None:
+            return ""
+        try:
+            return held_out_split(source, settings, fraction).note
+        except (DataError, PathNotAllowed, OSError):
+            return ""
+
+    for changed in (state.change, eval_size.change):
+        changed(held_out, [state, eval_size], held_out_md, api_visibility="private", show_progress="hidden")
     sample_btn.click(load_sample, None, load_outputs, api_name="use_sample")
     upload.upload(load_upload, upload, load_outputs, api_name="upload_data")
     load_btn.click(load_text, [source_text, hub_config, hub_split], load_outputs, api_name="load_data")
@@ -175,4 +193,4 @@ def build(studio, ui) -> None:
                        api_visibility="private")
 
     ui.data_state, ui.mapping_inputs, ui.eval_size, ui.load_sample = state, mapping_inputs, eval_size, load_sample
-    ui.data_load_outputs = load_outputs
+    ui.data_load_outputs, ui.load_source = load_outputs, load

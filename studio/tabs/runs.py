@@ -93,6 +93,8 @@ def build(studio, ui) -> None:
                                           show_progress="hidden")
     ui.demo.load(lambda: registry_notice(studio), None, registry, api_visibility="private")
     open_pick.change(resumable, open_pick, resume_btn, api_visibility="private")
-    resume_btn.click(resume, open_pick, [ui.run_state, resume_error, table, ui.tabs], api_name="resume_run")
-    open_btn.click(open_run, open_pick, [ui.run_state, ui.compare_run, ui.export_run, ui.tabs], api_name="open_run")
+    resume_btn.click(resume, open_pick, [ui.run_state, resume_error, table, ui.tabs], api_name="resume_run").then(
+        ui.show_run, ui.run_state, ui.shown_outputs, api_visibility="private")
+    open_btn.click(open_run, open_pick, [ui.run_state, ui.compare_run, ui.export_run, ui.tabs], api_name="open_run").then(
+        ui.show_run, ui.run_state, ui.shown_outputs, api_visibility="private")  # its settings, data and command
     overlay_pick.change(overlay, overlay_pick, overlay_plot, api_visibility="private")

@@ -4,15 +4,18 @@
 from __future__ import annotations
 
 import html
+import math
+from pathlib import Path
 
 import gradio as gr
 
 from engine import data as data_layer
-from engine.config import bounds, default
+from engine.config import MAX_PASSES, bounds, default
 from engine.data import DataError
 from engine.families import DEFAULT_MODEL
-from studio import charts
-from studio.data_sources import DataSource
+from studio import charts, hardware
+from studio.comparison import MAX_HELD_OUT_ROWS
+from studio.data_sources import DataSource, held_out_split
 from studio.events import progress_of
 from studio.settings import PathNotAllowed
 from studio.store import QUEUED, RUNNING
@@ -62,9 +65,27 @@ def training_config(model_state, mapping, eval_size, method, lora_r, lora_alpha,
     }
 
 
+def model_info(name: str) -> dict:
+    """describe_model for a Hub id or a model folder, as the Model tab picks either."""
+    folder = Path(name)
+    if folder.is_absolute() and (folder / "config.json").exists():
+        return describe_model(name, folder)
+    return describe_model(name)
+
+
+def run_loss(config: dict) -> str | None:
+    """The loss a run trained with when it left the choice to its column roles."""
+    try:
+        return data_layer.default_loss(config.get("columns") or {})
+    except DataError:
+        return None
+
+
 def setting_box(name: str, label: str, whole: bool = False) -> gr.Number:
     """A number box for one run setting: its default and bounds come from engine.config.TrainConfig."""
     minimum, maximum = bounds(name)
+    if default(name) is None:  # a box left empty reads as 0, which Gradio refuses below a minimum with a bare "Error"
+        minimum = None
     return gr.Number(default(name), label=label, precision=0 if whole else None, minimum=minimum, maximum=maximum)
 
 
@@ -104,10 +125,104 @@ def status_markdown(studio, run, progress) -> str:
         f"\n\n**What to do:** {run.hint}" if run.hint else "")
 
 
+def planned_steps(length_mode, epochs, max_steps, batch_size, train_rows: int | None) -> int | None:
+    """The optimizer steps the form asks for (by epochs: from the training rows); None where they are unknown."""
+    if length_mode == "max steps":
+        return int(max_steps) if max_steps else None
+    if not (epochs and batch_size and train_rows):
+        return None
+    return math.ceil(epochs * train_rows / batch_size)
+
+
+def run_estimate(studio, info: dict, steps: int, batch_size, max_seq_length, checkpointing, evaluate):
+    work = hardware.step_work((info or {}).get("params_m"), int(batch_size or 1), max_seq_length, bool(checkpointing))
+    return hardware.estimate(steps, work, bool(evaluate), studio.step_samples())
+
+
+def estimate_sentence(estimate, steps: int) -> str:
+    if estimate is None:
+        return f"**{steps:,} steps.** The time is known once a first run has finished on this GPU."
+    return (f"**Expected time: {hardware.about(estimate.seconds)} on this machine** ({steps:,} steps at about "
+            f"{estimate.step_seconds:.1f} s each, loading, saving and evaluation included; {estimate.basis}).")
+
+
+def plan_markdown(studio, info, data_state, eval_size, method, length_mode, epochs, max_steps, batch_size,
+                  max_seq_length, checkpointing, evaluate, max_eval_queries, lora_r) -> str:
+    """What Start will do, before it is pressed: how long it takes here, each setting the run caps and to what,
+    and each one it would refuse. Shown beside Start and worked out again as the settings change."""
+    info = info or {}
+    lines, split = [], None
+    source = DataSource.from_dict(data_state)
+    if source is not None:
+        try:
+            split = held_out_split(source, studio.settings, float(eval_size or 0.1))
+        except (DataError, PathNotAllowed, OSError):
+            split = None
+    train_rows = split.train_rows if split else None
+    steps = planned_steps(length_mode, epochs, max_steps, batch_size, train_rows)
+    batch = int(batch_size or 1)
+    if steps is None:
+        lines.append("Set Max steps to see how long the run takes." if length_mode == "max steps" else
+                     "The number of steps is known once data is loaded (training by epochs).")
+    else:
+        estimate = run_estimate(studio, info, steps, batch, max_seq_length, checkpointing, evaluate)
+        lines.append(estimate_sentence(estimate, steps))
+        if estimate is not None and not info.get("params_m"):
+            lines.append("The model's size is unknown until it loads: this assumes one as small as all-MiniLM-L6-v2.")
+        if estimate is not None and not hardware.gpu_name() and estimate.seconds > hardware.CPU_LONG_SECONDS:
+            lines.append(f"⚠️ **That is long for a CPU ({hardware.about(estimate.seconds)}).** Lower Max steps, Batch "
+                         "size or Max sequence length, or press the demo preset, for a run of a minute or two.")
+    if train_rows is not None:
+        if batch > train_rows:
+            lines.append(f"⚠️ Batch size {batch} is larger than the {train_rows:,} training rows: the run would stop "
+                         f"at once. Pick at most {train_rows:,}.")
+        elif steps and steps * batch > MAX_PASSES * train_rows:
+            lines.append(f"⚠️ {steps:,} steps at batch {batch} go more than {MAX_PASSES} times over the "
+                         f"{train_rows:,} training rows: the run would refuse it. Pick at most "
+                         f"{MAX_PASSES * train_rows // batch:,} steps.")
+    positions = info.get("max_seq_length")
+    if positions and max_seq_length and max_seq_length > positions:
+        lines.append(f"⚠️ Max sequence length {int(max_seq_length)} is longer than the model's {positions} positions: "
+                     f"the run would refuse it. Pick at most {positions}.")
+    if info.get("dim") and method != "full" and lora_r and lora_r > info["dim"]:
+        lines.append(f"⚠️ LoRA r {int(lora_r)} is larger than the model's width ({info['dim']}): the run would "
+                     f"refuse it. Pick at most {info['dim']} (8 to 64 is usual).")
+    if split is not None and evaluate:
+        held, wanted = split.held_out_rows, int(max_eval_queries or 1)
+        if wanted < held:
+            lines.append(f"Evaluation scores {wanted:,} of the {held:,} held-out queries (capped by Eval queries); "
+                         "the documents of the others stay in the search as distractors.")
+        elif wanted > held:
+            lines.append(f"Eval queries {wanted:,} is more than the {held:,} held-out queries: all {held:,} are "
+                         "scored.")
+    if split is not None and split.held_out_rows > MAX_HELD_OUT_ROWS:
+        lines.append(f"Compare searches the first {MAX_HELD_OUT_ROWS:,} of the {split.held_out_rows:,} held-out rows "
+                     "(the metrics use them all).")
+    return "\n\n".join(lines)
+
+
+def preset_note(studio, source_dict, info) -> str:
+    """What the demo preset button set, read from DEMO_PRESET and the data it loaded."""
+    p = DEMO_PRESET
+    source = DataSource.from_dict(source_dict)
+    data = f"**{source.name}**" if source else "the sample"
+    try:
+        split = held_out_split(source, studio.settings, 0.1) if source else None
+        rows = f" ({split.train_rows:,} training rows)" if split else ""
+    except (DataError, PathNotAllowed, OSError):
+        rows = ""
+    estimate = run_estimate(studio, info, p["max_steps"], p["batch_size"], p["max_seq_length"], False, True)
+    expected = f"; expected {hardware.about(estimate.seconds)} on this machine" if estimate else ""
+    return (f"Set: model **{info['model'].split('/')[-1]}**, data {data}{rows}, {p['method']} r {p['lora_r']}, "
+            f"**{p['max_steps']} steps** at batch {p['batch_size']} and {p['max_seq_length']} tokens, learning rate "
+            f"{p['learning_rate']:g}, evaluation on {p['max_eval_queries']} queries{expected}. Press Start training.")
+
+
 def build(studio, ui) -> None:
     with gr.Row():
         preset_btn = gr.Button("Demo preset: bundled model + sample data, about a minute on a CPU", variant="secondary",
-                               elem_id="demo-preset")
+                               elem_id="demo-preset", scale=1)
+        preset_md = gr.Markdown(elem_id="demo-preset-note")
     with gr.Row():
         with gr.Column(scale=1):
             method = gr.Radio(METHODS, value=default("method"), label="Method")
@@ -139,14 +254,16 @@ def build(studio, ui) -> None:
                 evaluate = gr.Checkbox(default("evaluate"), label="Evaluate base and trained model")
                 max_eval_queries = setting_box("max_eval_queries", "Eval queries", whole=True)
     memory_md = gr.Markdown(elem_id="train-memory")
-    with gr.Row():
-        start_btn = gr.Button("Start training", variant="primary", elem_id="start-training")
-        stop_btn = gr.Button("Stop", variant="stop", elem_id="stop-training")
+    with gr.Row(equal_height=True):
+        with gr.Column(scale=1, min_width=160):
+            start_btn = gr.Button("Start training", variant="primary", elem_id="start-training")
+            stop_btn = gr.Button("Stop", variant="stop", elem_id="stop-training")
+        plan_md = gr.Markdown(elem_id="train-plan")
     error = error_box()
     status_md = gr.Markdown("No run yet: pick data, then Start (or use the demo preset).", elem_id="train-status")
     progress_view = gr.HTML(progress_html(progress_of("/nonexistent"), ""), elem_id="train-progress")
     loss_plot = gr.Plot(label="Loss", elem_id="loss-plot")
-    logs = gr.Textbox(label="Last log lines", lines=8, max_lines=8, interactive=False, elem_id="train-logs")
+    logs = gr.Textbox(label="Log, newest line first", lines=8, max_lines=8, interactive=False, elem_id="train-logs")
     command = gr.Textbox(label="The same run from a shell", lines=2, max_lines=6, interactive=False,
                          buttons=["copy"], elem_id="train-command")
     run_state = gr.State(None)
@@ -181,16 +298,72 @@ def build(studio, ui) -> None:
         progress = progress_of(run.run_dir)
         signature = (run_id, len(progress.losses), len(progress.evals), progress.total_steps)
         figure = charts.loss_figure(progress, f"Training loss: run {run_id}") if signature != drawn_before else gr.skip()
-        log_text = "\n".join(list(progress.logs)[-LOG_LINES_SHOWN:])
+        log_text = "\n".join(reversed(list(progress.logs)[-LOG_LINES_SHOWN:]))  # the last word visible unscrolled
         return status_markdown(studio, run, progress), progress_html(progress, run.status), figure, log_text, signature
 
-    def attach():
-        """On page load: the running job, else the next queued one, else the latest run."""
+    settings_outputs = [ui.model_id, ui.model_state, method, lora_r, lora_alpha, lora_dropout, targets, learning_rate,
+                        length_mode, epochs, max_steps, batch_size, max_seq_length, warmup, loss, seed, evaluate,
+                        max_eval_queries, checkpointing, ui.eval_size]
+    shown_outputs = [run_state, command, *settings_outputs, *ui.data_load_outputs]
+
+    def settings_of(run) -> dict:
+        """The form's settings as `run` was started with them."""
+        cfg = run.config
+        info = model_info(cfg.get("model") or DEFAULT_MODEL)
+        chosen = cfg.get("target_modules") or info["lora_targets"]
+        values = {ui.model_id: info["model"], ui.model_state: info,
+                  targets: gr.update(choices=sorted({*info["lora_targets"], *chosen}), value=chosen),
+                  length_mode: "max steps" if cfg.get("max_steps") else "epochs", loss: cfg.get("loss") or run_loss(cfg)}
+        for box, name in ((method, "method"), (lora_r, "lora_r"), (lora_alpha, "lora_alpha"),
+                          (lora_dropout, "lora_dropout"), (learning_rate, "learning_rate"), (epochs, "epochs"),
+                          (max_steps, "max_steps"), (batch_size, "batch_size"), (max_seq_length, "max_seq_length"),
+                          (warmup, "warmup_ratio"), (seed, "seed"), (evaluate, "evaluate"),
+                          (max_eval_queries, "max_eval_queries"), (checkpointing, "gradient_checkpointing")):
+            values[box] = cfg.get(name, default(name))
+        fraction = cfg.get("eval_size")
+        if isinstance(fraction, float) and 0 < fraction < 1:  # a row count (from the API) has no place on the slider
+            values[ui.eval_size] = min(max(fraction, ui.eval_size.minimum), ui.eval_size.maximum)
+        return values
+
+    def data_view(source: DataSource, columns: dict | None) -> dict:
+        """The Data tab showing `source` mapped as `columns` (guessed where None); nothing if it cannot be read."""
+        try:
+            return dict(zip(ui.data_load_outputs, ui.load_source(source, columns or None)))
+        except (DataError, PathNotAllowed, OSError, TypeError):
+            return {}
+
+    def run_view_of(run, with_data: bool = True) -> dict:
+        values = {run_state: run.id, command: studio.command_for(run), **settings_of(run)}
+        source, columns = studio.source_of(run)
+        if with_data and source is not None:
+            values.update(data_view(source, columns))
+        return values
+
+    def show_run(run_id):
+        """Open in Train (and Resume): the form, the data and the shell command become that run's."""
+        try:
+            return run_view_of(studio.store.get(run_id)) if run_id else gr.skip()
+        except KeyError:
+            return gr.skip()
+
+    def restore(saved):
+        """On page load: the running job (else the next queued one, else the latest run) with its settings and
+        command, and the data this browser session had loaded (else that run's)."""
         run = studio.runner.active() or next(iter(studio.store.list((QUEUED,))), None) or next(
             iter(studio.store.list()), None)
-        if run is None:
-            return None, gr.skip()
-        return run.id, studio.command_for(run)
+        values = run_view_of(run, with_data=not saved) if run is not None else {}
+        if saved:
+            try:
+                source = DataSource.from_dict(saved.get("source"))
+            except (AttributeError, TypeError):
+                source = None
+            if source is not None:
+                values.update(data_view(source, saved.get("columns")))
+        return values or gr.skip()
+
+    def remember(source_dict, *roles):
+        """What restore gives back after a reload: the loaded data and the columns picked for it."""
+        return {"source": source_dict, "columns": mapping_from(*roles)} if source_dict else gr.skip()
 
     def preset():
         data = ui.load_sample()
@@ -198,7 +371,7 @@ def build(studio, ui) -> None:
         p = DEMO_PRESET
         return (*data, info, DEFAULT_MODEL, p["method"], p["lora_r"], p["lora_alpha"], p["learning_rate"],
                 "max steps", p["max_steps"], p["batch_size"], p["max_seq_length"], p["warmup_ratio"],
-                p["max_eval_queries"], True)
+                p["max_eval_queries"], True, preset_note(studio, data[ui.data_load_outputs.index(ui.data_state)], info))
 
     def loss_choices(anchor, positive, negative, score, label, current):
         mapping = mapping_from(anchor, positive, negative, score, label)
@@ -212,9 +385,11 @@ def build(studio, ui) -> None:
         choices = list(data_layer.LOSSES.get(task, []))
         return gr.update(choices=choices, value=current if current in choices else default)
 
-    def model_changed(info):
+    def model_changed(info, chosen):
+        """The new model's targets, keeping the ones picked that it has too (a run opened again keeps its own)."""
         targets_now = info.get("lora_targets") or []
-        return gr.update(choices=targets_now, value=targets_now)
+        kept = [t for t in chosen or [] if t in targets_now]
+        return gr.update(choices=targets_now, value=kept or targets_now)
 
     def memory(info, method_value, batch, seq, r, recompute):
         text = memory_summary(info or {}, method_value, batch or 1, seq or 1, r or 1, bool(recompute))
@@ -227,15 +402,23 @@ def build(studio, ui) -> None:
     max_steps.input(lambda: "max steps", None, length_mode, api_visibility="private")
     epochs.input(lambda: "epochs", None, length_mode, api_visibility="private")
     timer.tick(render, [run_state, drawn], run_view, api_visibility="private", show_progress="hidden")
-    ui.demo.load(attach, None, [run_state, command], api_visibility="private")
+    ui.demo.load(restore, ui.saved_data, shown_outputs, api_visibility="private")
+    gr.on([ui.data_state.change, *(dropdown.change for dropdown in ui.mapping_inputs)], remember,
+          [ui.data_state, *ui.mapping_inputs], ui.saved_data, api_visibility="private", trigger_mode="always_last")
     preset_btn.click(preset, None, [*ui.data_load_outputs, ui.model_state, ui.model_id, method, lora_r, lora_alpha,
                                     learning_rate, length_mode, max_steps, batch_size, max_seq_length, warmup,
-                                    max_eval_queries, evaluate], api_name="demo_preset")
+                                    max_eval_queries, evaluate, preset_md], api_name="demo_preset")
     for dropdown in ui.mapping_inputs:
         dropdown.change(loss_choices, [*ui.mapping_inputs, loss], loss, api_visibility="private")
-    ui.model_state.change(model_changed, ui.model_state, targets, api_visibility="private")
+    ui.model_state.change(model_changed, [ui.model_state, targets], targets, api_visibility="private")
     memory_inputs = [ui.model_state, method, batch_size, max_seq_length, lora_r, checkpointing]
     for component in memory_inputs:
         component.change(memory, memory_inputs, [memory_md, ui.memory_md], api_visibility="private")
     ui.demo.load(memory, memory_inputs, [memory_md, ui.memory_md], api_visibility="private")
+    plan_inputs = [ui.model_state, ui.data_state, ui.eval_size, method, length_mode, epochs, max_steps, batch_size,
+                   max_seq_length, checkpointing, evaluate, max_eval_queries, lora_r]
+    gr.on([*(component.change for component in plan_inputs), ui.train_tab.select, ui.demo.load],
+          lambda *form: plan_markdown(studio, *form), plan_inputs, plan_md, api_visibility="private",
+          trigger_mode="always_last", show_progress="hidden")
     ui.run_state, ui.render_run, ui.run_view = run_state, render, run_view
+    ui.show_run, ui.shown_outputs = show_run, shown_outputs

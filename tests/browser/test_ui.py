@@ -219,3 +219,101 @@ def test_runs_tab_lists_every_run_and_overlays_two_curves(page, studio_app):
     traces = "() => { const p = document.querySelector('#runs-overlay-plot .js-plotly-plot'); return p ? p.data.length : 0; }"
     wait_for(lambda: page.evaluate(traces) == 2, 60, "two curves overlaid")
     screenshot(page, "runs")
+
+
+def number_in(page, label: str) -> float:
+    return float(page.get_by_label(label, exact=True).input_value())
+
+
+def command_text(page) -> str:
+    return page.locator("#train-command textarea").input_value()
+
+
+def no_run_active(studio_app) -> bool:
+    from studio.store import RunStore
+
+    return not RunStore(studio_app.home / "runs.sqlite").list(("running", "queued"))
+
+
+def test_open_in_train_shows_that_runs_settings_data_and_command(page, studio_app):
+    """Two runs with different settings and data (one on the sample, one on an uploaded-style CSV); opening
+    each from Runs puts its own settings, data and shell command in the form. Neither needs to train: the first
+    is stopped while it loads, the second cancelled while it waits behind it."""
+    from gradio_client import Client
+
+    pairs = studio_app.home / "pairs.csv"  # inside the studio's home: a file it may read
+    pairs.write_text("q,a\n" + "".join(f"question number {i},the answer to question {i}\n" for i in range(60)))
+    client = Client(studio_app.url, verbose=False)
+    first = client.predict({"max_steps": 400, "batch_size": 8, "max_seq_length": 64, "evaluate": False, "seed": 3},
+                           "sample", api_name="/start_run")["run_id"]
+    second = client.predict({"max_steps": 7, "batch_size": 4, "max_seq_length": 48, "learning_rate": 0.003,
+                             "columns": {"anchor": "q", "positive": "a"}, "evaluate": False}, str(pairs),
+                            api_name="/start_run")["run_id"]
+    assert client.predict(second, api_name="/stop_run")["status"] == "stopped"
+    client.predict(first, api_name="/stop_run")
+
+    def open_in_train(run_id):
+        open_tab(page, "Runs")
+        page.get_by_role("button", name="Refresh").click()
+        page.get_by_label("Run", exact=True).fill(run_id)
+        page.get_by_label("Run", exact=True).press("Enter")
+        page.get_by_role("button", name="Open in Train, Compare and Export").click()
+        page.locator("#train-status").get_by_text(run_id).wait_for()
+        wait_for(lambda: run_id in command_text(page), 30, "the run's command")  # --output names its folder
+
+    open_in_train(second)
+    wait_for(lambda: number_in(page, "Max steps") == 7, 30, "the second run's step count")
+    assert (number_in(page, "Batch size"), number_in(page, "Max sequence length (tokens)")) == (4, 48)
+    assert number_in(page, "Learning rate") == 0.003
+    assert "--max-steps 7" in command_text(page) and "pairs.csv" in command_text(page)
+    open_tab(page, "Data")
+    page.locator("#data-source").get_by_text("pairs.csv").wait_for()
+    assert "Columns as the run used them" in page.locator("#data-source").inner_text()
+
+    open_in_train(first)
+    wait_for(lambda: number_in(page, "Max steps") == 400, 30, "the first run's step count")
+    assert (number_in(page, "Batch size"), number_in(page, "Seed")) == (8, 3)
+    assert "--max-steps 400" in command_text(page) and "debian-pairs/train.jsonl" in command_text(page)
+    open_tab(page, "Data")
+    page.locator("#data-source").get_by_text("4,000 rows").wait_for()
+    screenshot(page, "open-in-train")
+
+
+def test_a_reload_keeps_the_sessions_data_and_shows_the_latest_runs_settings(page, studio_app):
+    from gradio_client import Client
+
+    client = Client(studio_app.url, verbose=False)
+    run_id = client.predict({"max_steps": 9, "batch_size": 4, "max_seq_length": 32, "evaluate": False},
+                            "sample", api_name="/start_run")["run_id"]
+    client.predict(run_id, api_name="/stop_run")
+    wait_for(lambda: no_run_active(studio_app), RUN_TIMEOUT, "no run training")
+
+    pairs = studio_app.home / "reload.csv"
+    pairs.write_text("q,a\n" + "".join(f"reload question {i},reload answer {i}\n" for i in range(30)))
+    open_tab(page, "Data")
+    page.get_by_label("...or a Hugging Face dataset id or a file on this machine").fill(str(pairs))
+    page.get_by_role("button", name="Load", exact=True).click()
+    page.locator("#data-source").get_by_text("reload.csv").wait_for()
+    page.locator("#held-out-note").get_by_text("about 3 of the 30 rows").wait_for()
+    wait_for(lambda: page.evaluate("() => localStorage.getItem('lacker-data')"), 30, "the browser to keep the data")
+
+    page.reload()
+    page.get_by_role("tab", name="Model").wait_for()
+    open_tab(page, "Data")
+    page.locator("#data-source").get_by_text("reload.csv").wait_for()  # this session's data, not the run's
+    open_tab(page, "Train")
+    page.locator("#train-status").get_by_text(run_id).wait_for()
+    wait_for(lambda: number_in(page, "Max steps") == 9, 30, "the latest run's settings")
+    assert number_in(page, "Batch size") == 4 and "--max-steps 9" in command_text(page)
+    page.locator("#train-plan").get_by_text("Expected time").wait_for()  # worked out for the reloaded form
+    log = page.locator("#train-logs textarea")
+    wait_for(lambda: log.input_value(), 30, "the run's log")
+    assert log.input_value().splitlines()[0].startswith("[stopped]")  # the last word first, seen without scrolling
+
+    from studio.tabs.train import DEMO_PRESET
+
+    page.locator("#demo-preset").click()
+    note = page.locator("#demo-preset-note")
+    note.get_by_text(f"{DEMO_PRESET['max_steps']} steps").wait_for()
+    assert "all-MiniLM-L6-v2" in note.inner_text() and "expected" in note.inner_text()
+    wait_for(lambda: number_in(page, "Max steps") == DEMO_PRESET["max_steps"], 30, "the preset's steps in the form")
