@@ -25,7 +25,7 @@ import json
 import math
 import numbers
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -92,6 +92,7 @@ class DataSummary:
     text_lengths: dict[str, list[int]]  # role -> characters per row (all negatives under "negative")
     warnings: list[str]
     columns: dict  # the mapping: role -> column (a list of columns for "negative")
+    labels: dict = field(default_factory=dict)  # a classifier's classes: label -> rows, most common first
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -515,20 +516,25 @@ def _is_empty(value) -> bool:
     return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))
 
 
+def text_problem(value) -> str | None:
+    """What is wrong with one text cell (empty, not text, control characters), and the fix; None when it is fine."""
+    if _is_empty(value):
+        return "empty value. Fill it in or drop the row."
+    if not isinstance(value, str):
+        return f"not text ({_clip(repr(value))}, {_kind(value)}). Make it text or drop the row."
+    control = CONTROL_CHARACTERS.search(value)
+    if control:
+        char = control.group()
+        what = "a NUL character" if char == "\x00" else f"the control character U+{ord(char):04X}"
+        return (f"the text holds {what} at character {control.start() + 1}, which no tokenizer reads as text "
+                "(often a sign of a binary or mis-encoded file). Remove it or drop the row.")
+    return None
+
+
 def _value_problem(role: str, value, loss: str) -> str | None:
     """What is wrong with one cell, and the fix; None when it is fine."""
     if role in TEXT_ROLES:
-        if _is_empty(value):
-            return "empty value. Fill it in or drop the row."
-        if not isinstance(value, str):
-            return f"not text ({_clip(repr(value))}, {_kind(value)}). Make it text or drop the row."
-        control = CONTROL_CHARACTERS.search(value)
-        if control:
-            char = control.group()
-            what = "a NUL character" if char == "\x00" else f"the control character U+{ord(char):04X}"
-            return (f"the text holds {what} at character {control.start() + 1}, which no tokenizer reads as text "
-                    "(often a sign of a binary or mis-encoded file). Remove it or drop the row.")
-        return None
+        return text_problem(value)
     what = "score" if role == "score" else "label"
     if _is_empty(value):
         return f"empty {what}. Fill it in or drop the row."
