@@ -22,8 +22,9 @@ METRIC_NAMES = ("ndcg@10", "mrr@10", "recall@1", "recall@10", "recall@100", "map
 SETTINGS_SHOWN = ("method", "lora_r", "lora_alpha", "steps", "batch_size", "learning_rate", "max_seq_length",
                   "loss", "data")
 LORA_SETTINGS = ("lora_r", "lora_alpha")
-# The line of sentence-transformers' usage snippet that names the model to load.
-USAGE_MODEL_LINE = re.compile(r'(model = SentenceTransformer\(")[^"\n]*("\))')
+# The line of a usage snippet that names the model to load: sentence-transformers' card, or a classifier's
+# pipeline("text-classification", model="...") (engine.models.classifier).
+USAGE_MODEL_LINE = re.compile(r'(model = SentenceTransformer\("|pipeline\("text-classification", model=")[^"\n]*(")')
 
 
 def describe_training(model, settings: dict, metrics: dict | None = None) -> None:
