@@ -127,6 +127,10 @@ class FastClassifier:
             kwargs: go to `AutoModelForSequenceClassification.from_pretrained`.
         """
         device = device or _default_device()
+        if (Path(model_name_or_path).expanduser() / "adapter_config.json").exists():  # our own save_pretrained
+            return _from_adapter(Path(model_name_or_path).expanduser(), labels, max_seq_length=max_seq_length, dtype=dtype, load_in_4bit=load_in_4bit,
+                                 for_inference=for_inference, trust_remote_code=trust_remote_code, device=device,
+                                 **kwargs)
         path = resolve_model(model_name_or_path)
         config = AutoConfig.from_pretrained(str(path), trust_remote_code=trust_remote_code)
         names, keep_head = _label_names(labels, num_labels, checkpoint_labels(config))
@@ -223,6 +227,34 @@ class FastClassifier:
         model.eval()
         model.requires_grad_(False)
         return model
+
+
+def _from_adapter(folder: Path, labels, for_inference: bool, **kwargs):
+    """A classifier saved by `save_pretrained` with an adapter: its base with a head of the saved classes, then the
+    adapter. transformers' load_adapter restores the LoRA weights but not the trained-in-full modules, so those
+    are copied in by name."""
+    from safetensors.torch import load_file
+
+    base = json.loads((folder / "adapter_config.json").read_text())["base_model_name_or_path"]
+    saved = json.loads((folder / "labels.json").read_text()) if (folder / "labels.json").exists() else None
+    if labels is not None and saved is not None and [str(label) for label in labels] != saved:
+        raise ValueError(f"{folder.name} was trained on the classes {saved}, not {list(labels)}; leave labels out")
+    model = FastClassifier.from_pretrained(base, labels=saved or labels, **kwargs)
+    model.load_adapter(str(folder), adapter_name="default", is_trainable=not for_inference)
+    whole = model.peft_config["default"].modules_to_save or []
+    parameters = dict(model.named_parameters())
+    with torch.no_grad():
+        for key, tensor in load_file(str(folder / "adapter_model.safetensors")).items():
+            name = key.removeprefix("base_model.model.")
+            owner = next((m for m in whole if name.startswith(m + ".")), None)
+            if owner is not None and "lora_" not in name:
+                parameters[f"{owner}.modules_to_save.default{name[len(owner):]}"].copy_(tensor)
+    model.tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    if kwargs.get("max_seq_length") is not None:
+        model.tokenizer.model_max_length = kwargs["max_seq_length"]
+    if for_inference:
+        FastClassifier.for_inference(model)
+    return model
 
 
 def _encoder_targets(model, whole: list[str]) -> list[str] | str:
