@@ -106,7 +106,7 @@ def train(config: TrainConfig | dict, events: EventLog | None = None, stop: thre
         events.log("no GPU found: training on the CPU (fine for small models and the demo preset, slow otherwise)")
 
     extra = data_layer.read_extra_corpus(config.extra_corpus) if config.extra_corpus else []
-    evaluation = task.held_out_evaluation(held_out, summary.task, config.max_eval_queries, config.seed, extra)
+    evaluation = task.held_out_evaluation(held_out, summary.task, config, extra)
     measuring = config.evaluate and bool(evaluation)
     metrics: dict = {}
     if measuring:

@@ -16,7 +16,7 @@ evaluator and side-by-side comparison, behind the same few names (see `embedding
     fast_path_unavailable(model)          -> None where engine.attention's fast path applies, else why not
     build_loss(name, model, train_rows)   -> the library's loss object
     packed_columns(train_rows)            -> the text columns the packed loop embeds, or None (no packed loop)
-    held_out_evaluation(held_out, shape, max_queries, seed, extra_corpus)
+    held_out_evaluation(held_out, shape, config, extra_corpus)
                                           -> falsy when there is nothing to measure, else an object with
                                           describe(), measure_base(model) (before any training),
                                           measure(model), evaluator() (for the trainer) and metrics_from(raw)

@@ -153,7 +153,12 @@ class RetrievalEvaluation:
         return evaluator_metrics(raw)
 
 
-def held_out_evaluation(held_out, shape: str, max_queries: int, seed: int, extra_corpus=()) -> RetrievalEvaluation:
+def held_out_evaluation(held_out, shape: str, config, extra_corpus=()) -> RetrievalEvaluation:
+    """`retrieval_evaluation` of the held-out rows, with the run's query limit and seed."""
+    return retrieval_evaluation(held_out, shape, config.max_eval_queries, config.seed, extra_corpus)
+
+
+def retrieval_evaluation(held_out, shape: str, max_queries: int, seed: int, extra_corpus=()) -> RetrievalEvaluation:
     """The held-out rows as retrieval queries. Scored pairs count as relevant from the middle of the score range
     up; labelled pairs where the label is not 0. Documents of the rows left out by `max_queries`, and every
     negative, stay in the corpus as distractors, with `extra_corpus`."""
