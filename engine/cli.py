@@ -100,7 +100,7 @@ def _evaluate(args) -> int:
     mapping = data_layer.parse_column_spec(args.columns) if args.columns else data_layer.column_guess(table).mapping
     summary = data_layer.validate(table, mapping, source_name=Path(args.data).name)
     rows = data_layer.prepare(table, mapping)
-    evaluation = embedding.held_out_evaluation(rows, summary.task, args.max_queries, seed=42)
+    evaluation = embedding.retrieval_evaluation(rows, summary.task, args.max_queries, seed=42)
     model = FastSentenceTransformer.from_pretrained(args.model, max_seq_length=args.max_seq_length, for_inference=True)
     print(json.dumps(evaluation.measure(model), indent=2))
     return 0

@@ -51,7 +51,8 @@ class TrainConfig:
         result = train({"data": "assets/debian-pairs/train.jsonl", "max_steps": 200, "output_dir": "runs/first"})
     """
 
-    task: str = setting("embedding", "what to train: embedding (a sentence-transformers bi-encoder)",
+    task: str = setting("embedding", "what to train: " + "; ".join(f"{name} ({task.SUMMARY})"
+                                                                  for name, task in TASKS.items()),
                         choices=tuple(TASKS))
     model: str = setting(DEFAULT_MODEL, "hub id or local folder of the model to fine-tune", shown=True)
     data: object = setting(None, "CSV/TSV/JSON/JSONL/Parquet file, or a Hugging Face dataset id (a pandas "

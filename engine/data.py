@@ -31,6 +31,7 @@ from pathlib import Path
 import pandas as pd
 
 from engine.bundled import ASSETS_DIR
+from engine.tasks import all_roles
 from engine.tasks.embedding import LOSSES  # the embedding task's losses per data shape (pairs, triplets, ...)
 
 ROLES = ("anchor", "positive", "negative", "score", "label")
@@ -391,8 +392,9 @@ def parse_column_spec(spec: str) -> dict:
         if not sep or not role or not column:
             raise DataError(f"column spec '{spec}': '{part.strip()}' is not role=column. "
                             f"Write role=column pairs separated by commas, e.g. {example}.")
-        if role not in ROLES:
-            raise DataError(f"column spec '{spec}': unknown role '{role}'. Roles are: {', '.join(ROLES)}.")
+        known = all_roles()
+        if role not in known:
+            raise DataError(f"column spec '{spec}': unknown role '{role}'. Roles are: {', '.join(known)}.")
         if role == "negative":
             mapping.setdefault("negative", []).append(column)
         elif role in mapping:
@@ -428,23 +430,26 @@ def task_for(mapping: dict) -> str:
         extras[0] if extras else None, "pairs")
 
 
-def default_loss(mapping: dict, df: pd.DataFrame | None = None) -> str:
-    """The loss to train with unless the user picks another of LOSSES[task].
+def default_loss(mapping: dict, df: pd.DataFrame | None = None, losses: dict = LOSSES) -> str:
+    """The loss to train with unless the user picks another of losses[task] (a task module's LOSSES; the
+    embedding task's by default).
 
-    Labelled pairs with 0/1 labels (or when `df` is not given) use OnlineContrastiveLoss; more classes
-    need SoftmaxLoss.
+    Labelled pairs with 0/1 labels (or when `df` is not given) take the first; more classes need SoftmaxLoss
+    where the task offers it.
     """
     task = task_for(mapping)
-    if task == "labelled-pairs" and df is not None:
+    if task == "labelled-pairs" and df is not None and "SoftmaxLoss" in losses[task]:
         labels = set(pd.to_numeric(df[mapping["label"]], errors="coerce").dropna().unique())
         if not labels <= {0, 1}:
             return "SoftmaxLoss"
-    return LOSSES[task][0]
+    return losses[task][0]
 
 
-def validate(df: pd.DataFrame, mapping: dict, source_name: str = "data", loss: str | None = None) -> DataSummary:
-    """Check `df` against `mapping` (and the scores or labels against `loss`, by default the task's default loss)
-    and summarise it; raise DataError (MappingError for the mapping) at the first problem."""
+def validate(df: pd.DataFrame, mapping: dict, source_name: str = "data", loss: str | None = None,
+             losses: dict = LOSSES) -> DataSummary:
+    """Check `df` against `mapping` (and the scores or labels against `loss`, by default the data shape's default
+    loss in `losses`, a task module's LOSSES) and summarise it; raise DataError (MappingError for the mapping) at
+    the first problem. The checks every pair task shares: a task module adds its own (engine.tasks)."""
     _check_column_names(df.columns, source_name)
     columns_are = f"columns are: {', '.join(map(str, df.columns))}"
     for role in ("anchor", "positive"):
@@ -467,7 +472,7 @@ def validate(df: pd.DataFrame, mapping: dict, source_name: str = "data", loss: s
         if other:
             raise MappingError(f"column '{column}' of {source_name} is mapped to both {other} and {role}; "
                                f"a model would learn to match each text with itself. Map {role} to another column.")
-    loss = loss or default_loss(mapping, df)
+    loss = loss or default_loss(mapping, df, losses)
 
     empty_values = {}
     for role, column in roles:
@@ -506,7 +511,7 @@ def validate(df: pd.DataFrame, mapping: dict, source_name: str = "data", loss: s
         lengths["negative"] = [n for c in negative_columns for n in prepared[c].str.len().tolist()]
     columns = {role: negatives_of(mapping) if role == "negative" else mapping[role]
                for role in ROLES if mapping.get(role)}
-    return DataSummary(rows=len(prepared), task=task, loss=default_loss(mapping, df), duplicates=duplicates,
+    return DataSummary(rows=len(prepared), task=task, loss=default_loss(mapping, df, losses), duplicates=duplicates,
                        empty_values=empty_values, text_lengths=lengths, warnings=warnings, columns=columns)
 
 
