@@ -87,7 +87,8 @@ def _train(args) -> int:
     metrics_path = run_dir / "metrics.json"
     if metrics_path.exists():
         print(json.dumps(json.loads(metrics_path.read_text()), indent=2))
-    print(f"saved to {run_dir}/ (merged/ loads in plain sentence-transformers)")
+    print(f"saved to {run_dir}/ (merged/ loads without Lacker Studio: in plain sentence-transformers, or transformers "
+          "for a classifier)")
     return code
 
 

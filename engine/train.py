@@ -100,7 +100,7 @@ def train(config: TrainConfig | dict, events: EventLog | None = None, stop: thre
     events.status("loading", f"loading {config.model}")
     resolve_model(config.model, progress=download_events(events))  # progress of a download; the loader finds the cache
     set_seed(config.seed)
-    model = task.load_model(config)
+    model = task.load_model(config, train_rows)
     config.check_against(len(train_rows), *task.model_limits(model))
     if not torch.cuda.is_available():
         events.log("no GPU found: training on the CPU (fine for small models and the demo preset, slow otherwise)")
@@ -134,7 +134,7 @@ def train(config: TrainConfig | dict, events: EventLog | None = None, stop: thre
         steps = train_packed(run)
     else:
         if config.loop == "on" or config.fast:
-            events.log(f"training with sentence-transformers' trainer: {reason}")
+            events.log(f"training with the stock trainer: {reason}")
         steps = train_with_trainer(run)
     stopped = stop.is_set()
 

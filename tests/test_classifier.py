@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
@@ -115,10 +116,8 @@ def test_integer_labels_are_classes_named_by_their_digits_in_numeric_order(tiny)
     rows = classifier.prepare(table([2, 10, 1.0, 2, 10, 1, 2, 10, 1]), MAPPING)
     assert sorted(set(rows["label"])) == ["1", "10", "2"]
 
-    class Config:
-        model, max_seq_length, method = str(tiny("bert")), 32, "lora"
-
-    model = classifier.load_model(Config, rows)
+    config = SimpleNamespace(model=str(tiny("bert")), max_seq_length=32, method="lora")
+    model = classifier.load_model(config, rows)
     assert model.config.id2label == {0: "1", 1: "2", 2: "10"}
 
 
@@ -150,8 +149,8 @@ def test_the_split_keeps_every_class_on_both_sides_and_a_single_row_class_in_tra
 
 def test_the_evaluation_says_which_labels_it_cannot_measure(tiny):
     model = FastClassifier.from_pretrained(str(tiny("bert")), labels=LABELS)
-    evaluation = classifier.held_out_evaluation(pd.DataFrame({"text": TEXTS, "label": ["admin", "games", "games",
-                                                                                       "sports"]}), "texts", 500, 0)
+    held_out = pd.DataFrame({"text": TEXTS, "label": ["admin", "games", "games", "sports"]})
+    evaluation = classifier.held_out_evaluation(held_out, "texts", SimpleNamespace(max_eval_queries=500, seed=0))
     notes = evaluation.held_out_notes(model)
     assert any("'web'" in note and "no held-out rows" in note for note in notes)
     assert any("'sports'" in note and "not among the training labels" in note for note in notes)

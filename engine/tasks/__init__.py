@@ -8,7 +8,8 @@ evaluator and side-by-side comparison, behind the same few names (see `embedding
     validate(table, mapping, source_name, loss=None) -> engine.data.DataSummary; raises DataError
     prepare(table, mapping)               -> the rows, columns named by role (validate first)
     split(rows, eval_size, seed)          -> (train rows, held-out rows)
-    load_model(config)                    -> the library's own model class, ready to train
+    load_model(config, train_rows)        -> the library's own model class, ready to train (a classifier's head
+                                          gets the training rows' classes)
     model_limits(model)                   -> (max positions, hidden width), for checking the settings
     training_rows(rows, loss_name, config, events) -> the rows the loss trains on (a reranker mines
                                           negatives here; events reports what it does)
@@ -31,9 +32,9 @@ Importing this package imports neither torch nor sentence-transformers, nor pand
 
 from __future__ import annotations
 
-from engine.tasks import embedding
+from engine.tasks import classifier, embedding
 
-TASKS = {task.NAME: task for task in (embedding,)}
+TASKS = {task.NAME: task for task in (embedding, classifier)}
 
 
 def task_module(name: str):

@@ -347,11 +347,14 @@ class ClassificationEvaluation:
         return self.scores(model, self.predict(model))
 
     def measure_base(self, model) -> dict:
-        """The checkpoint's own head where it kept one, else the majority class."""
+        """The checkpoint's own head where it kept one, else the majority class; `notes` says what the held-out
+        split cannot measure (`held_out_notes`)."""
+        notes = {"notes": self.held_out_notes(model)} if self.held_out_notes(model) else {}
         if getattr(model, "_lacker_own_head", False):
-            return self.measure(model)
+            return {**self.measure(model), "baseline": "the checkpoint's own classification head", **notes}
         majority = Counter(self.labels).most_common(1)[0][0]
-        return {**self.scores(model, [majority] * len(self.labels)), "baseline": f"majority class '{majority}'"}
+        return {**self.scores(model, [majority] * len(self.labels)), "baseline": f"majority class '{majority}'",
+                **notes}
 
     def scores(self, model, predicted: list[str]) -> dict:
         """accuracy, macro_f1, weighted_f1, per_class {label: precision, recall, f1, support} and the confusion
@@ -384,10 +387,10 @@ class ClassificationEvaluation:
                 if key.removeprefix("eval_") in ("accuracy", "macro_f1", "weighted_f1")}
 
 
-def held_out_evaluation(held_out, shape: str, max_queries: int, seed: int, extra_corpus=()) -> ClassificationEvaluation:
-    """The held-out rows (at most `max_queries`, a stratified sample where there are more); `extra_corpus` does not
-    apply to a classifier."""
-    rows = held_out
+def held_out_evaluation(held_out, shape: str, config, extra_corpus=()) -> ClassificationEvaluation:
+    """The held-out rows (at most config.max_eval_queries, a stratified sample where there are more); `extra_corpus`
+    does not apply to a classifier."""
+    rows, max_queries, seed = held_out, config.max_eval_queries, config.seed
     if len(rows) > max_queries:
         from sklearn.model_selection import train_test_split
 
@@ -416,6 +419,10 @@ def trainer(model, train_dataset, loss, evaluator, callbacks, args_overrides: di
     from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
 
     rows = train_dataset.to_pandas()
+    args = dict(args_overrides)
+    # transformers 5 takes the warmup as a ratio in warmup_steps (a float below 1); warmup_ratio is
+    # sentence-transformers' own argument.
+    args["warmup_steps"] = min(args.pop("warmup_ratio", 0.0), 0.999)
     eval_dataset = compute_metrics = None
     if evaluator is not None:
         import pandas as pd
@@ -430,7 +437,7 @@ def trainer(model, train_dataset, loss, evaluator, callbacks, args_overrides: di
             scores = ClassificationEvaluation(evaluator.texts, evaluator.pairs, truths).scores(model, guesses)
             return {key: scores[key] for key in ("accuracy", "macro_f1", "weighted_f1")}
     return Trainer(
-        model=model, args=TrainingArguments(**args_overrides), train_dataset=tokenized(model, rows),
+        model=model, args=TrainingArguments(**args), train_dataset=tokenized(model, rows),
         eval_dataset=eval_dataset, data_collator=DataCollatorWithPadding(model.tokenizer),
         processing_class=model.tokenizer, compute_loss_func=loss, compute_metrics=compute_metrics, callbacks=callbacks,
     )

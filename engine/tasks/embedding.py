@@ -50,8 +50,8 @@ def split(rows, eval_size, seed: int):
     return data.split(rows, eval_size=eval_size, seed=seed)
 
 
-def load_model(config):
-    """The model to fine-tune, as `config` says (a SentenceTransformer)."""
+def load_model(config, train_rows=None):
+    """The model to fine-tune, as `config` says (a SentenceTransformer); the rows do not change it."""
     from engine.models import FastSentenceTransformer
 
     return FastSentenceTransformer.from_pretrained(
