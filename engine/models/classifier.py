@@ -322,9 +322,11 @@ def merged_copy(model, dtype=None):
 
 
 def describe_training(model, settings: dict, metrics: dict | None = None) -> None:
-    """Record how `model` was fine-tuned (the run's settings, the base and trained metrics), for the model card
-    every later save writes."""
-    model._lacker_card = {"settings": dict(settings), "metrics": dict(metrics or {})}
+    """Record how `model` was fine-tuned (the run's settings as engine.hub.shown_settings picks them, the base and
+    trained metrics), for the model card every later save writes."""
+    from engine.hub import shown_settings
+
+    model._lacker_card = {"settings": shown_settings(settings), "metrics": dict(metrics or {})}
 
 
 def model_card(model, name: str) -> str:
