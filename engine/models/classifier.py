@@ -305,11 +305,23 @@ def merge_adapters_in_place(model) -> None:
 def merged_copy(model, dtype=None):
     """A copy of `model` with its adapters merged, in `dtype` (default 16-bit: bf16 where the model was loaded in
     bf16, else fp16), leaving `model` itself untouched and trainable."""
-    if getattr(model, "is_loaded_in_4bit", False):
-        raise ValueError("a 4-bit model cannot be merged exactly; load the base in 16 bits, add the saved adapter "
-                         "and merge that")
     tokenizer = model.tokenizer
-    copy_ = copy.deepcopy(model)
+    if getattr(model, "is_loaded_in_4bit", False):
+        # 4-bit weights cannot be merged exactly: rebuild the 16-bit base, add the same adapter and copy the trained
+        # weights over by name.
+        labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
+        copy_ = FastClassifier.from_pretrained(model._lacker_base_path, labels=labels, dtype=torch.bfloat16,
+                                               device=str(model.device))
+        copy_.add_adapter(copy.deepcopy(model.peft_config["default"]))
+        trained = {name: p for name, p in model.named_parameters() if p.requires_grad}
+        with torch.no_grad():
+            for name, param in copy_.named_parameters():
+                if name in trained:
+                    param.copy_(trained.pop(name).to(param.dtype))
+        if trained:
+            raise RuntimeError(f"could not place trained weights {sorted(trained)[:3]} in the 16-bit base")
+    else:
+        copy_ = copy.deepcopy(model)
     if _has_adapter(copy_):
         merge_adapters_in_place(copy_)
     target = _torch_dtype(dtype) or (
