@@ -231,30 +231,39 @@ class FastClassifier:
 
 def _from_adapter(folder: Path, labels, for_inference: bool, **kwargs):
     """A classifier saved by `save_pretrained` with an adapter: its base with a head of the saved classes, then the
-    adapter. transformers' load_adapter restores the LoRA weights but not the trained-in-full modules, so those
-    are copied in by name."""
-    from safetensors.torch import load_file
+    adapter's LoRA and trained-in-full weights."""
+    from peft import LoraConfig
 
-    base = json.loads((folder / "adapter_config.json").read_text())["base_model_name_or_path"]
+    config = LoraConfig.from_pretrained(str(folder))
     saved = json.loads((folder / "labels.json").read_text()) if (folder / "labels.json").exists() else None
     if labels is not None and saved is not None and [str(label) for label in labels] != saved:
         raise ValueError(f"{folder.name} was trained on the classes {saved}, not {list(labels)}; leave labels out")
-    model = FastClassifier.from_pretrained(base, labels=saved or labels, **kwargs)
-    model.load_adapter(str(folder), adapter_name="default", is_trainable=not for_inference)
-    whole = model.peft_config["default"].modules_to_save or []
-    parameters = dict(model.named_parameters())
-    with torch.no_grad():
-        for key, tensor in load_file(str(folder / "adapter_model.safetensors")).items():
-            name = key.removeprefix("base_model.model.")
-            owner = next((m for m in whole if name.startswith(m + ".")), None)
-            if owner is not None and "lora_" not in name:
-                parameters[f"{owner}.modules_to_save.default{name[len(owner):]}"].copy_(tensor)
+    model = FastClassifier.from_pretrained(config.base_model_name_or_path, labels=saved or labels, **kwargs)
+    model.add_adapter(config)
+    load_adapter_weights(model, folder)
     model.tokenizer = AutoTokenizer.from_pretrained(str(folder))
     if kwargs.get("max_seq_length") is not None:
         model.tokenizer.model_max_length = kwargs["max_seq_length"]
     if for_inference:
         FastClassifier.for_inference(model)
     return model
+
+
+def load_adapter_weights(model, folder) -> None:
+    """Copy a saved adapter's weights into the model's own adapter ("default"): the LoRA matrices and the
+    trained-in-full modules (which transformers' load_adapter, and so the Trainer's resume, leave out). A saved weight
+    the model has no place for raises KeyError."""
+    from safetensors.torch import load_file
+
+    whole = model.peft_config["default"].modules_to_save or []
+    parameters = dict(model.named_parameters())
+    with torch.no_grad():
+        for key, tensor in load_file(str(Path(folder) / "adapter_model.safetensors")).items():
+            name = key.removeprefix("base_model.model.")
+            owner = next((m for m in whole if name.startswith(m + ".")), None)
+            module, _, param = name.rpartition(".")
+            target = f"{owner}.modules_to_save.default{name[len(owner):]}" if owner else f"{module}.default.{param}"
+            parameters[target].copy_(tensor)
 
 
 def _encoder_targets(model, whole: list[str]) -> list[str] | str:

@@ -416,7 +416,20 @@ def tokenized(model, rows):
 def trainer(model, train_dataset, loss, evaluator, callbacks, args_overrides: dict):
     """transformers' own Trainer: the rows tokenized ahead, padded per batch, cross-entropy (weighted per class
     where `class_weights` is on); `evaluator` (a ClassificationEvaluation) measured every eval_steps."""
-    from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
+    from transformers import DataCollatorWithPadding, PrinterCallback, Trainer, TrainingArguments
+
+    from engine.models.classifier import load_adapter_weights
+
+    class ClassifierTrainer(Trainer):
+        """transformers' Trainer, resuming the adapter of a model that keeps its class (transformers' own PEFT
+        integration), which the stock resume takes for a full model."""
+
+        def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+            model = model or self.model
+            if getattr(model, "_hf_peft_config_loaded", False):
+                load_adapter_weights(model, resume_from_checkpoint)
+            else:
+                super()._load_from_checkpoint(resume_from_checkpoint, model)
 
     rows = train_dataset.to_pandas()
     args = dict(args_overrides)
@@ -436,11 +449,13 @@ def trainer(model, train_dataset, loss, evaluator, callbacks, args_overrides: di
             truths = [model.config.id2label[int(i)] for i in prediction.label_ids]
             scores = ClassificationEvaluation(evaluator.texts, evaluator.pairs, truths).scores(model, guesses)
             return {key: scores[key] for key in ("accuracy", "macro_f1", "weighted_f1")}
-    return Trainer(
+    trainer = ClassifierTrainer(
         model=model, args=TrainingArguments(**args), train_dataset=tokenized(model, rows),
         eval_dataset=eval_dataset, data_collator=DataCollatorWithPadding(model.tokenizer),
         processing_class=model.tokenizer, compute_loss_func=loss, compute_metrics=compute_metrics, callbacks=callbacks,
     )
+    trainer.remove_callback(PrinterCallback)  # the run's events carry the progress; its printed dicts repeat them
+    return trainer
 
 
 def describe(model, settings: dict, metrics: dict) -> None:
