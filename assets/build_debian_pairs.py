@@ -56,16 +56,17 @@ def read_lists(lists_dir: Path) -> str:
         raise SystemExit(
             f"no *i18n_Translation-en* files in {lists_dir}; run: apt-get update -o Acquire::Languages=en"
         )
+    return "\n\n".join(lz4_text(f) for f in files)
+
+
+def lz4_text(path: Path) -> str:
+    """The text of one apt list, which apt stores lz4'd or plain."""
+    if path.suffix != ".lz4":
+        return path.read_text(encoding="utf-8")
     lz4cat = shutil.which("lz4cat")
-    texts = []
-    for f in files:
-        if f.suffix != ".lz4":
-            texts.append(f.read_text(encoding="utf-8"))
-            continue
-        # apt-helper ships with apt itself, so it works where Debian's lz4 is not installed.
-        cmd = [lz4cat, str(f)] if lz4cat else ["/usr/lib/apt/apt-helper", "cat-file", str(f)]
-        texts.append(subprocess.run(cmd, check=True, capture_output=True).stdout.decode("utf-8"))
-    return "\n\n".join(texts)
+    # apt-helper ships with apt itself, so it works where Debian's lz4 is not installed.
+    cmd = [lz4cat, str(path)] if lz4cat else ["/usr/lib/apt/apt-helper", "cat-file", str(path)]
+    return subprocess.run(cmd, check=True, capture_output=True).stdout.decode("utf-8")
 
 
 def parse_descriptions(text: str) -> dict[str, tuple[str, str]]:

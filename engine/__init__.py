@@ -6,7 +6,7 @@ studio can read the family table and the data layer cheaply.
 
 import logging
 
-__all__ = ["FastSentenceTransformer", "train", "TrainConfig"]
+__all__ = ["FastSentenceTransformer", "FastClassifier", "train", "TrainConfig"]
 
 
 class HeldBackLog(logging.Filter):
@@ -37,10 +37,10 @@ bitsandbytes_cpu_warnings = HeldBackLog("bitsandbytes.backends.cpu.ops")
 
 
 def __getattr__(name):
-    if name == "FastSentenceTransformer":
-        from engine.models import FastSentenceTransformer
+    if name in ("FastSentenceTransformer", "FastClassifier"):
+        from engine import models
 
-        return FastSentenceTransformer
+        return getattr(models, name)
     if name in ("train", "TrainConfig"):
         from engine import train as train_module
 

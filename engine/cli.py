@@ -87,7 +87,8 @@ def _train(args) -> int:
     metrics_path = run_dir / "metrics.json"
     if metrics_path.exists():
         print(json.dumps(json.loads(metrics_path.read_text()), indent=2))
-    print(f"saved to {run_dir}/ (merged/ loads in plain sentence-transformers)")
+    print(f"saved to {run_dir}/ (merged/ loads without Lacker Studio: in plain sentence-transformers, or transformers "
+          "for a classifier)")
     return code
 
 
@@ -100,7 +101,7 @@ def _evaluate(args) -> int:
     mapping = data_layer.parse_column_spec(args.columns) if args.columns else data_layer.column_guess(table).mapping
     summary = data_layer.validate(table, mapping, source_name=Path(args.data).name)
     rows = data_layer.prepare(table, mapping)
-    evaluation = embedding.held_out_evaluation(rows, summary.task, args.max_queries, seed=42)
+    evaluation = embedding.retrieval_evaluation(rows, summary.task, args.max_queries, seed=42)
     model = FastSentenceTransformer.from_pretrained(args.model, max_seq_length=args.max_seq_length, for_inference=True)
     print(json.dumps(evaluation.measure(model), indent=2))
     return 0

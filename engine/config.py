@@ -51,7 +51,8 @@ class TrainConfig:
         result = train({"data": "assets/debian-pairs/train.jsonl", "max_steps": 200, "output_dir": "runs/first"})
     """
 
-    task: str = setting("embedding", "what to train: embedding (a sentence-transformers bi-encoder)",
+    task: str = setting("embedding", "what to train: " + "; ".join(f"{name} ({task.SUMMARY})"
+                                                                  for name, task in TASKS.items()),
                         choices=tuple(TASKS))
     model: str = setting(DEFAULT_MODEL, "hub id or local folder of the model to fine-tune", shown=True)
     data: object = setting(None, "CSV/TSV/JSON/JSONL/Parquet file, or a Hugging Face dataset id (a pandas "
@@ -83,6 +84,8 @@ class TrainConfig:
     warmup_ratio: float = setting(0.1, "share of the steps the learning rate warms up over", minimum=0.0,
                                   maximum=1.0)
     loss: str | None = setting(None, "sentence-transformers loss class name (default: from the column roles)")
+    class_weights: bool = setting(False, "classifier: weight the loss by scikit-learn's balanced class weights, so "
+                                         "rare labels count as much as common ones")
     seed: int = setting(42, "random seed (data order, split, LoRA init)", minimum=0, maximum=2**32 - 1)
     evaluate: bool = setting(True, "measure the base and the trained model on the held-out split",
                              flag="--no-eval")

@@ -25,12 +25,13 @@ import json
 import math
 import numbers
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
 from engine.bundled import ASSETS_DIR
+from engine.tasks import all_roles
 from engine.tasks.embedding import LOSSES  # the embedding task's losses per data shape (pairs, triplets, ...)
 
 ROLES = ("anchor", "positive", "negative", "score", "label")
@@ -92,6 +93,7 @@ class DataSummary:
     text_lengths: dict[str, list[int]]  # role -> characters per row (all negatives under "negative")
     warnings: list[str]
     columns: dict  # the mapping: role -> column (a list of columns for "negative")
+    labels: dict = field(default_factory=dict)  # a classifier's classes: label -> rows, most common first
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -390,8 +392,9 @@ def parse_column_spec(spec: str) -> dict:
         if not sep or not role or not column:
             raise DataError(f"column spec '{spec}': '{part.strip()}' is not role=column. "
                             f"Write role=column pairs separated by commas, e.g. {example}.")
-        if role not in ROLES:
-            raise DataError(f"column spec '{spec}': unknown role '{role}'. Roles are: {', '.join(ROLES)}.")
+        known = all_roles()
+        if role not in known:
+            raise DataError(f"column spec '{spec}': unknown role '{role}'. Roles are: {', '.join(known)}.")
         if role == "negative":
             mapping.setdefault("negative", []).append(column)
         elif role in mapping:
@@ -427,23 +430,26 @@ def task_for(mapping: dict) -> str:
         extras[0] if extras else None, "pairs")
 
 
-def default_loss(mapping: dict, df: pd.DataFrame | None = None) -> str:
-    """The loss to train with unless the user picks another of LOSSES[task].
+def default_loss(mapping: dict, df: pd.DataFrame | None = None, losses: dict = LOSSES) -> str:
+    """The loss to train with unless the user picks another of losses[task] (a task module's LOSSES; the
+    embedding task's by default).
 
-    Labelled pairs with 0/1 labels (or when `df` is not given) use OnlineContrastiveLoss; more classes
-    need SoftmaxLoss.
+    Labelled pairs with 0/1 labels (or when `df` is not given) take the first; more classes need SoftmaxLoss
+    where the task offers it.
     """
     task = task_for(mapping)
-    if task == "labelled-pairs" and df is not None:
+    if task == "labelled-pairs" and df is not None and "SoftmaxLoss" in losses[task]:
         labels = set(pd.to_numeric(df[mapping["label"]], errors="coerce").dropna().unique())
         if not labels <= {0, 1}:
             return "SoftmaxLoss"
-    return LOSSES[task][0]
+    return losses[task][0]
 
 
-def validate(df: pd.DataFrame, mapping: dict, source_name: str = "data", loss: str | None = None) -> DataSummary:
-    """Check `df` against `mapping` (and the scores or labels against `loss`, by default the task's default loss)
-    and summarise it; raise DataError (MappingError for the mapping) at the first problem."""
+def validate(df: pd.DataFrame, mapping: dict, source_name: str = "data", loss: str | None = None,
+             losses: dict = LOSSES) -> DataSummary:
+    """Check `df` against `mapping` (and the scores or labels against `loss`, by default the data shape's default
+    loss in `losses`, a task module's LOSSES) and summarise it; raise DataError (MappingError for the mapping) at
+    the first problem. The checks every pair task shares: a task module adds its own (engine.tasks)."""
     _check_column_names(df.columns, source_name)
     columns_are = f"columns are: {', '.join(map(str, df.columns))}"
     for role in ("anchor", "positive"):
@@ -466,7 +472,7 @@ def validate(df: pd.DataFrame, mapping: dict, source_name: str = "data", loss: s
         if other:
             raise MappingError(f"column '{column}' of {source_name} is mapped to both {other} and {role}; "
                                f"a model would learn to match each text with itself. Map {role} to another column.")
-    loss = loss or default_loss(mapping, df)
+    loss = loss or default_loss(mapping, df, losses)
 
     empty_values = {}
     for role, column in roles:
@@ -505,7 +511,7 @@ def validate(df: pd.DataFrame, mapping: dict, source_name: str = "data", loss: s
         lengths["negative"] = [n for c in negative_columns for n in prepared[c].str.len().tolist()]
     columns = {role: negatives_of(mapping) if role == "negative" else mapping[role]
                for role in ROLES if mapping.get(role)}
-    return DataSummary(rows=len(prepared), task=task, loss=default_loss(mapping, df), duplicates=duplicates,
+    return DataSummary(rows=len(prepared), task=task, loss=default_loss(mapping, df, losses), duplicates=duplicates,
                        empty_values=empty_values, text_lengths=lengths, warnings=warnings, columns=columns)
 
 
@@ -515,20 +521,25 @@ def _is_empty(value) -> bool:
     return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))
 
 
+def text_problem(value) -> str | None:
+    """What is wrong with one text cell (empty, not text, control characters), and the fix; None when it is fine."""
+    if _is_empty(value):
+        return "empty value. Fill it in or drop the row."
+    if not isinstance(value, str):
+        return f"not text ({_clip(repr(value))}, {_kind(value)}). Make it text or drop the row."
+    control = CONTROL_CHARACTERS.search(value)
+    if control:
+        char = control.group()
+        what = "a NUL character" if char == "\x00" else f"the control character U+{ord(char):04X}"
+        return (f"the text holds {what} at character {control.start() + 1}, which no tokenizer reads as text "
+                "(often a sign of a binary or mis-encoded file). Remove it or drop the row.")
+    return None
+
+
 def _value_problem(role: str, value, loss: str) -> str | None:
     """What is wrong with one cell, and the fix; None when it is fine."""
     if role in TEXT_ROLES:
-        if _is_empty(value):
-            return "empty value. Fill it in or drop the row."
-        if not isinstance(value, str):
-            return f"not text ({_clip(repr(value))}, {_kind(value)}). Make it text or drop the row."
-        control = CONTROL_CHARACTERS.search(value)
-        if control:
-            char = control.group()
-            what = "a NUL character" if char == "\x00" else f"the control character U+{ord(char):04X}"
-            return (f"the text holds {what} at character {control.start() + 1}, which no tokenizer reads as text "
-                    "(often a sign of a binary or mis-encoded file). Remove it or drop the row.")
-        return None
+        return text_problem(value)
     what = "score" if role == "score" else "label"
     if _is_empty(value):
         return f"empty {what}. Fill it in or drop the row."

@@ -22,8 +22,9 @@ METRIC_NAMES = ("ndcg@10", "mrr@10", "recall@1", "recall@10", "recall@100", "map
 SETTINGS_SHOWN = ("method", "lora_r", "lora_alpha", "steps", "batch_size", "learning_rate", "max_seq_length",
                   "loss", "data")
 LORA_SETTINGS = ("lora_r", "lora_alpha")
-# The line of sentence-transformers' usage snippet that names the model to load.
-USAGE_MODEL_LINE = re.compile(r'(model = SentenceTransformer\(")[^"\n]*("\))')
+# The line of a usage snippet that names the model to load: sentence-transformers' card, or a classifier's
+# pipeline("text-classification", model="...") (engine.models.classifier).
+USAGE_MODEL_LINE = re.compile(r'(model = SentenceTransformer\("|pipeline\("text-classification", model=")[^"\n]*(")')
 
 
 def describe_training(model, settings: dict, metrics: dict | None = None) -> None:
@@ -53,12 +54,7 @@ def describe_training(model, settings: dict, metrics: dict | None = None) -> Non
     if not hasattr(card, "training_settings"):
         raise TypeError(f"{type(card).__name__} has no place for the training description; "
                         "load the model with FastSentenceTransformer.from_pretrained")
-    shown = {key: settings[key] for key in SETTINGS_SHOWN if settings.get(key) is not None}
-    if shown.get("method") == "full":
-        for key in LORA_SETTINGS:
-            shown.pop(key, None)
-    if "data" in shown:
-        shown["data"] = _data_name(shown["data"])
+    shown = shown_settings(settings)
     card.training_settings = shown
     card.retrieval_metrics = dict(metrics or {})
     # sentence-transformers writes a new card, rather than the one of the model it loaded, only for a
@@ -68,6 +64,18 @@ def describe_training(model, settings: dict, metrics: dict | None = None) -> Non
         card.add_tags(f"loss:{shown['loss']}")
     for dataset in card.train_datasets:  # recorded by sentence-transformers' trainer, unnamed for a local file
         dataset["name"] = dataset.get("name") or shown.get("data")
+
+
+def shown_settings(settings: dict) -> dict:
+    """The settings a model card shows (SETTINGS_SHOWN that are set; no LoRA settings for full fine-tuning), the data
+    by file name only, so that no local path is published."""
+    shown = {key: settings[key] for key in SETTINGS_SHOWN if settings.get(key) is not None}
+    if shown.get("method") == "full":
+        for key in LORA_SETTINGS:
+            shown.pop(key, None)
+    if "data" in shown:
+        shown["data"] = _data_name(shown["data"])
+    return shown
 
 
 def _data_name(data) -> str:

@@ -39,8 +39,8 @@ class TrainResult:
     steps: int = 0
 
 
-def _read_split(config: TrainConfig, events: EventLog):
-    """(train rows, held-out rows, data summary) with columns renamed to roles."""
+def _read_split(config: TrainConfig, task, events: EventLog):
+    """(train rows, held-out rows, data summary) with columns renamed to roles, checked by the task."""
     source_name = Path(str(config.data)).name if isinstance(config.data, (str, os.PathLike)) else "data"
     table = data_layer.read_table(config.data, config=config.data_config, split=config.data_split)
     mapping = config.columns
@@ -48,16 +48,16 @@ def _read_split(config: TrainConfig, events: EventLog):
         guess = data_layer.column_guess(table)
         mapping = guess.mapping
         events.log(f"columns picked from their names: {guess.describe() or 'none'}")
-    summary = data_layer.validate(table, mapping, source_name=source_name, loss=config.loss)
+    summary = task.validate(table, mapping, source_name=source_name, loss=config.loss)
     for warning in summary.warnings:
         events.log(f"warning: {warning}")
-    rows = data_layer.prepare(table, mapping)
+    rows = task.prepare(table, mapping)
     if config.eval_data is not None:
         held_out_table = data_layer.read_table(config.eval_data)
         eval_name = Path(str(config.eval_data)).name
-        data_layer.validate(held_out_table, mapping, source_name=eval_name, loss=config.loss)
-        return rows, data_layer.prepare(held_out_table, mapping), summary
-    train_rows, held_out = data_layer.split(rows, eval_size=config.eval_size, seed=config.seed)
+        task.validate(held_out_table, mapping, source_name=eval_name, loss=config.loss)
+        return rows, task.prepare(held_out_table, mapping), summary
+    train_rows, held_out = task.split(rows, config.eval_size, config.seed)
     return train_rows, held_out, summary
 
 
@@ -79,7 +79,7 @@ def train(config: TrainConfig | dict, events: EventLog | None = None, stop: thre
     import torch
     from transformers import set_seed
 
-    from engine.hub import describe_training, name_model_in_card
+    from engine.hub import name_model_in_card
     from engine.models import family_of
     from engine.resolve import download_events, resolve_model
 
@@ -92,7 +92,7 @@ def train(config: TrainConfig | dict, events: EventLog | None = None, stop: thre
     stop = stop or threading.Event()
 
     events.status("loading", "reading the data")
-    train_rows, held_out, summary = _read_split(config, events)
+    train_rows, held_out, summary = _read_split(config, task, events)
     loss_name = config.loss or summary.loss
     events.log(f"{len(train_rows)} training rows, {len(held_out)} held out; task {summary.task}, loss {loss_name}")
     config.check_against(len(train_rows))
@@ -100,23 +100,27 @@ def train(config: TrainConfig | dict, events: EventLog | None = None, stop: thre
     events.status("loading", f"loading {config.model}")
     resolve_model(config.model, progress=download_events(events))  # progress of a download; the loader finds the cache
     set_seed(config.seed)
-    model = task.load_model(config)
+    model = task.load_model(config, train_rows)
     config.check_against(len(train_rows), *task.model_limits(model))
     if not torch.cuda.is_available():
         events.log("no GPU found: training on the CPU (fine for small models and the demo preset, slow otherwise)")
 
     extra = data_layer.read_extra_corpus(config.extra_corpus) if config.extra_corpus else []
-    evaluation = task.held_out_evaluation(held_out, summary.task, config.max_eval_queries, config.seed, extra)
+    evaluation = task.held_out_evaluation(held_out, summary.task, config, extra)
     measuring = config.evaluate and bool(evaluation)
     metrics: dict = {}
     if measuring:
         events.log(evaluation.describe())
         events.status("evaluating", "measuring the base model on the held-out split")
-        metrics["base"] = evaluation.measure(model)
+        metrics["base"] = evaluation.measure_base(model)
         events.emit("eval", step=0, which="base", metrics=metrics["base"])
+    train_rows = task.training_rows(train_rows, loss_name, config, events)
 
     task.add_adapter(model, config)
-    if config.fast or config.loop == "on":
+    not_fast = task.fast_path_unavailable(model)
+    if not_fast and config.fast:
+        events.log(f"fast path off: {not_fast}")
+    elif config.fast or config.loop == "on":
         # On a CPU packing only pays inside the loop (one forward a batch, no trainer), so it comes with it.
         planned = config.max_steps or math.ceil(config.epochs * len(train_rows) / config.batch_size)
         _enable_fast_path(model, family_of(model), events, allow_cpu=config.loop != "off", steps=planned)
@@ -130,7 +134,7 @@ def train(config: TrainConfig | dict, events: EventLog | None = None, stop: thre
         steps = train_packed(run)
     else:
         if config.loop == "on" or config.fast:
-            events.log(f"training with sentence-transformers' trainer: {reason}")
+            events.log(f"training with the stock trainer: {reason}")
         steps = train_with_trainer(run)
     stopped = stop.is_set()
 
@@ -141,13 +145,10 @@ def train(config: TrainConfig | dict, events: EventLog | None = None, stop: thre
         atomic.write_text(output_dir / "metrics.json", json.dumps(metrics, indent=2))
 
     events.status("saving", "saving the adapter and the merged model")
-    describe_training(model, {**config.to_json(), "loss": loss_name, "steps": steps}, metrics)
-    saves = [("merged", model.save_pretrained_merged)]
-    if config.method != "full":
-        saves.insert(0, ("adapter", model.save_pretrained))
-    for name, save in saves:
+    task.describe(model, {**config.to_json(), "loss": loss_name, "steps": steps}, metrics)
+    for name in ("adapter", "merged") if config.method != "full" else ("merged",):
         with atomic.folder(output_dir / name) as folder:  # whole, or not there at all
-            save(str(folder))
+            task.save(model, folder, merged=name == "merged")
             name_model_in_card(folder, str(output_dir / name))  # the card loads the folder's final name
 
     events.status("stopped" if stopped else "completed", f"{steps} steps")

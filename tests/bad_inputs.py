@@ -226,7 +226,55 @@ def cases() -> list[BadInput]:
                  ("nli.csv", "row 12", "'label'", "not 0 or 1", "ContrastiveLoss"),
                  settings={"loss": "ContrastiveLoss"}),
     ]
-    return cases
+    return cases + classifier_cases()
+
+
+CLASSIFIER = {"task": "classifier"}
+TEXTS = {"text": "body", "label": "section"}
+
+
+def section_rows(n: int = ROWS, **columns) -> list[dict]:
+    """Texts with a section label of three; `columns` adds or replaces a column (a list of n values)."""
+    rows = [{"body": f"tool number {i} does job {i}", "section": ("admin", "games", "web")[i % 3]} for i in range(n)]
+    for column, values in columns.items():
+        for row, value in zip(rows, values):
+            row[column] = value
+    return rows
+
+
+def classifier_cases() -> list[BadInput]:
+    """The classifier task's own cases (`--task classifier`)."""
+    def case(name, filename, content, expect, mapping=TEXTS):
+        return BadInput(name, filename, content, expect, mapping=mapping, settings=CLASSIFIER)
+
+    def with_section(row: int, value, n: int = ROWS) -> list[dict]:
+        rows = section_rows(n)
+        rows[row - 1]["section"] = value
+        return rows
+
+    return [
+        case("classifier-one-class", "texts.csv", csv_bytes(section_rows(section=["games"] * ROWS)),
+             ("texts.csv", "'section'", "'games'", "at least two classes")),
+        case("classifier-float-labels", "texts.jsonl", jsonl_bytes(with_section(4, 0.7)),
+             ("texts.jsonl", "row 4", "'section'", "fraction, not a class")),
+        case("classifier-empty-text", "texts.csv", csv_bytes(section_rows(body=[*["a tool"] * 6, "", *["x"] * 5])),
+             ("texts.csv", "row 7", "'body'", "empty value")),
+        case("classifier-empty-label", "texts.json", json_bytes(with_section(3, None)),
+             ("texts.json", "row 3", "'section'", "empty label")),
+        case("classifier-list-label", "texts.jsonl", jsonl_bytes(with_section(5, ["games", "web"])),
+             ("texts.jsonl", "row 5", "'section'", "not a class")),
+        case("classifier-number-as-text", "texts.json", json_bytes(section_rows(body=[f"t {i}" for i in range(11)] + [7])),
+             ("texts.json", "row 12", "'body'", "not text")),
+        case("classifier-label-looks-like-ids", "texts.csv", csv_bytes(section_rows(section=list(range(ROWS)))),
+             ("texts.csv", "'section'", "12 different labels", "not a class")),
+        case("classifier-label-column-missing", "texts.csv", csv_bytes(section_rows()),
+             ("texts.csv", "'category'", "not found"), mapping={"text": "body", "label": "category"}),
+        case("classifier-no-label-mapped", "texts.csv", csv_bytes(section_rows()), ("texts.csv", "label", "class"),
+             mapping={"text": "body"}),
+        case("classifier-text-pair-is-text", "pairs.csv", csv_bytes(section_rows()),
+             ("pairs.csv", "'body'", "mapped to both"), mapping={**TEXTS, "text_pair": "body"}),
+        case("classifier-too-few-rows", "texts.csv", csv_bytes(section_rows(5)), ("texts.csv", "5 usable rows")),
+    ]
 
 
 if __name__ == "__main__":

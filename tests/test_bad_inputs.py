@@ -21,20 +21,22 @@ from gradio_client import Client, handle_file
 
 from bad_inputs import BadInput, cases
 from engine import cli
-from engine.data import mapped_columns
 from studio.app import build_app
 from studio.tabs.data import NONE
 from studio_helpers import StudioProcess, make_studio
 
 CASES = cases()
 CASES_BY_NAME = {case.name: case for case in CASES}
+# The studio's Data tab and start_run take the embedding task's roles only, until its tabs adapt to the task.
+STUDIO_CASES = [case for case in CASES if "task" not in case.settings]
 REPO = Path(__file__).resolve().parent.parent
 # A few of every kind, as real `lacker train` processes and through a real studio server over HTTP.
 IN_REAL_PROCESSES = ("tsv-named-csv", "json-deeply-nested", "nul-byte-in-csv", "score-a-billion")
 
 
 def column_spec(mapping: dict) -> str:
-    return ",".join(f"{role}={column}" for role, column in mapped_columns(mapping))
+    return ",".join(f"{role}={column}" for role, columns in mapping.items()
+                    for column in (columns if isinstance(columns, list) else [columns]))
 
 
 def train_argv(case: BadInput, path: Path, output: Path) -> list[str]:
@@ -136,7 +138,7 @@ def test_lacker_train_in_its_own_process_names_the_problem(name, corpus, tmp_pat
     assert_names_the_problem(case, done.stderr + done.stdout)
 
 
-@pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
+@pytest.mark.parametrize("case", STUDIO_CASES, ids=[case.name for case in STUDIO_CASES])
 def test_the_data_tab_names_the_problem(case, corpus, studio):
     runs_before = len(studio.store.list())
     outputs = call(studio, "upload_data", str(corpus[case.name]))
@@ -156,7 +158,7 @@ def test_the_data_tab_names_the_problem(case, corpus, studio):
     assert len(studio.store.list()) == runs_before
 
 
-@pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
+@pytest.mark.parametrize("case", STUDIO_CASES, ids=[case.name for case in STUDIO_CASES])
 def test_the_start_run_api_names_the_problem(case, corpus, studio):
     runs_before = len(studio.store.list())
     config = {**case.settings, **({"columns": case.mapping} if case.mapping else {})}
@@ -168,7 +170,7 @@ def test_the_start_run_api_names_the_problem(case, corpus, studio):
 
 
 def test_the_studio_still_answers_after_the_corpus(studio, corpus):
-    for case in CASES:
+    for case in STUDIO_CASES:
         call(studio, "upload_data", str(corpus[case.name]))
     _state, source, *_rest, error = call(studio, "use_sample")
     assert "4,000 rows" in source and not error["visible"]

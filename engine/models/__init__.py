@@ -4,8 +4,10 @@ losses and evaluators work on it unchanged.
 
 One module a model class:
     sentence_transformer   FastSentenceTransformer -> sentence_transformers.SentenceTransformer
+    classifier             FastClassifier -> transformers AutoModelForSequenceClassification
 """
 
+from engine.models.classifier import FastClassifier
 from engine.models.sentence_transformer import FastSentenceTransformer, family_of, merged_copy
 
-__all__ = ["FastSentenceTransformer", "family_of", "merged_copy"]
+__all__ = ["FastSentenceTransformer", "FastClassifier", "family_of", "merged_copy"]

@@ -19,6 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 NAME = "embedding"
+SUMMARY = "a sentence-transformers bi-encoder"
+ROLES = ("anchor", "positive", "negative", "score", "label")
 
 LOSSES = {
     "pairs": ("MultipleNegativesRankingLoss", "CachedMultipleNegativesRankingLoss"),
@@ -28,8 +30,28 @@ LOSSES = {
 }
 
 
-def load_model(config):
-    """The model to fine-tune, as `config` says (a SentenceTransformer)."""
+def validate(table, mapping: dict, source_name: str = "data", loss: str | None = None):
+    """engine.data's checks of a pair table: the embedding task adds none of its own."""
+    from engine import data
+
+    return data.validate(table, mapping, source_name=source_name, loss=loss, losses=LOSSES)
+
+
+def prepare(table, mapping: dict):
+    from engine import data
+
+    return data.prepare(table, mapping)
+
+
+def split(rows, eval_size, seed: int):
+    """Every row of one anchor on the same side, so retrieval evaluation never sees a training query."""
+    from engine import data
+
+    return data.split(rows, eval_size=eval_size, seed=seed)
+
+
+def load_model(config, train_rows=None):
+    """The model to fine-tune, as `config` says (a SentenceTransformer); the rows do not change it."""
     from engine.models import FastSentenceTransformer
 
     return FastSentenceTransformer.from_pretrained(
@@ -44,6 +66,15 @@ def model_limits(model) -> tuple[int | None, int | None]:
     """(positions the model can embed, its hidden width): what max_seq_length and lora_r are checked against."""
     config = model[0].auto_model.config
     return getattr(config, "max_position_embeddings", None), getattr(config, "hidden_size", None)
+
+
+def training_rows(rows, loss_name: str, config, events):
+    """The rows as they are: in-batch negatives need no mining."""
+    return rows
+
+
+def fast_path_unavailable(model) -> str | None:
+    return None
 
 
 def add_adapter(model, config) -> None:
@@ -106,6 +137,10 @@ class RetrievalEvaluation:
 
         return retrieval_metrics(model, self.queries, self.documents, self.extra)
 
+    def measure_base(self, model) -> dict[str, float]:
+        """The untrained model's own retrieval is the base."""
+        return self.measure(model)
+
     def evaluator(self):
         from engine.evaluate import retrieval_evaluator
 
@@ -118,7 +153,12 @@ class RetrievalEvaluation:
         return evaluator_metrics(raw)
 
 
-def held_out_evaluation(held_out, shape: str, max_queries: int, seed: int, extra_corpus=()) -> RetrievalEvaluation:
+def held_out_evaluation(held_out, shape: str, config, extra_corpus=()) -> RetrievalEvaluation:
+    """`retrieval_evaluation` of the held-out rows, with the run's query limit and seed."""
+    return retrieval_evaluation(held_out, shape, config.max_eval_queries, config.seed, extra_corpus)
+
+
+def retrieval_evaluation(held_out, shape: str, max_queries: int, seed: int, extra_corpus=()) -> RetrievalEvaluation:
     """The held-out rows as retrieval queries. Scored pairs count as relevant from the middle of the score range
     up; labelled pairs where the label is not 0. Documents of the rows left out by `max_queries`, and every
     negative, stay in the corpus as distractors, with `extra_corpus`."""
@@ -146,3 +186,18 @@ def trainer(model, train_dataset, loss, evaluator, callbacks, args_overrides: di
     args = SentenceTransformerTrainingArguments(batch_sampler=sampler, **args_overrides)
     return SentenceTransformerTrainer(model=model, args=args, train_dataset=train_dataset, loss=loss,
                                       evaluator=evaluator, callbacks=callbacks)
+
+
+def describe(model, settings: dict, metrics: dict) -> None:
+    """The settings and before / after metrics go into the card every later save writes (engine.hub)."""
+    from engine.hub import describe_training
+
+    describe_training(model, settings, metrics)
+
+
+def save(model, folder, merged: bool) -> None:
+    """The LoRA adapter, or a merged 16-bit model that loads in plain `SentenceTransformer(folder)`."""
+    if merged:
+        model.save_pretrained_merged(str(folder))
+    else:
+        model.save_pretrained(str(folder))
