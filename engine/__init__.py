@@ -1,12 +1,12 @@
 """Lacker Studio's training engine: a library usable without the studio.
 
-`from engine import FastSentenceTransformer` loads torch; `import engine` alone does not, so the
+`from engine import FastSentenceTransformer` (or FastCrossEncoder) loads torch; `import engine` alone does not, so the
 studio can read the family table and the data layer cheaply.
 """
 
 import logging
 
-__all__ = ["FastSentenceTransformer", "train", "TrainConfig"]
+__all__ = ["FastCrossEncoder", "FastSentenceTransformer", "train", "TrainConfig"]
 
 
 class HeldBackLog(logging.Filter):
@@ -37,10 +37,10 @@ bitsandbytes_cpu_warnings = HeldBackLog("bitsandbytes.backends.cpu.ops")
 
 
 def __getattr__(name):
-    if name == "FastSentenceTransformer":
-        from engine.models import FastSentenceTransformer
+    if name in ("FastSentenceTransformer", "FastCrossEncoder"):
+        from engine import models
 
-        return FastSentenceTransformer
+        return getattr(models, name)
     if name in ("train", "TrainConfig"):
         from engine import train as train_module
 

@@ -84,6 +84,10 @@ class TrainConfig:
     warmup_ratio: float = setting(0.1, "share of the steps the learning rate warms up over", minimum=0.0,
                                   maximum=1.0)
     loss: str | None = setting(None, "sentence-transformers loss class name (default: from the column roles)")
+    mine_with: str | None = setting(None, "reranker: the bi-encoder (hub id or folder) that mines hard negatives for "
+                                          "pairs and retrieves the held-out candidates (default: the bundled "
+                                          "all-MiniLM-L6-v2)")
+    negatives: int = setting(3, "reranker: hard negatives mined per (query, positive) pair", minimum=1, maximum=100)
     seed: int = setting(42, "random seed (data order, split, LoRA init)", minimum=0, maximum=2**32 - 1)
     evaluate: bool = setting(True, "measure the base and the trained model on the held-out split",
                              flag="--no-eval")

@@ -4,8 +4,10 @@ losses and evaluators work on it unchanged.
 
 One module a model class:
     sentence_transformer   FastSentenceTransformer -> sentence_transformers.SentenceTransformer
+    cross_encoder          FastCrossEncoder -> sentence_transformers.CrossEncoder
 """
 
+from engine.models.cross_encoder import FastCrossEncoder
 from engine.models.sentence_transformer import FastSentenceTransformer, family_of, merged_copy
 
-__all__ = ["FastSentenceTransformer", "family_of", "merged_copy"]
+__all__ = ["FastCrossEncoder", "FastSentenceTransformer", "family_of", "merged_copy"]

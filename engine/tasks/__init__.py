@@ -31,9 +31,9 @@ Importing this package imports neither torch nor sentence-transformers, nor pand
 
 from __future__ import annotations
 
-from engine.tasks import embedding
+from engine.tasks import embedding, reranker
 
-TASKS = {task.NAME: task for task in (embedding,)}
+TASKS = {task.NAME: task for task in (embedding, reranker)}
 
 
 def task_module(name: str):
