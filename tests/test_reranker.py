@@ -163,5 +163,7 @@ def test_lacker_train_reranker_end_to_end_on_the_bundled_minilm(tmp_path, monkey
     notes = [e["message"] for e in events if e["event"] == "log" and "packed loop" in e["message"]]
     assert len(notes) == 1, notes  # why the packed loop is not used, once
     assert not (output / "adapter").exists()  # full fine-tuning saves the merged model only
+    card = (output / "merged" / "README.md").read_text()
+    assert f'CrossEncoder("{output / "merged"}")' in card and "| ndcg@10 |" in card  # loads the folder; the metrics
     plain = CrossEncoder(str(output / "merged"), device="cpu")
     assert plain.num_labels == 1 and len(plain.predict([(rows["query"][0], rows["document"][0])])) == 1
