@@ -1,12 +1,12 @@
 """Lacker Studio's training engine: a library usable without the studio.
 
-`from engine import FastSentenceTransformer` loads torch; `import engine` alone does not, so the
+`from engine import FastSentenceTransformer` (or FastCrossEncoder) loads torch; `import engine` alone does not, so the
 studio can read the family table and the data layer cheaply.
 """
 
 import logging
 
-__all__ = ["FastSentenceTransformer", "FastClassifier", "train", "TrainConfig"]
+__all__ = ["FastSentenceTransformer", "FastCrossEncoder", "FastClassifier", "train", "TrainConfig"]
 
 
 class HeldBackLog(logging.Filter):
@@ -37,7 +37,7 @@ bitsandbytes_cpu_warnings = HeldBackLog("bitsandbytes.backends.cpu.ops")
 
 
 def __getattr__(name):
-    if name in ("FastSentenceTransformer", "FastClassifier"):
+    if name in ("FastSentenceTransformer", "FastCrossEncoder", "FastClassifier"):
         from engine import models
 
         return getattr(models, name)

@@ -86,6 +86,10 @@ class TrainConfig:
     loss: str | None = setting(None, "sentence-transformers loss class name (default: from the column roles)")
     class_weights: bool = setting(False, "classifier: weight the loss by scikit-learn's balanced class weights, so "
                                          "rare labels count as much as common ones")
+    mine_with: str | None = setting(None, "reranker: the bi-encoder (hub id or folder) that mines hard negatives for "
+                                          "pairs and retrieves the held-out candidates (default: the bundled "
+                                          "all-MiniLM-L6-v2)")
+    negatives: int = setting(3, "reranker: hard negatives mined per (query, positive) pair", minimum=1, maximum=100)
     seed: int = setting(42, "random seed (data order, split, LoRA init)", minimum=0, maximum=2**32 - 1)
     evaluate: bool = setting(True, "measure the base and the trained model on the held-out split",
                              flag="--no-eval")

@@ -222,8 +222,9 @@ def lora_targets_for(model_type: str) -> list[str] | str:
     return list(family.lora_targets) if family else "all-linear"
 
 
-def apply_family(model, family: Family | None) -> None:
-    """Apply a row to a loaded SentenceTransformer: prompts and padding side where the model has none.
+def apply_family(model, family: Family | None, prompts: bool = True) -> None:
+    """Apply a row to a loaded sentence-transformers model: prompts (unless `prompts=False`, as for a
+    cross-encoder, which scores pairs without a bi-encoder's instructions) and padding side where it has none.
 
     The fast path's model surgery (packed attention, fused kernels) is `engine.attention.enable` and, in the
     packed loop, `engine.loop.surgery.prepare_model`, which read the row's fast_paths and patch sites; this
@@ -231,7 +232,7 @@ def apply_family(model, family: Family | None) -> None:
     """
     if family is None:
         return
-    if family.prompts and not any(model.prompts.values()):
+    if prompts and family.prompts and not any(model.prompts.values()):
         model.prompts = dict(family.prompts)
     tokenizer = getattr(model, "tokenizer", None)
     if tokenizer is not None and family.padding_side != tokenizer.padding_side:

@@ -1,7 +1,7 @@
 """What the model card says about a fine-tuning run, and uploading a saved folder to the Hugging Face Hub.
 
 A model's README.md is sentence-transformers' own card, written on every save and push from
-`model.model_card_data` (`engine.models.sentence_transformer.FineTunedModelCardData`). `describe_training` records on the
+`model.model_card_data` (`engine.models.sentence_transformer.FineTuningCard`, for bi- and cross-encoders). `describe_training` records on the
 model what a run adds to it: the training settings and the before / after retrieval metrics.
 The studio works on saved folders and without torch: `name_model_in_card`, `point_adapter_at_hub_base`
 and `push_folder` serve it.
@@ -22,9 +22,10 @@ METRIC_NAMES = ("ndcg@10", "mrr@10", "recall@1", "recall@10", "recall@100", "map
 SETTINGS_SHOWN = ("method", "lora_r", "lora_alpha", "steps", "batch_size", "learning_rate", "max_seq_length",
                   "loss", "data")
 LORA_SETTINGS = ("lora_r", "lora_alpha")
-# The line of a usage snippet that names the model to load: sentence-transformers' card, or a classifier's
-# pipeline("text-classification", model="...") (engine.models.classifier).
-USAGE_MODEL_LINE = re.compile(r'(model = SentenceTransformer\("|pipeline\("text-classification", model=")[^"\n]*(")')
+# The line of a usage snippet that names the model to load: sentence-transformers' card (a SentenceTransformer or
+# a CrossEncoder), or a classifier's pipeline("text-classification", model="...") (engine.models.classifier).
+USAGE_MODEL_LINE = re.compile(
+    r'(model = (?:SentenceTransformer|CrossEncoder)\("|pipeline\("text-classification", model=")[^"\n]*(")')
 
 
 def describe_training(model, settings: dict, metrics: dict | None = None) -> None:

@@ -282,3 +282,31 @@ if __name__ == "__main__":
         sys.exit("usage: python tests/bad_inputs.py OUT_DIR")
     for case in cases():
         print(case.write(Path(sys.argv[1])))
+
+
+RERANKER = {"task": "reranker"}
+
+
+def reranker_cases() -> list[BadInput]:
+    """Data a reranker refuses (run settings task=reranker) beyond what every task refuses (`cases`). Kept apart
+    from `cases`, which tests/test_bad_inputs.py also sends through the studio, whose reranker flow comes later."""
+    good = qa_rows()
+    unrelated = [f"unrelated text {i}" for i in range(ROWS)]
+    return [
+        BadInput("reranker-positive-is-its-query", "pairs.csv", csv_bytes(with_value("answer", 4, good[3]["question"])),
+                 ("pairs.csv", "row 4", "'answer'", "same text as its query"), settings=RERANKER),
+        BadInput("reranker-negative-is-the-positive", "triplets.csv",
+                 csv_bytes(with_value("negative", 6, good[5]["answer"], negative=unrelated)),
+                 ("triplets.csv", "row 6", "'negative'", "same text as the positive"), settings=RERANKER),
+        BadInput("reranker-empty-positive", "pairs.csv", csv_bytes(with_value("answer", 2, "")),
+                 ("pairs.csv", "row 2", "'answer'", "empty value"), settings=RERANKER),
+        BadInput("reranker-label-not-binary", "judged.csv", csv_bytes(qa_rows(label=labels({7: 2}))),
+                 ("judged.csv", "row 7", "'label'", "not 0 or 1"), settings=RERANKER),
+        BadInput("reranker-one-label-only", "judged.csv", csv_bytes(qa_rows(label=[1] * ROWS)),
+                 ("judged.csv", "every label", "relevant (1) and not relevant (0)"), settings=RERANKER),
+        BadInput("reranker-score-above-one", "graded.csv", csv_bytes(qa_rows(score=scores({3: 1.5}))),
+                 ("graded.csv", "row 3", "'score'", "outside 0 to 1"), settings=RERANKER),
+        BadInput("reranker-loss-does-not-fit", "judged.csv", csv_bytes(qa_rows(label=labels({}))),
+                 ("judged.csv", "MultipleNegativesRankingLoss does not train a reranker on a label column"),
+                 settings={**RERANKER, "loss": "MultipleNegativesRankingLoss"}),
+    ]

@@ -4,10 +4,12 @@ losses and evaluators work on it unchanged.
 
 One module a model class:
     sentence_transformer   FastSentenceTransformer -> sentence_transformers.SentenceTransformer
+    cross_encoder          FastCrossEncoder -> sentence_transformers.CrossEncoder
     classifier             FastClassifier -> transformers AutoModelForSequenceClassification
 """
 
 from engine.models.classifier import FastClassifier
+from engine.models.cross_encoder import FastCrossEncoder
 from engine.models.sentence_transformer import FastSentenceTransformer, family_of, merged_copy
 
-__all__ = ["FastSentenceTransformer", "FastClassifier", "family_of", "merged_copy"]
+__all__ = ["FastSentenceTransformer", "FastCrossEncoder", "FastClassifier", "family_of", "merged_copy"]

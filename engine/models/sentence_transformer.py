@@ -71,8 +71,9 @@ def _quantization_config(device: str):
 
 
 @dataclass
-class FineTunedModelCardData(SentenceTransformerModelCardData):
-    """sentence-transformers' model card data, plus how the model was fine-tuned.
+class FineTuningCard:
+    """How the model was fine-tuned, added to one of sentence-transformers' model card data classes
+    (`FineTunedModelCardData`; the cross-encoder's in engine.models.cross_encoder).
 
     `training_settings` and `retrieval_metrics` ({"base": {...}, "trained": {...}}) are set by
     `engine.hub.describe_training`; the card shows them in a section after the usage snippet.
@@ -100,13 +101,18 @@ class FineTunedModelCardData(SentenceTransformerModelCardData):
         return values
 
 
-def _card_data(path: Path, model_name_or_path: str) -> FineTunedModelCardData:
-    """The card data of a model loaded from `path`: the base model named by hub id where it has one,
-    and the language and license its own card declares."""
+@dataclass
+class FineTunedModelCardData(FineTuningCard, SentenceTransformerModelCardData):
+    """sentence-transformers' model card data, plus how the model was fine-tuned (FineTuningCard)."""
+
+
+def card_data(path: Path, model_name_or_path: str, card_class=None):
+    """The card data (a `card_class`, default FineTunedModelCardData) of a model loaded from `path`: the base
+    model named by hub id where it has one, and the language and license its own card declares."""
     from huggingface_hub import ModelCard
 
     # Nothing is looked up on the Hub: the base model is known here, and we work offline.
-    card = FineTunedModelCardData(local_files_only=True)
+    card = (card_class or FineTunedModelCardData)(local_files_only=True)
     card.add_tags("lacker-studio")
     if not Path(model_name_or_path).expanduser().exists():
         card.base_model = model_name_or_path
@@ -129,6 +135,42 @@ def _build_without_modules_json(path: Path, device: str, pooling_mode: str | Non
     pooling = Pooling(transformer.get_embedding_dimension(), pooling_mode=mode)
     return SentenceTransformer(modules=[transformer, pooling, Normalize()], device=device,
                                model_card_data=model_card_data)
+
+
+def loader_kwargs(device: str, dtype, load_in_4bit: bool, full_finetuning: bool, for_inference: bool,
+                  kwargs: dict) -> dict:
+    """The transformers loader's keyword arguments for the dtype and quantization `from_pretrained` was asked
+    for: 16-bit on a GPU unless full fine-tuning keeps fp32 master weights, NF4 for 4 bits."""
+    torch_dtype = _torch_dtype(dtype)
+    if torch_dtype is None and device == "cuda" and (for_inference or not full_finetuning):
+        torch_dtype = _gpu_half_dtype()
+    model_kwargs = dict(kwargs)
+    if torch_dtype is not None:
+        model_kwargs["dtype"] = torch_dtype
+    if load_in_4bit:
+        if full_finetuning:
+            raise ValueError("load_in_4bit=True and full_finetuning=True do not go together: 4-bit weights cannot be trained; pick one")
+        model_kwargs["quantization_config"] = _quantization_config(device)
+        if device == "cuda":
+            model_kwargs.setdefault("device_map", {"": 0})
+    return model_kwargs
+
+
+def finish_loading(model, path: Path, model_name_or_path: str, max_seq_length: int | None, load_in_4bit: bool,
+                   reload) -> None:
+    """What every loader does to a freshly loaded sentence-transformers model: the sequence length, where it came
+    from, the extra methods, a 4-bit base made trainable. `reload(dtype=, device=)` loads the same base again
+    (a 4-bit model's merge rebuilds it in 16 bits)."""
+    if max_seq_length is not None:
+        model.max_seq_length = max_seq_length
+    model._lacker_base_path = str(path)
+    model._lacker_base_name = str(model_name_or_path)
+    model._lacker_reload = reload
+    _bind_extra_methods(model)
+    if load_in_4bit:
+        from peft import prepare_model_for_kbit_training
+
+        prepare_model_for_kbit_training(model[0].auto_model, use_gradient_checkpointing=False)
 
 
 class FastSentenceTransformer:
@@ -160,41 +202,22 @@ class FastSentenceTransformer:
         """
         device = device or _default_device()
         path = resolve_model(model_name_or_path)
-        torch_dtype = _torch_dtype(dtype)
-        if torch_dtype is None and device == "cuda" and (for_inference or not full_finetuning):
-            torch_dtype = _gpu_half_dtype()
-        model_kwargs = dict(kwargs)
-        if torch_dtype is not None:
-            model_kwargs["dtype"] = torch_dtype
-        if load_in_4bit:
-            if full_finetuning:
-                raise ValueError("load_in_4bit=True and full_finetuning=True do not go together: 4-bit weights cannot be trained; pick one")
-            model_kwargs["quantization_config"] = _quantization_config(device)
-            if device == "cuda":
-                model_kwargs.setdefault("device_map", {"": 0})
+        model_kwargs = loader_kwargs(device, dtype, load_in_4bit, full_finetuning, for_inference, kwargs)
 
-        card_data = _card_data(path, str(model_name_or_path))
+        card = card_data(path, str(model_name_or_path))
         if (path / "modules.json").exists():
             model = SentenceTransformer(
                 str(path), device=device, trust_remote_code=trust_remote_code, model_kwargs=model_kwargs,
-                model_card_data=card_data,
+                model_card_data=card,
             )
         else:
             transformer_kwargs = {"model_kwargs": model_kwargs | {"trust_remote_code": trust_remote_code},
                                   "processor_kwargs": {"trust_remote_code": trust_remote_code}}
-            model = _build_without_modules_json(path, device, pooling_mode, transformer_kwargs, card_data)
+            model = _build_without_modules_json(path, device, pooling_mode, transformer_kwargs, card)
 
         apply_family(model, family_of(model))
-        if max_seq_length is not None:
-            model.max_seq_length = max_seq_length
-        model._lacker_base_path = str(path)
-        model._lacker_base_name = str(model_name_or_path)
-        _bind_extra_methods(model)
-
-        if load_in_4bit:
-            from peft import prepare_model_for_kbit_training
-
-            prepare_model_for_kbit_training(model[0].auto_model, use_gradient_checkpointing=False)
+        finish_loading(model, path, model_name_or_path, max_seq_length, load_in_4bit,
+                       reload=functools.partial(FastSentenceTransformer.from_pretrained, str(path)))
         if for_inference:
             FastSentenceTransformer.for_inference(model)
         return model
@@ -212,10 +235,12 @@ class FastSentenceTransformer:
         modules_to_save: list[str] | None = None,
         random_state: int | None = None,
         init_lora_weights: bool | str = True,
+        task_type: str = "FEATURE_EXTRACTION",
         **kwargs,
     ) -> SentenceTransformer:
         """Add a LoRA adapter to the model's transformer. target_modules=None uses the family's attention
-        and MLP projections (PEFT's "all-linear" for architectures outside the family table)."""
+        and MLP projections (PEFT's "all-linear" for architectures outside the family table); other kwargs go to
+        PEFT's LoraConfig."""
         from peft import LoraConfig
 
         if random_state is not None:
@@ -231,7 +256,7 @@ class FastSentenceTransformer:
             use_rslora=use_rslora,
             modules_to_save=modules_to_save,
             init_lora_weights=init_lora_weights,
-            task_type="FEATURE_EXTRACTION",
+            task_type=task_type,
             **kwargs,
         )
         model.add_adapter(config)
@@ -255,16 +280,22 @@ def _has_adapter(model: SentenceTransformer) -> bool:
 
 
 def _merge_adapters_in_place(model: SentenceTransformer) -> None:
-    """Fold every LoRA update into its base weight and drop the adapter bookkeeping."""
+    """Fold every LoRA update into its base weight, put each fully trained module (PEFT's modules_to_save, a
+    cross-encoder's head) in place of the original, and drop the adapter bookkeeping."""
     from peft.tuners.lora import LoraLayer
+    from peft.utils import ModulesToSaveWrapper
 
     auto_model = model[0].auto_model
     for name, module in list(auto_model.named_modules()):
-        if isinstance(module, LoraLayer):
-            module.merge(safe_merge=True)
+        if isinstance(module, (LoraLayer, ModulesToSaveWrapper)):
+            if isinstance(module, LoraLayer):
+                module.merge(safe_merge=True)
+                plain = module.get_base_layer()
+            else:
+                plain = module.modules_to_save[module.active_adapters[0]]
             parent_name, _, child = name.rpartition(".")
             parent = auto_model.get_submodule(parent_name) if parent_name else auto_model
-            setattr(parent, child, module.get_base_layer())
+            setattr(parent, child, plain)
     auto_model._hf_peft_config_loaded = False
     if hasattr(auto_model, "peft_config"):
         del auto_model.peft_config
@@ -282,8 +313,7 @@ def merged_copy(model: SentenceTransformer, dtype=None) -> SentenceTransformer:
     if _is_quantized(model):
         # 4-bit weights cannot be merged exactly: rebuild the 16-bit base, add the same adapter and
         # copy the trained weights over by name.
-        copy_ = FastSentenceTransformer.from_pretrained(model._lacker_base_path, dtype=torch.bfloat16,
-                                                        device=str(model.device))
+        copy_ = model._lacker_reload(dtype=torch.bfloat16, device=str(model.device))
         copy_.add_adapter(copy.deepcopy(model[0].auto_model.peft_config["default"]))
         trained = {name: p for name, p in model.named_parameters() if p.requires_grad}
         with torch.no_grad():
@@ -318,7 +348,7 @@ def save_pretrained_merged(self: SentenceTransformer, save_directory, dtype=None
 def push_to_hub_merged(self: SentenceTransformer, repo_id: str, *args, **kwargs) -> str:
     """Merge the adapters into a 16-bit copy and upload that with `SentenceTransformer.push_to_hub`
     (same arguments). The token comes from `token=`, else HF_TOKEN, else `hf auth login`."""
-    return SentenceTransformer.push_to_hub(merged_copy(self), repo_id, *args, **kwargs)
+    return type(self).push_to_hub(merged_copy(self), repo_id, *args, **kwargs)
 
 
 @functools.wraps(SentenceTransformer.push_to_hub, assigned=())
@@ -327,7 +357,7 @@ def push_to_hub(self: SentenceTransformer, repo_id: str, *args, **kwargs) -> str
     without adapters, the model) with its model card. The token comes from `token=`, else HF_TOKEN,
     else `hf auth login`; the Hub is HF_ENDPOINT as huggingface_hub read it when first imported."""
     with _adapters_naming_hub_base(self):
-        return SentenceTransformer.push_to_hub(self, repo_id, *args, **kwargs)
+        return type(self).push_to_hub(self, repo_id, *args, **kwargs)
 
 
 @contextmanager

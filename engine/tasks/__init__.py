@@ -32,9 +32,9 @@ Importing this package imports neither torch nor sentence-transformers, nor pand
 
 from __future__ import annotations
 
-from engine.tasks import classifier, embedding
+from engine.tasks import classifier, embedding, reranker
 
-TASKS = {task.NAME: task for task in (embedding, classifier)}
+TASKS = {task.NAME: task for task in (embedding, reranker, classifier)}
 
 
 def task_module(name: str):
