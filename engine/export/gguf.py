@@ -79,7 +79,11 @@ def read_metadata(path: Path) -> dict:
     """The metadata of a GGUF file as {key: value} (tensor data is not read)."""
     import gguf
 
-    reader = gguf.GGUFReader(str(path))
+    try:
+        reader = gguf.GGUFReader(str(path))
+    except (ValueError, OSError, IndexError) as error:  # a short or overwritten file breaks the reader anywhere
+        raise ExportError(f"{Path(path).name} is damaged or incomplete: it does not read as GGUF ({error})",
+                          "export it again") from error
     return {name: field.contents() for name, field in reader.fields.items() if not name.startswith("GGUF.")}
 
 

@@ -81,5 +81,5 @@ def embed(gguf_path: Path, texts: list[str]) -> np.ndarray:
         if done.returncode != 0 or not vectors_out.exists():
             raise ExportError(f"llama.cpp could not run {Path(gguf_path).name}: "
                               f"{(done.stderr or done.stdout).strip()[-800:]}",
-                              "the file is damaged or not a model llama.cpp runs; export it again")
+                              "the file is damaged or incomplete, or not a model llama.cpp runs; export it again")
         return np.asarray(json.loads(vectors_out.read_text()), dtype=np.float32)

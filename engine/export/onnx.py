@@ -46,7 +46,7 @@ def write(model, model_dir: Path, folder: Path, quantize: str) -> Path:
         fp32 = target if quantize == "fp32" else target.with_name("model.fp32.onnx")
         dynamic = {0: torch.export.Dim.DYNAMIC, 1: torch.export.Dim.DYNAMIC}
         with torch.no_grad():
-            torch.onnx.export(_LastHiddenState(hf, names), (tuple(sample[name] for name in names),), str(fp32),
+            torch.onnx.export(_LastHiddenState(hf, names).eval(), (tuple(sample[name] for name in names),), str(fp32),
                               input_names=list(names), output_names=[OUTPUT],
                               dynamic_shapes=((dynamic,) * len(names),), dynamo=True, external_data=False)
     finally:
