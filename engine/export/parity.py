@@ -146,30 +146,32 @@ def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (_unit(a) * _unit(b)).sum(axis=-1)
 
 
+POOLINGS = {"mean": lambda tokens: tokens.mean(0), "cls": lambda tokens: tokens[0],
+            "lasttoken": lambda tokens: tokens[-1]}
+
+
 def _diagnose(model, texts: HeldOut, prompts: dict, exported: np.ndarray, cosines: np.ndarray,
               threshold: float) -> str:
     """Which variant of the PyTorch model the exported vectors match: that names what the export changed."""
-    query_prompt = prompts.get("query") or ""
-    document_prompt = prompts.get("document") or ""
-    both = prompted(query_prompt, texts.queries) + prompted(document_prompt, texts.documents)
+    both = prompted(prompts.get("query"), texts.queries) + prompted(prompts.get("document"), texts.documents)
     tokens = [t.float().cpu().numpy() for t in model.encode(both, batch_size=32, output_value="token_embeddings")]
     pooling = next((m for m in model if type(m).__name__ == "Pooling"), None)
     pooled_by = pooling.get_config_dict().get("pooling_mode") if pooling is not None else None
-    variants = {}
-    for mode, pool in (("mean", lambda t: t.mean(0)), ("cls", lambda t: t[0]), ("lasttoken", lambda t: t[-1])):
-        variants[f"pools by {mode} where the model pools by {pooled_by}"] = np.stack([pool(t) for t in tokens])
     after_pooling = [type(m).__name__ for m in list(model)[2:] if type(m).__name__ != "Normalize"]
-    if after_pooling:
-        variants[f"lacks the model's {', '.join(after_pooling)} layers after pooling"] = variants.pop(
-            f"pools by {pooled_by} where the model pools by {pooled_by}")
-    else:
-        variants.pop(f"pools by {pooled_by} where the model pools by {pooled_by}", None)
-    if query_prompt or document_prompt:
+    variants = {}
+    for mode, pool in POOLINGS.items():
+        pooled = np.stack([pool(t) for t in tokens])
+        if mode != pooled_by:
+            variants[f"pools by {mode} where the model pools by {pooled_by}"] = pooled
+        elif after_pooling:  # the model's own pooling without what follows it
+            variants[f"lacks the model's {', '.join(after_pooling)} layers after pooling"] = pooled
+    if any(prompts.get(name) for name in ("query", "document")):
         variants["embeds without the model's prompts"] = _encode(model, texts.queries + texts.documents)
     scored = {reason: float(_cosines(vectors, exported).min()) for reason, vectors in variants.items()
               if vectors.shape == exported.shape}
     best = max(scored, key=scored.get, default=None)
     worst = float(cosines.min())
+    # a variant explains the file when it matches nearly as well as the threshold asks, and clearly better
     if best is not None and scored[best] >= max(threshold - 0.01, worst + 0.05):
         return (f"the exported file {best}: its vectors match that (cosine min {scored[best]:.4f}) and not the "
                 f"model (cosine min {worst:.4f})")
