@@ -2,6 +2,7 @@
 
     lacker train --model M --data FILE_OR_HF_ID --columns anchor=COL,positive=COL --max-steps 200 --output DIR
     lacker eval --model M --data FILE --columns anchor=COL,positive=COL
+    lacker export --model RUN_DIR_OR_MODEL --format gguf|onnx [--quantize f16|q8_0|fp32|int8] [--output PATH]
     lacker studio [--host H] [--port P] [--auth USER:PASS]
 
 `lacker train`'s flags are derived from the fields of engine.config.TrainConfig (one flag per setting).
@@ -50,6 +51,17 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--columns", help="role=column pairs: anchor=COL,positive=COL; guessed when left out")
     evaluate.add_argument("--max-queries", type=int, default=1000)
     evaluate.add_argument("--max-seq-length", type=int)
+
+    export = commands.add_parser("export", help="write a model as GGUF or ONNX and check it against the PyTorch model",
+                                 description="Write a model as GGUF (llama.cpp, Ollama) or ONNX (onnxruntime) and "
+                                             "check it against the PyTorch model in that runtime (parity.json).")
+    export.add_argument("--model", help="a run folder, a model folder or a hub id")
+    export.add_argument("--format", choices=("gguf", "onnx"))
+    export.add_argument("--quantize", choices=("f16", "q8_0", "fp32", "int8"),
+                        help="gguf: f16 (default) or q8_0; onnx: fp32 (default) or int8")
+    export.add_argument("--output", help="where to write (default: RUN/export/FORMAT-QUANTIZE, or ./MODEL-FORMAT-QUANTIZE)")
+    export.add_argument("--install-llama-cpp", action="store_true",
+                        help="install the llama.cpp runtime the GGUF check runs in (npm; once), then exit")
 
     import studio
 
@@ -107,6 +119,22 @@ def _evaluate(args) -> int:
     return 0
 
 
+def _export(args) -> int:
+    from engine.export import export, llama_cpp
+
+    if args.install_llama_cpp:
+        print(f"llama.cpp runtime installed in {llama_cpp.install()}")
+        return 0
+    if not args.model or not args.format:
+        raise ValueError("lacker export needs --model and --format (or --install-llama-cpp alone)")
+    result = export(args.model, args.format, args.quantize, args.output,
+                    progress=lambda message, fraction: print(f"{message}...", file=sys.stderr, flush=True))
+    print(result.describe())
+    if not result.passed:
+        print("the file is kept beside its parity.json for a look; it does not match the model", file=sys.stderr)
+    return 0 if result.passed else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "studio":
@@ -122,7 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     from engine.worker import explain, is_bad_input
 
     try:
-        return _train(args) if args.command == "train" else _evaluate(args)
+        commands = {"train": _train, "eval": _evaluate, "export": _export}
+        return commands[args.command](args)
     except KeyboardInterrupt:
         print("error: interrupted\n  fix: run the same command again (with --resume to go on from a checkpoint)",
               file=sys.stderr)

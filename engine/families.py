@@ -78,6 +78,9 @@ class Family:
     # Keyword arguments every training forward takes: decoders build a KV cache by default, which nothing
     # reads, and a sliding cache copies from the host, which no CUDA graph can hold
     forward_kwargs: dict = field(default_factory=dict)
+    # The architecture name llama.cpp gives this family in GGUF files (`general.architecture`); None where
+    # llama.cpp has no graph for it, so engine.export refuses GGUF and points to ONNX
+    gguf_arch: str | None = None
 
 
 def _models(name: str) -> str:
@@ -96,6 +99,7 @@ FAMILIES: tuple[Family, ...] = (
         fast_paths=("varlen",),
         mlps=(MlpSite(f"{_models('bert')}.BertIntermediate", "dense", "hidden_act", "intermediate_act_fn"),),
         forward_kwargs=_NO_CACHE,
+        gguf_arch="bert",
     ),
     Family(
         name="xlm-roberta",
@@ -106,6 +110,7 @@ FAMILIES: tuple[Family, ...] = (
         mlps=(MlpSite(f"{_models('xlm_roberta')}.XLMRobertaIntermediate", "dense", "hidden_act",
                       "intermediate_act_fn"),),
         forward_kwargs=_NO_CACHE,
+        gguf_arch="bert",  # llama.cpp runs XLM-RoBERTa as bert with a SentencePiece (t5) vocabulary
     ),
     Family(
         name="mpnet",
@@ -133,6 +138,7 @@ FAMILIES: tuple[Family, ...] = (
         fast_paths=("varlen",),
         rope=(RopeSite(f"{_models('modernbert')}.ModernBertAttention", upcasts=True),),
         mlps=(MlpSite(f"{_models('modernbert')}.ModernBertMLP", "fused_gate_up", "hidden_activation", "act"),),
+        gguf_arch="modern-bert",
     ),
     Family(
         name="qwen3",
@@ -147,6 +153,7 @@ FAMILIES: tuple[Family, ...] = (
         rope=(RopeSite(f"{_models('qwen3')}.Qwen3Attention", upcasts=False),),
         mlps=(MlpSite(f"{_models('qwen3')}.Qwen3MLP", "gate_up_down", "hidden_act", "act_fn"),),
         forward_kwargs=_NO_CACHE,
+        gguf_arch="qwen3",
     ),
     Family(
         name="gemma3",
@@ -160,6 +167,7 @@ FAMILIES: tuple[Family, ...] = (
         rope=(RopeSite(f"{_models('gemma3')}.Gemma3Attention", upcasts=False),),
         mlps=(MlpSite(f"{_models('gemma3')}.Gemma3MLP", "gate_up_down", "hidden_activation", "act_fn"),),
         forward_kwargs=_NO_CACHE,
+        gguf_arch="gemma-embedding",
     ),
 )
 

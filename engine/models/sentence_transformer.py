@@ -2,7 +2,8 @@
 
 What `from_pretrained` returns IS a `sentence_transformers.SentenceTransformer`; the stock trainer,
 losses and evaluators work on it unchanged. The extra methods the source document names
-(`save_pretrained_merged`, `push_to_hub_merged`) are bound onto that instance, and `push_to_hub` is
+(`save_pretrained_merged`, `push_to_hub_merged`, and the exports `save_pretrained_gguf`, `push_to_hub_gguf`,
+`save_pretrained_onnx`, `push_to_hub_onnx` of engine.export) are bound onto that instance, and `push_to_hub` is
 sentence-transformers' own with the adapter naming its base model by hub id.
 
 Every save writes sentence-transformers' model card from `model.model_card_data`, a
@@ -374,7 +375,41 @@ def _adapters_naming_hub_base(model: SentenceTransformer):
             config.base_model_name_or_path = name
 
 
+def save_pretrained_gguf(self: SentenceTransformer, save_directory, quantization_method: str = "f16"):
+    """Write a GGUF file (llama.cpp, Ollama) into `save_directory` and check it in llama.cpp (parity.json beside it).
+    `quantization_method`: "f16" or "q8_0". Returns engine.export.ExportResult."""
+    from engine.export import export_model
+
+    return export_model(self, "gguf", quantization_method, save_directory)
+
+
+def push_to_hub_gguf(self: SentenceTransformer, repo_id: str, quantization_method: str = "f16", token=None,
+                     private=None) -> str:
+    """`save_pretrained_gguf`, then upload the file and its parity.json to `repo_id`; returns the repo's URL."""
+    from engine.export import push_to_hub as push_export
+
+    return push_export(self, repo_id, "gguf", quantization_method, token=token, private=private)
+
+
+def save_pretrained_onnx(self: SentenceTransformer, save_directory, quantization_method: str = "fp32"):
+    """Write the model folder with onnx/model.onnx ("fp32") or onnx/model_qint8.onnx ("int8") and check it in
+    onnxruntime (parity.json in the folder). Returns engine.export.ExportResult."""
+    from engine.export import export_model
+
+    return export_model(self, "onnx", quantization_method, save_directory)
+
+
+def push_to_hub_onnx(self: SentenceTransformer, repo_id: str, quantization_method: str = "fp32", token=None,
+                     private=None) -> str:
+    """`save_pretrained_onnx`, then upload the folder to `repo_id`; returns the repo's URL."""
+    from engine.export import push_to_hub as push_export
+
+    return push_export(self, repo_id, "onnx", quantization_method, token=token, private=private)
+
+
 def _bind_extra_methods(model: SentenceTransformer) -> None:
     model.save_pretrained_merged = types.MethodType(save_pretrained_merged, model)
     model.push_to_hub_merged = types.MethodType(push_to_hub_merged, model)
     model.push_to_hub = types.MethodType(push_to_hub, model)
+    for method in (save_pretrained_gguf, push_to_hub_gguf, save_pretrained_onnx, push_to_hub_onnx):
+        setattr(model, method.__name__, types.MethodType(method, model))

@@ -1,0 +1,213 @@
+"""GGUF files for llama.cpp and Ollama, written with the `gguf` package (its GGUFWriter, tensor-name tables and
+quantizers) from a saved sentence-transformers folder.
+
+What a sentence-transformers model does around its transformer travels in the metadata, under the keys llama.cpp
+reads: the pooling (`{arch}.pooling_type`), the tokenizer (`tokenizer.ggml.*`, its lower-casing and accent
+stripping included), the context length (the model's max_seq_length, so llama.cpp embeds no more tokens than
+sentence-transformers does). llama.cpp has no key for prompts or for normalization: its servers L2-normalize
+embeddings by default, and we write both under `lacker.*` (PROMPT_KEY, NORMALIZE_KEY), where engine.export.parity
+reads them back to embed the held-out queries with their prompt.
+
+Architectures are written by the functions in WRITERS, keyed by the family table's `gguf_arch`; a family without
+one is refused with a pointer to ONNX.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from engine.export import ExportError
+
+QUANTIZATIONS = ("f16", "q8_0")
+PROMPT_KEY = "lacker.prompt.{name}"
+NORMALIZE_KEY = "lacker.normalize"
+POOLING_TYPES = {"mean": "MEAN", "cls": "CLS", "lasttoken": "LAST"}  # sentence-transformers -> gguf.PoolingType
+
+
+def llama_cpp_arch(model) -> str:
+    """The llama.cpp architecture `model` (a SentenceTransformer) is written as, or ExportError saying why not."""
+    from engine.models.sentence_transformer import family_of
+
+    family = family_of(model)
+    model_type = model[0].auto_model.config.model_type
+    if family is None:
+        raise ExportError(f"GGUF export does not know the {model_type!r} architecture",
+                          "export to ONNX instead (format onnx), which runs any architecture")
+    if family.gguf_arch is None:
+        raise ExportError(f"llama.cpp does not run {family.name} models, so there is no GGUF for this one",
+                          "export to ONNX instead (format onnx): it runs in onnxruntime and in "
+                          "SentenceTransformer(path, backend='onnx')")
+    if family.gguf_arch not in WRITERS:
+        raise ExportError(f"GGUF export of {family.name} models is not written yet",
+                          "export to ONNX instead (format onnx)")
+    return family.gguf_arch
+
+
+def write(model, model_dir: Path, path: Path, quantize: str) -> dict:
+    """Write `model` (loaded from `model_dir`, fp32, adapters merged) to the GGUF file `path`.
+
+    Returns what the file says about pooling, normalization, prompts and context length (shown in parity.json)."""
+    import gguf
+
+    if quantize not in QUANTIZATIONS:
+        raise ExportError(f"GGUF quantization {quantize!r} is not offered",
+                          f"pick one of: {', '.join(QUANTIZATIONS)}")
+    arch = llama_cpp_arch(model)
+    pooling = _pooling_mode(model)
+    writer = gguf.GGUFWriter(str(path), arch)
+    writer.add_name(Path(model_dir).name)
+    writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if quantize == "f16" else gguf.LlamaFileType.MOSTLY_Q8_0)
+    writer.add_pooling_type(getattr(gguf.PoolingType, POOLING_TYPES[pooling]))
+    normalize = any(type(module).__name__ == "Normalize" for module in model)
+    writer.add_bool(NORMALIZE_KEY, normalize)
+    prompts = {name: text for name, text in (model.prompts or {}).items() if text}
+    for name, text in prompts.items():
+        writer.add_string(PROMPT_KEY.format(name=name), text)
+    context = WRITERS[arch](writer, model, Path(model_dir), quantize)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return {"architecture": arch, "pooling": pooling, "normalize": normalize, "prompts": prompts,
+            "context_length": context}
+
+
+def read_metadata(path: Path) -> dict:
+    """The metadata of a GGUF file as {key: value} (tensor data is not read)."""
+    import gguf
+
+    try:
+        reader = gguf.GGUFReader(str(path))
+    except (ValueError, OSError, IndexError) as error:  # a short or overwritten file breaks the reader anywhere
+        raise ExportError(f"{Path(path).name} is damaged or incomplete: it does not read as GGUF ({error})",
+                          "export it again") from error
+    return {name: field.contents() for name, field in reader.fields.items() if not name.startswith("GGUF.")}
+
+
+def _pooling_mode(model) -> str:
+    pooling = next((module for module in model if type(module).__name__ == "Pooling"), None)
+    mode = pooling.get_config_dict().get("pooling_mode") if pooling is not None else None
+    if mode not in POOLING_TYPES:
+        raise ExportError(f"llama.cpp pools embeddings by mean, CLS or last token, not {mode!r}",
+                          "export to ONNX instead (format onnx)")
+    if not pooling.get_config_dict().get("include_prompt", True):
+        raise ExportError("the model leaves its prompt out of the pooling, which llama.cpp cannot do",
+                          "export to ONNX instead (format onnx)")
+    return mode
+
+
+def _refuse_extra_modules(model, allowed=("Transformer", "Pooling", "Normalize")) -> None:
+    extra = [type(module).__name__ for module in model if type(module).__name__ not in allowed]
+    if extra:
+        raise ExportError(f"the model has {', '.join(extra)} layers after pooling, which llama.cpp's "
+                          f"{model[0].auto_model.config.model_type} graph has no place for",
+                          "export to ONNX instead (format onnx), which keeps every layer")
+
+
+def _tensor_type(name: str, array: np.ndarray, quantize: str):
+    """1-D tensors (norms, biases) and the two-row token-type table stay fp32, as llama.cpp's own converter
+    keeps them; q8_0 needs rows that are a whole number of 32-value blocks, else the tensor is f16."""
+    from gguf import GGMLQuantizationType
+
+    if array.ndim == 1 or name.startswith("token_types"):
+        return GGMLQuantizationType.F32
+    if quantize == "q8_0" and array.shape[-1] % 32 == 0:
+        return GGMLQuantizationType.Q8_0
+    return GGMLQuantizationType.F16
+
+
+def _add_tensor(writer, name: str, array: np.ndarray, quantize: str) -> None:
+    from gguf import GGMLQuantizationType, quants
+
+    kind = _tensor_type(name, array, quantize)
+    if kind == GGMLQuantizationType.F32:
+        writer.add_tensor(name, array.astype(np.float32))
+    elif kind == GGMLQuantizationType.F16:
+        writer.add_tensor(name, array.astype(np.float16))
+    else:
+        writer.add_tensor(name, quants.quantize(array.astype(np.float32), kind), raw_dtype=kind)
+
+
+def _add_mapped_tensors(writer, arch: str, state: dict, n_blocks: int, quantize: str, skip=()) -> None:
+    """Every tensor of `state` under its GGUF name from the gguf package's table for `arch`."""
+    import gguf
+
+    model_arch = next(key for key, name in gguf.MODEL_ARCH_NAMES.items() if name == arch)
+    names = gguf.get_tensor_name_map(model_arch, n_blocks)
+    for hf_name, tensor in state.items():
+        if hf_name.startswith(skip):
+            continue
+        name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+        if name is None:
+            raise ExportError(f"GGUF has no place for the weight {hf_name!r} of this {arch} model",
+                              "export to ONNX instead (format onnx), which keeps every weight")
+        _add_tensor(writer, name, tensor, quantize)
+
+
+def _wordpiece_vocab(writer, tokenizer, model_dir: Path, n_vocab: int) -> None:
+    """A WordPiece vocabulary as llama.cpp's "bert" tokenizer reads it: word-initial pieces carry the
+    SentencePiece space mark and continuation pieces lose their "##"."""
+    import gguf
+
+    by_id = {index: token for token, index in tokenizer.get_vocab().items()}
+    special = set(tokenizer.all_special_ids)
+    tokens, types = [], []
+    for index in range(n_vocab):
+        token = by_id.get(index, f"[PAD{index}]")
+        if index in special or index not in by_id:
+            tokens.append(token)
+            types.append(gguf.TokenType.CONTROL if index in special else gguf.TokenType.UNUSED)
+        else:
+            tokens.append(token[2:] if token.startswith("##") else "\u2581" + token)
+            types.append(gguf.TokenType.NORMAL)
+    writer.add_tokenizer_model("bert")
+    writer.add_tokenizer_pre("default")
+    writer.add_token_list(tokens)
+    writer.add_token_types(types)
+    normalizer = json.loads((model_dir / "tokenizer.json").read_text()).get("normalizer") or {}
+    lowercase = bool(normalizer.get("lowercase", getattr(tokenizer, "do_lower_case", False)))
+    strip_accents = normalizer.get("strip_accents")
+    writer.add_bool("tokenizer.ggml.normalizer.lowercase", lowercase)
+    writer.add_bool("tokenizer.ggml.normalizer.strip_accents", lowercase if strip_accents is None else strip_accents)
+    gguf.SpecialVocab(model_dir, n_vocab=n_vocab).add_to_gguf(writer, quiet=True)
+    writer.add_uint32("tokenizer.ggml.cls_token_id", tokenizer.cls_token_id)  # SpecialVocab has no writer for it
+
+
+def _bert(writer, model, model_dir: Path, quantize: str) -> int:
+    _refuse_extra_modules(model)
+    hf = model[0].auto_model
+    config = hf.config
+    tokenizer = model.tokenizer
+    if type(tokenizer).__name__ not in ("BertTokenizer", "BertTokenizerFast"):
+        raise ExportError(f"GGUF export of {type(tokenizer).__name__} vocabularies (SentencePiece, as "
+                          "XLM-RoBERTa uses) is not written yet", "export to ONNX instead (format onnx)")
+    if config.hidden_act != "gelu":
+        raise ExportError(f"llama.cpp's bert graph uses GELU, and this model uses {config.hidden_act!r}",
+                          "export to ONNX instead (format onnx)")
+    # Positions past max_seq_length are never used by sentence-transformers; llama.cpp sizes its context
+    # from the position table, so both stop at the same length.
+    context = min(model.max_seq_length or config.max_position_embeddings, config.max_position_embeddings)
+    writer.add_embedding_length(config.hidden_size)
+    writer.add_feed_forward_length(config.intermediate_size)
+    writer.add_block_count(config.num_hidden_layers)
+    writer.add_head_count(config.num_attention_heads)
+    writer.add_layer_norm_eps(config.layer_norm_eps)
+    writer.add_causal_attention(False)
+    writer.add_token_type_count(config.type_vocab_size)
+    _wordpiece_vocab(writer, tokenizer, model_dir, config.vocab_size)
+    state = {name: tensor.detach().float().cpu().numpy() for name, tensor in hf.state_dict().items()}
+    # XLM-RoBERTa numbers positions from padding_idx + 1; llama.cpp's bert graph numbers them from 0
+    first = config.pad_token_id + 1 if config.model_type in ("xlm-roberta", "roberta") else 0
+    positions = state["embeddings.position_embeddings.weight"][first:]
+    context = min(context, len(positions))
+    state["embeddings.position_embeddings.weight"] = positions[:context]
+    writer.add_context_length(context)
+    _add_mapped_tensors(writer, "bert", state, config.num_hidden_layers, quantize,
+                        skip=("pooler.", "embeddings.position_ids", "embeddings.token_type_ids"))
+    return context
+
+
+WRITERS = {"bert": _bert}  # llama.cpp architecture -> writer(writer, model, model_dir, quantize) -> context length

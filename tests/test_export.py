@@ -1,0 +1,138 @@
+"""GGUF and ONNX exports checked where users run them: GGUF in llama.cpp (node-llama-cpp's prebuilt build, installed
+from npm by the `llama_runtime` fixture when it is missing), ONNX in onnxruntime.
+
+The real all-MiniLM-L6-v2 goes through every format and quantization on the 200 held-out texts; tiny random models
+cover the other architectures; broken and truncated files show that the check catches what users complain about.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from engine.export import ExportError, export, verify
+from engine.export import gguf as gguf_export
+from engine.export import llama_cpp
+from tests.tiny_models import build_tiny_model
+
+MINILM = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+@pytest.fixture(scope="session")
+def llama_runtime():
+    return llama_cpp.install()
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    built = {}
+
+    def folder(family):
+        if family not in built:
+            built[family] = build_tiny_model(family, tmp_path_factory.mktemp(family) / family)
+        return built[family]
+
+    return folder
+
+
+def _saved_report(result) -> dict:
+    folder = result.path.parent if result.format == "gguf" else result.path
+    return json.loads((folder / "parity.json").read_text())
+
+
+@pytest.mark.parametrize("quantize", ["f16", "q8_0"])
+def test_minilm_gguf_matches_the_model_in_llama_cpp(llama_runtime, tmp_path, quantize):
+    result = export(MINILM, "gguf", quantize, tmp_path)
+
+    assert result.path == tmp_path / f"all-MiniLM-L6-v2-{quantize}.gguf"
+    report = _saved_report(result)
+    assert report["passed"], report["problems"]
+    assert report["texts"] == 200 and report["cosine_min"] >= {"f16": 0.999, "q8_0": 0.99}[quantize]
+    assert report["retrieval"]["exported"]["ndcg@10"] >= report["retrieval"]["pytorch"]["ndcg@10"] - 0.02
+    metadata = gguf_export.read_metadata(result.path)
+    assert metadata["general.architecture"] == "bert"
+    assert metadata["bert.pooling_type"] == 1  # mean, as the model's Pooling module says
+    assert metadata[gguf_export.NORMALIZE_KEY] is True
+    assert metadata["bert.context_length"] == 256  # the model's max_seq_length
+
+
+@pytest.mark.parametrize("quantize, file", [("fp32", "onnx/model.onnx"), ("int8", "onnx/model_qint8.onnx")])
+def test_minilm_onnx_matches_the_model_in_onnxruntime(tmp_path, quantize, file):
+    result = export(MINILM, "onnx", quantize, tmp_path / "onnx")
+
+    assert (result.path / file).is_file() and (result.path / "modules.json").is_file()
+    report = _saved_report(result)
+    assert report["passed"], report["problems"]
+    assert report["cosine_min"] >= {"fp32": 0.999, "int8": 0.99}[quantize]
+
+
+@pytest.mark.parametrize("family", ["bert", "xlm-roberta"])
+def test_tiny_model_gguf_matches_in_llama_cpp(llama_runtime, tiny, tmp_path, family):
+    result = export(tiny(family), "gguf", "f16", tmp_path / "out.gguf")
+
+    assert result.passed, result.report["problems"]
+    assert result.report["cosine_min"] >= 0.999
+
+
+@pytest.mark.parametrize("family", ["mpnet", "distilbert"])
+def test_gguf_of_an_architecture_llama_cpp_does_not_run_is_refused_with_onnx_named(tiny, tmp_path, family):
+    with pytest.raises(ExportError, match=f"llama.cpp does not run {family}") as caught:
+        export(tiny(family), "gguf", "f16", tmp_path)
+    assert "onnx" in caught.value.fix
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_file_that_pools_otherwise_fails_and_names_pooling(llama_runtime, tiny, tmp_path):
+    import gguf
+
+    result = export(tiny("bert"), "gguf", "f16", tmp_path)
+    assert result.passed
+    reader = gguf.GGUFReader(str(result.path), "r+")
+    field = reader.fields["bert.pooling_type"]
+    field.parts[field.data[0]][0] = int(gguf.PoolingType.CLS)  # the model pools by mean
+    reader.data.flush()
+    del reader
+
+    broken = verify(tiny("bert"), result.path, "gguf", "f16")
+
+    assert not broken.passed
+    assert "pools by cls where the model pools by mean" in broken.report["problems"][0]
+    assert json.loads((tmp_path / "parity.json").read_text())["passed"] is False
+
+
+def test_a_truncated_file_fails_the_check(llama_runtime, tiny, tmp_path):
+    result = export(tiny("bert"), "gguf", "q8_0", tmp_path)
+    data = result.path.read_bytes()
+    result.path.write_bytes(data[: len(data) // 2])
+
+    broken = verify(tiny("bert"), result.path, "gguf", "q8_0")
+
+    assert not broken.passed
+    assert "damaged or incomplete" in broken.report["problems"][0]
+
+
+def test_cli_export_prints_the_parity_result(llama_runtime, tiny, tmp_path, capsys):
+    from engine.cli import main
+
+    code = main(["export", "--model", str(tiny("bert")), "--format", "gguf", "--quantize", "q8_0",
+                 "--output", str(tmp_path)])
+
+    assert code == 0
+    assert "parity passed" in capsys.readouterr().out
+    assert (tmp_path / "parity.json").is_file()
+
+
+def test_save_pretrained_gguf_on_a_loaded_model(llama_runtime, tiny, tmp_path):
+    from engine import FastSentenceTransformer
+
+    model = FastSentenceTransformer.from_pretrained(str(tiny("bert")), device="cpu")
+    result = model.save_pretrained_gguf(tmp_path, quantization_method="q8_0")
+
+    assert result.passed and result.path.parent == tmp_path and result.path.suffix == ".gguf"
+
+
+def test_unknown_quantization_is_refused_with_the_choices(tiny):
+    with pytest.raises(ExportError, match="no quantization 'q4_0'") as caught:
+        export(tiny("bert"), "gguf", "q4_0")
+    assert "f16, q8_0" in caught.value.fix
