@@ -5,6 +5,8 @@
     lacker studio [--host H] [--port P] [--auth USER:PASS]
 
 `lacker train`'s flags are derived from the fields of engine.config.TrainConfig (one flag per setting).
+`lacker train --gpus N` starts itself again as N ranks under torchrun (`torchrun --nproc-per-node N -m engine
+train ...`, which also works by hand, as does `accelerate launch -m engine train ...`); rank 0 prints.
 Expected failures (bad data, bad settings, a model that cannot be had) print `error:` and `fix:` lines and exit
 2 for bad input, 1 for other failures; `--debug` shows the traceback as well.
 """
@@ -16,6 +18,7 @@ import json
 import logging
 import os
 import signal
+import subprocess
 import sys
 import threading
 from pathlib import Path
@@ -58,21 +61,40 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _train(args) -> int:
+def _under_torchrun(gpus: int, argv: list[str]) -> int:
+    """Run this same command as `gpus` ranks under torchrun; SIGTERM goes on to torchrun, which stops every rank."""
+    from engine.distributed import torchrun_command
+
+    child = subprocess.Popen(torchrun_command(gpus, ["engine", *argv]))
+    signal.signal(signal.SIGTERM, lambda *_: child.send_signal(signal.SIGTERM))
+    try:
+        return child.wait()
+    except KeyboardInterrupt:  # the terminal sent SIGINT to torchrun too: wait for the ranks to stop
+        return child.wait()
+
+
+def _train(args, argv: list[str]) -> int:
+    from engine import atomic, distributed
     from engine.worker import run
 
     config = config_from_args(args)
+    world = distributed.current()
+    if config.get("gpus", 1) > 1 and not world.distributed:
+        return _under_torchrun(config["gpus"], argv)
     for key in ("data", "eval_data", "extra_corpus"):
         if config.get(key) and Path(config[key]).exists():
             config[key] = str(Path(config[key]).resolve())
     run_dir = Path(config.pop("output_dir"))
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(json.dumps(config, indent=2))
+    if world.main:
+        atomic.write_text(run_dir / "config.json", json.dumps(config, indent=2))
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     log = run_dir / "events.jsonl"
     before = log.stat().st_size if log.exists() else 0  # a resumed run's folder holds the earlier runs' events
-    code = run(run_dir, stop, echo=True)
+    code = run(run_dir, stop, echo=True, values=config)
+    if not world.main:
+        return code
     with log.open("rb") as handle:
         handle.seek(before)
         events = [json.loads(line) for line in handle.read().splitlines() if line.strip()]
@@ -107,6 +129,7 @@ def _evaluate(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
     if args.command == "studio":
         import studio
@@ -121,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     from engine.worker import explain, is_bad_input
 
     try:
-        return _train(args) if args.command == "train" else _evaluate(args)
+        return _train(args, argv) if args.command == "train" else _evaluate(args)
     except KeyboardInterrupt:
         print("error: interrupted\n  fix: run the same command again (with --resume to go on from a checkpoint)",
               file=sys.stderr)
