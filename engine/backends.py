@@ -120,7 +120,8 @@ def train_packed(run: Run) -> int:
 
     intervals = [n for n in (config.eval_steps, config.save_steps) if n]
     every = math.gcd(*intervals) if intervals else None
-    events.status("training", f"{config.method} on {config.model} (packed loop)")
+    ranks = f", {trainer.world.size} ranks at batch {config.batch_size} each" if trainer.world.distributed else ""
+    events.status("training", f"{config.method} on {config.model} (packed loop{ranks})")
     for note in (trainer.kernel_note, trainer.graph_note):  # known before the first step
         if note:
             events.log(note)

@@ -18,7 +18,6 @@ import json
 import logging
 import os
 import signal
-import subprocess
 import sys
 import threading
 from pathlib import Path
@@ -61,26 +60,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _under_torchrun(gpus: int, argv: list[str]) -> int:
-    """Run this same command as `gpus` ranks under torchrun; SIGTERM goes on to torchrun, which stops every rank."""
-    from engine.distributed import torchrun_command
-
-    child = subprocess.Popen(torchrun_command(gpus, ["engine", *argv]))
-    signal.signal(signal.SIGTERM, lambda *_: child.send_signal(signal.SIGTERM))
-    try:
-        return child.wait()
-    except KeyboardInterrupt:  # the terminal sent SIGINT to torchrun too: wait for the ranks to stop
-        return child.wait()
-
-
 def _train(args, argv: list[str]) -> int:
     from engine import atomic, distributed
-    from engine.worker import run
+    from engine.worker import run, run_on_ranks
 
     config = config_from_args(args)
     world = distributed.current()
-    if config.get("gpus", 1) > 1 and not world.distributed:
-        return _under_torchrun(config["gpus"], argv)
+    if config.get("gpus", 1) > 1 and not world.distributed:  # this same command on each rank; rank 0 prints
+        return run_on_ranks(config["gpus"], ["engine", *argv], Path(config["output_dir"]) / "events.jsonl")
     for key in ("data", "eval_data", "extra_corpus"):
         if config.get(key) and Path(config[key]).exists():
             config[key] = str(Path(config[key]).resolve())

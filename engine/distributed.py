@@ -28,6 +28,9 @@ from datetime import timedelta
 # (seconds) overrides it.
 COLLECTIVE_TIMEOUT = timedelta(seconds=float(os.environ.get("LACKER_COLLECTIVE_TIMEOUT", 1800)))
 BUCKET_BYTES = 64 << 20  # gradients all-reduced in flat buckets of about this size
+# How long torchrun lets the ranks take to stop after SIGTERM before it kills them: rank 0 finishes its step and
+# saves a checkpoint and the model (torchrun's own default, 30 s, is too short for a large model's merged save).
+STOP_GRACE_SECONDS = 600
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,24 @@ def torchrun_command(gpus: int, module_args: list[str]) -> list[str]:
     rendezvous: a free port, nothing shared with other runs)."""
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={gpus}",
             "-m", *module_args]
+
+
+def run_ranks(gpus: int, module_args: list[str]) -> int:
+    """Run `python -m MODULE_ARGS...` as `gpus` ranks under torchrun and wait; SIGTERM and SIGINT to this process go
+    on to torchrun, which passes them to every rank. Returns torchrun's exit status (not 0 after a signal, even
+    when the ranks stopped cleanly: the run's events say how it ended)."""
+    import signal
+    import subprocess
+
+    env = {**os.environ, "TORCH_ELASTIC_SHUTDOWN_TIMEOUT": str(STOP_GRACE_SECONDS)}
+    child = subprocess.Popen(torchrun_command(gpus, module_args), env=env)
+    forward = lambda signum, frame: child.send_signal(signum)  # noqa: E731
+    previous = {signum: signal.signal(signum, forward) for signum in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        return child.wait()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 _control = None  # the gloo group the ranks agree on stops through (a CPU one, also beside NCCL)

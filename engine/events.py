@@ -36,7 +36,7 @@ class EventLog:
         world = distributed.current()
         if not (world.main or every_rank):
             path, echo = None, False
-        self._world_size = world.size  # written into the first event, then None
+        self._world_size = world.size if world.main else None  # written into the first event, then None
         self.path = Path(path) if path else None
         self.phase: str | None = None
         self._lock = threading.Lock()

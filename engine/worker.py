@@ -8,8 +8,9 @@ Either way the last event says "stopped". The exit code says how it ended, for w
 0 completed or stopped, 1 failed, EXIT_DISK_FULL failed for lack of space (the events may not have fitted).
 Progress bars are off here: the events carry progress, and bars would only fill worker.log.
 
-A config with `gpus` above 1 makes the worker become torchrun, which starts one of these a GPU
-(engine.distributed): rank 0 writes, as one worker does, and SIGTERM to torchrun reaches every rank. A rank that
+A config with `gpus` above 1 makes the worker start torchrun, which starts one of these a GPU
+(engine.distributed): rank 0 writes, as one worker does, SIGTERM to the worker reaches every rank through
+torchrun, and the worker's exit code is the run's, as above. A rank that
 fails writes its own error (only it knows it) unless every rank meets the same one (bad input: rank 0 says it);
 rank 0, left without it, fails naming that rank's error; torchrun then ends the others and exits non-zero.
 """
@@ -159,7 +160,7 @@ def _rank_failure(error, message: str, hint: str, events, world, log: Path, star
         theirs = [e for e in map(json.loads, handle.read().splitlines()) if e.get("event") == "error"]
     if theirs:
         return theirs[-1]["error"], theirs[-1]["hint"], events
-    return (f"another of the {world.size} ranks stopped answering (killed, out of memory, or its host lost): {message}",
+    return (f"another of the {world.size} ranks stopped answering (killed, out of memory, or its host lost)",
             "see worker.log (or the terminal) for what torchrun said of it; resume from the last checkpoint once "
             "every GPU is free", events)
 
@@ -175,10 +176,23 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     run_dir = Path(argv[0])
     gpus = _gpus(run_dir)
-    if gpus > 1 and not distributed.current().distributed:  # become torchrun: it starts a worker a GPU
-        command = distributed.torchrun_command(gpus, ["engine.worker", str(run_dir)])
-        os.execv(command[0], command)
+    if gpus > 1 and not distributed.current().distributed:
+        return run_on_ranks(gpus, ["engine.worker", str(run_dir)], run_dir / "events.jsonl")
     return run(run_dir, stop_signals=(signal.SIGTERM, signal.SIGINT))
+
+
+def run_on_ranks(gpus: int, module_args: list[str], log: Path) -> int:
+    """`python -m MODULE_ARGS...` as `gpus` ranks (engine.distributed.run_ranks); the exit code says how the run
+    ended, as `run`'s does: torchrun's is not 0 after a stop asked by a signal, though the ranks stopped cleanly."""
+    started_at = log.stat().st_size if log.exists() else 0
+    code = distributed.run_ranks(gpus, module_args)
+    if code and log.exists():
+        with log.open("rb") as handle:
+            handle.seek(started_at)
+            statuses = [e["status"] for e in map(json.loads, handle.read().splitlines()) if e.get("event") == "status"]
+        if statuses and statuses[-1] in ("completed", "stopped"):
+            return 0
+    return code
 
 
 def _gpus(run_dir: Path) -> int:
