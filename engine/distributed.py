@@ -75,9 +75,17 @@ def run_ranks(gpus: int, module_args: list[str]) -> int:
     import signal
     import subprocess
 
-    env = {**os.environ, "TORCH_ELASTIC_SHUTDOWN_TIMEOUT": str(STOP_GRACE_SECONDS)}
+    import torch
+
+    if torch.cuda.is_available() and gpus > torch.cuda.device_count():  # a CPU runs that many gloo processes
+        raise ValueError(f"gpus {gpus} is more than the {torch.cuda.device_count()} GPUs this machine has; pick at "
+                         f"most {torch.cuda.device_count()}")
+    env = {"TORCH_ELASTIC_SHUTDOWN_TIMEOUT": str(STOP_GRACE_SECONDS), **os.environ}
     child = subprocess.Popen(torchrun_command(gpus, module_args), env=env)
-    forward = lambda signum, frame: child.send_signal(signum)  # noqa: E731
+
+    def forward(signum, frame):
+        child.send_signal(signum)
+
     previous = {signum: signal.signal(signum, forward) for signum in (signal.SIGTERM, signal.SIGINT)}
     try:
         return child.wait()

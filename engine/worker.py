@@ -177,7 +177,15 @@ def main(argv: list[str] | None = None) -> int:
     run_dir = Path(argv[0])
     gpus = _gpus(run_dir)
     if gpus > 1 and not distributed.current().distributed:
-        return run_on_ranks(gpus, ["engine.worker", str(run_dir)], run_dir / "events.jsonl")
+        try:
+            return run_on_ranks(gpus, ["engine.worker", str(run_dir)], run_dir / "events.jsonl")
+        except ValueError as error:  # more GPUs asked for than there are
+            from engine.events import EventLog
+
+            events = EventLog(run_dir / "events.jsonl")
+            events.emit("error", error=str(error), hint="change the setting it names, then start again", bad_input=True)
+            events.status("failed", str(error))
+            return 1
     return run(run_dir, stop_signals=(signal.SIGTERM, signal.SIGINT))
 
 
