@@ -179,3 +179,20 @@ def test_a_rank_that_fails_or_is_killed_ends_the_run_naming_its_error(pairs, tmp
     assert [e["status"] for e in events if e["event"] == "status"][-1] == "failed"
     leftover = subprocess.run(["pgrep", "-f", str(run_dir)], capture_output=True, text=True).stdout.split()
     assert leftover == []
+
+
+def test_the_trainer_path_trains_on_two_ranks_through_sentence_transformers_ddp(pairs, tmp_path):
+    """With the loop off, sentence-transformers' trainer runs the DDP (negatives gathered across ranks by the loss
+    itself); the same one writer and one set of events."""
+    model, data = pairs
+    run_dir = tmp_path / "trainer"
+    done = subprocess.run([sys.executable, "-m", "engine", "train", "--gpus", "2",
+                           *_train_flags(model, data, run_dir, loop="off", **{"max-steps": 4}), "--no-eval"],
+                          env=_env(), capture_output=True, text=True, timeout=LAUNCH_TIMEOUT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    events = _events(run_dir)
+    assert events[0]["world_size"] == 2
+    assert [e["step"] for e in events if e["event"] == "train"] == [1, 2, 3, 4]
+    assert not any("packed loop" in e.get("message", "") for e in events if e["event"] == "status")
+    assert [e["status"] for e in events if e["event"] == "status"][-1] == "completed"
+    assert [p.name for p in (run_dir / "checkpoints").iterdir()] == ["checkpoint-4"] and (run_dir / "merged").is_dir()
