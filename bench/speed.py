@@ -7,6 +7,7 @@
                                                       # each run adds the plan rows runs.json lacks
     CUDA_VISIBLE_DEVICES=$k python -m bench.speed --shard $((k+1))/4 --json part$k.json   # k = 0..3, one a card
     python -m bench.speed --from-json part*.json      # the parts' rows as one report
+    python -m bench.speed --gpus 1,2,4 --only bert-base:512:32:stock,ours   # data parallel: the batch is each GPU's
 
 Every run: the same random-weight checkpoint (bench.models), the same real text pairs (Debian
 package synopsis -> long description), the same seed, batch, sequence length and LoRA settings
@@ -39,6 +40,11 @@ Pairs/s is steady state, from step 10 to the last step. End to end is load -> tr
 end to end is measured when a run has 600 steps or more, else projected: the run's end to end plus the missing
 steps at its steady-state pace.
 Utilisation counts useful FLOPs only (GPU_NOTES.md): 4*N*T + 6*P*T + 12*L*d*S2 over 790 TFLOP/s.
+With --gpus each row runs once per GPU count, as that many ranks under torchrun (engine.distributed), at the row's
+batch on each GPU: ours gathers the in-batch negatives across GPUs in the packed loop; stock is
+SentenceTransformerTrainer's DDP with MultipleNegativesRankingLoss(gather_across_devices=True) and its no-duplicates
+sampler. The report is then a scaling table: pairs/s of all GPUs together, scaling efficiency (pairs/s on N over N
+times pairs/s on 1), ours over stock at the same N, and peak memory of one card (rank 0's).
 """
 
 from __future__ import annotations
@@ -115,6 +121,7 @@ class Result:
     versions: str = ""
     measured: str = ""  # UTC time the row finished
     leftover_gib: float = 0.0  # CUDA memory still allocated when the run started (not counted in peak_gib)
+    gpus: int = 1  # ranks of a --gpus run (batch is each one's; pairs_per_s is all of them together)
 
 
 def load_pairs(seq: int, join: int) -> tuple[list[str], list[str]]:
@@ -218,11 +225,13 @@ def run_one(name: str, checkpoint: Path, seq: int, batch: int, method: str, step
     from transformers import set_seed
 
     from bench.models import FAMILY_OF, load
+    from engine import distributed
     from engine.attention import enable
     from engine.families import family_by_name
     from engine.loop import CACHED_MINI_BATCH, PackedTrainer, loop_unavailable, no_duplicate_batches
 
     cuda = device == "cuda"
+    world = distributed.current()  # under --gpus: `batch` is each rank's, the plan's batches are all ranks'
     path, kind = _variant(method)
     unsloth = path.startswith("unsloth")
     if unsloth and "unsloth" not in sys.modules:
@@ -237,11 +246,11 @@ def run_one(name: str, checkpoint: Path, seq: int, batch: int, method: str, step
         # Whatever an earlier run left allocated (every row runs stock first) is not this run's: it is recorded,
         # and the peak counts from it.
         result.leftover_gib = torch.cuda.memory_allocated() / 2**30
-    rows = steps * batch
+    rows = steps * batch * world.size
     # One batch order for every method: no text twice in a batch, as in-batch negatives want.
     row_texts = np.array([[hash(q), hash(d)] for q, d in zip(queries[:rows], documents[:rows])])
-    plan = no_duplicate_batches(row_texts, batch, np.random.default_rng(seed))
-    plan = [b for b in plan if len(b) == batch]
+    plan = no_duplicate_batches(row_texts, batch * world.size, np.random.default_rng(seed))
+    plan = [b for b in plan if len(b) == batch * world.size]
     # Runs longer than the data go round it again, in the same order, as the trainer's epochs do.
     plan = (plan * math.ceil(steps / max(1, len(plan))))[:steps]
     start = time.perf_counter()
@@ -322,7 +331,8 @@ def run_one(name: str, checkpoint: Path, seq: int, batch: int, method: str, step
             report_to=[],
             seed=seed,
             data_seed=seed,
-            batch_sampler=_PlanSampler(plan),
+            # On several ranks accelerate shards the batches itself: the stock sampler, as a user runs DDP.
+            batch_sampler="no_duplicates" if world.distributed else _PlanSampler(plan),
             torch_compile=path == "stock-compile",
             disable_tqdm=True,
             **({"dataloader_num_workers": 2, "dataloader_prefetch_factor": 4, "dataloader_pin_memory": True,
@@ -332,8 +342,9 @@ def run_one(name: str, checkpoint: Path, seq: int, batch: int, method: str, step
             FastSentenceTransformer._apply_torch_compile(model, mode=getattr(model, "_compile_mode", None) or "default")
             model._compile_pending = False
         clock = _Clock(mark)
-        loss = (CachedMultipleNegativesRankingLoss(model, mini_batch_size=mini_batch or CACHED_MINI_BATCH)
-                if path == "stock-cached" else MultipleNegativesRankingLoss(model))
+        gather = {"gather_across_devices": True} if world.distributed else {}
+        loss = (CachedMultipleNegativesRankingLoss(model, mini_batch_size=mini_batch or CACHED_MINI_BATCH, **gather)
+                if path == "stock-cached" else MultipleNegativesRankingLoss(model, **gather))
         trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=data, callbacks=[clock.callback],
                                              loss=loss)
         if unsloth:
@@ -347,7 +358,8 @@ def run_one(name: str, checkpoint: Path, seq: int, batch: int, method: str, step
     if steps >= LONG_RUN:  # the same run stopped at LONG_RUN steps: its time then, plus the save
         result.end_to_end_600_s = times[LONG_RUN] - start + saved - trained
     result.first_step_s = times[1] - start
-    result.pairs_per_s = (steps - steady_from) * batch / (times[steps] - times[steady_from])
+    result.pairs_per_s = (steps - steady_from) * batch * world.size / (times[steps] - times[steady_from])
+    result.gpus = world.size
     result.peak_gib = torch.cuda.max_memory_allocated() / 2**30 - result.leftover_gib if cuda else 0.0
 
     # Real (non-pad) tokens and squared lengths per pair, averaged over the run's pairs after truncation.
@@ -636,6 +648,61 @@ def write_plot(results: list[Result], path: Path) -> bool:
     return True
 
 
+def run_on_gpu_counts(plan, counts: list[int], steps: int, device: str, args) -> list[Result]:
+    """Each row of `plan` as `count` ranks under torchrun, for each count (`--rank-json` children: one sitting of
+    ranks a row and count, so that every count runs the same rows alike). Unsloth rows are left out (no DDP)."""
+    from engine.distributed import run_ranks
+
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for row in plan:
+            name, seq, batch, methods, *row_steps = row.split(":")
+            methods = [m for m in methods.split(",") if not m.startswith("unsloth")]
+            for count in counts:
+                out = Path(tmp) / f"{name}-{seq}-{count}.json"
+                flags = ["--only", ":".join([name, seq, batch, ",".join(methods), *row_steps]), "--steps", str(steps),
+                         "--seed", str(args.seed), "--device", device, "--rank-json", str(out)]
+                code = run_ranks(count, ["bench.speed", *flags, *(["--gradient-checkpointing"] * args.gradient_checkpointing)])
+                if code or not out.exists():
+                    results += [Result(name, int(seq), int(batch), m, int(row_steps[0]) if row_steps else steps, gpus=count,
+                                       error=f"torchrun with {count} ranks exited {code}") for m in methods]
+                    continue
+                results += [Result(**r) for r in json.loads(out.read_text())]
+    return results
+
+
+def write_scaling_report(results: list[Result], path: Path, command: str) -> None:
+    """The --gpus table: a row a model, method and GPU count."""
+    measured = sorted(r.measured for r in results if r.measured)
+    lines = [
+        "# Training speed on several GPUs",
+        "",
+        f"- card: {_described([r.card for r in results], lambda: card('cuda'))}",
+        f"- versions: {_described([r.versions for r in results], versions)}",
+        f"- date: {measured[0] + ' to ' + measured[-1] if measured else _now()}",
+        f"- command: `{command}`",
+        "- batch is each GPU's; pairs/s counts every GPU's pairs; scaling: pairs/s on N GPUs over N x pairs/s on one;",
+        "  ours: the packed loop, negatives gathered across GPUs; stock: SentenceTransformerTrainer DDP with",
+        "  gather_across_devices=True. peak GiB: rank 0's card.",
+        "",
+        "| model | seq | batch a GPU | method | GPUs | pairs/s | scaling | x stock | peak GiB a card | enabled |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    ran = {(r.model, r.seq, r.batch, r.method, r.gpus): r for r in results if _ran(r)}
+    stocks = {(_stock_key(r), r.gpus): r for r in results if _variant(r.method)[0] == "stock" and _ran(r)}
+    for r in results:
+        if not _ran(r):
+            lines.append(f"| {r.model} | {r.seq} | {r.batch} | {r.method} | {r.gpus} | failed: {r.error} |  |  |  |  |")
+            continue
+        one = ran.get((r.model, r.seq, r.batch, r.method, 1))
+        stock = stocks.get((_stock_key(r), r.gpus))
+        scaling = f"{100 * r.pairs_per_s / (r.gpus * one.pairs_per_s):.0f}%" if one else ""
+        versus = f"{r.pairs_per_s / stock.pairs_per_s:.2f}" if stock and r is not stock else ""
+        lines.append(f"| {r.model} | {r.seq} | {r.batch} | {r.method} | {r.gpus} | {r.pairs_per_s:.0f} | {scaling} "
+                     f"| {versus} | {r.peak_gib:.1f} | {r.enabled} |")
+    path.write_text("\n".join(lines) + "\n")
+
+
 def shard(plan, spec: str) -> list[str]:
     """Rows K, K+N, K+2N... of `plan` for spec "K/N" (K from 1)."""
     try:
@@ -664,7 +731,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--resume", action="store_true", help="with --json: keep the rows that file already holds "
                         "and run only the plan rows it lacks (a plan too long for one sitting runs in several; a row "
                         "with a failed or missing method runs again whole). One file per --gradient-checkpointing setting")
+    parser.add_argument("--gpus", default=None, metavar="N,N,...", help="data parallel: run each row on each of these "
+                        "GPU counts under torchrun (the row's batch on each GPU) and report pairs/s and scaling efficiency")
     parser.add_argument("--unsloth-child", metavar="SPEC", help=argparse.SUPPRESS)  # run_in_unsloth_process's child
+    parser.add_argument("--rank-json", metavar="FILE", help=argparse.SUPPRESS)  # a rank of a --gpus run: rank 0 writes
     args = parser.parse_args(argv)
     if args.plot is None:  # a report written elsewhere must not overwrite the committed chart
         out = Path(args.out)
@@ -696,6 +766,18 @@ def main(argv: list[str] | None = None) -> None:
 
     from bench.models import build
 
+    if args.gpus and not args.rank_json:
+        results = run_on_gpu_counts(plan, [int(n) for n in args.gpus.split(",")], steps, device, args)
+        if args.json:
+            Path(args.json).write_text(json.dumps([asdict(r) for r in results], indent=1))
+        write_scaling_report(results, Path(args.out), command)
+        print(Path(args.out).read_text())
+        return
+    world = None
+    if args.rank_json:
+        from engine import distributed
+
+        world = distributed.setup()
     results: list[Result] = []
     if args.resume and args.json and Path(args.json).exists():
         results = [Result(**row) for row in json.loads(Path(args.json).read_text()) if not row.get("error")]
@@ -714,9 +796,13 @@ def main(argv: list[str] | None = None) -> None:
                 continue
             # A row runs whole in one sitting, so that its ratios compare runs of one process on one card.
             results = [r for r in results if (r.model, r.seq, r.batch, r.method, r.steps) not in keys]
-            checkpoint = tmp / name
-            if not checkpoint.exists():
+            checkpoint = (Path(args.rank_json).parent if world else tmp) / name  # ranks: one copy, rank 0's
+            if not checkpoint.exists() and (world is None or world.main):
                 build(name, checkpoint)
+            if world is not None and world.distributed:
+                import torch.distributed
+
+                torch.distributed.barrier()
             queries, documents = load_pairs(seq, join=max(1, seq // 256))
             for method in methods.split(","):
                 print(f"== {name} seq {seq} batch {batch} {method}", flush=True)
@@ -732,11 +818,19 @@ def main(argv: list[str] | None = None) -> None:
                     result = Result(name, seq, batch, method, run_steps, error=f"{type(error).__name__}: {str(error)[:120]}")
                 shutil.rmtree(tmp / "run", ignore_errors=True)
                 result.card, result.versions, result.measured = where + (_now(),)
+                result.gpus = world.size if world else 1
                 results.append(result)
                 print(json.dumps({k: v for k, v in asdict(result).items() if k != "losses"}), flush=True)
                 if args.json:
                     Path(args.json).write_text(json.dumps([asdict(r) for r in results], indent=1))
 
+    if args.rank_json:
+        from engine import distributed
+
+        if distributed.is_main():
+            Path(args.rank_json).write_text(json.dumps([asdict(r) for r in results]))
+        distributed.teardown()
+        return
     plot = args.plot if args.plot and write_plot(results, Path(args.plot)) else None
     if args.plot and not plot:
         print("matplotlib not installed: no plot")

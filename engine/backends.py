@@ -3,7 +3,10 @@
 - `train_packed`: the packed loop (engine.loop), for the in-batch-negative losses it runs; CUDA graphs on a GPU;
 - `train_with_trainer`: the task's stock trainer (sentence-transformers'), for everything else.
 
-`loop_unavailable` says which one a run gets, and why.
+`loop_unavailable` says which one a run gets, and why. Either runs on several ranks (engine.distributed): the
+loop sums its gradients and gathers its in-batch negatives itself, the trainer through sentence-transformers' DDP
+support (`gather_across_devices` where the loss has it). Only rank 0 writes checkpoints; `config.batch_size` is
+each rank's batch.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine import atomic
+from engine import atomic, distributed
 from engine.checkpoints import UNFINISHED, publish, save_loop_checkpoint
 from engine.config import TrainConfig
 from engine.events import EventLog
@@ -89,8 +92,11 @@ def train_packed(run: Run) -> int:
     clock = SaveClock(config.save_seconds)
     saved_at = [trainer.step]
 
+    main = distributed.is_main()
+    global_batch = trainer.global_batch
+
     def save():
-        if trainer.step != saved_at[0]:  # the end may fall on a save_steps save
+        if main and trainer.step != saved_at[0]:  # the end may fall on a save_steps save
             save_loop_checkpoint(trainer, run.checkpoint_dir, events.log)
             saved_at[0] = trainer.step
         clock.restart()
@@ -101,20 +107,21 @@ def train_packed(run: Run) -> int:
         for step, loss, grad_norm, learning_rate in records:
             events.emit("train", step=step, total_steps=trainer.total_steps,
                         epoch=round(step / trainer.batches_per_epoch, 4), loss=loss, learning_rate=learning_rate,
-                        grad_norm=grad_norm, samples_per_second=round(config.batch_size / per_step, 2),
+                        grad_norm=grad_norm, samples_per_second=round(global_batch / per_step, 2),
                         elapsed=round(elapsed, 2), eta=round(per_step * (trainer.total_steps - step), 2))
         if clock.due:  # here, after the step's losses are out: a run resumed from it draws an unbroken curve
             save()
 
     def on_every(step):
-        if config.eval_steps and run.evaluation and step % config.eval_steps == 0 and step < trainer.total_steps:
+        if main and config.eval_steps and run.evaluation and step % config.eval_steps == 0 and step < trainer.total_steps:
             events.emit("eval", step=step, which="trained", metrics=run.evaluation.measure(run.model))
         if config.save_steps and step % config.save_steps == 0:
             save()
 
     intervals = [n for n in (config.eval_steps, config.save_steps) if n]
     every = math.gcd(*intervals) if intervals else None
-    events.status("training", f"{config.method} on {config.model} (packed loop)")
+    ranks = f", {trainer.world.size} ranks at batch {config.batch_size} each" if trainer.world.distributed else ""
+    events.status("training", f"{config.method} on {config.model} (packed loop{ranks})")
     for note in (trainer.kernel_note, trainer.graph_note):  # known before the first step
         if note:
             events.log(note)
@@ -129,7 +136,8 @@ def train_packed(run: Run) -> int:
 def _progress_callback(run: Run):
     from transformers import TrainerCallback
 
-    events, stop, batch_size = run.events, run.stop, run.config.batch_size
+    events, stop = run.events, run.stop
+    batch_size, main = run.config.batch_size * distributed.current().size, distributed.is_main()
 
     class ProgressEvents(TrainerCallback):
         """Turns the trainer's logs into `train` / `eval` events, a stop request into a clean stop, and checkpoints
@@ -147,6 +155,8 @@ def _progress_callback(run: Run):
                 control.should_save = True
 
         def on_save(self, args, state, control, **kwargs):
+            if not main:  # the trainer saves on rank 0 only
+                return
             publish(Path(args.output_dir) / f"checkpoint-{state.global_step}", run.checkpoint_dir, events.log)
             self.clock.restart()
 
@@ -183,9 +193,12 @@ def train_with_trainer(run: Run) -> int:
 
     config, on_gpu = run.config, torch.cuda.is_available()
     loss = run.task.build_loss(run.loss_name, run.model, run.train_rows)
+    if distributed.current().distributed and hasattr(loss, "gather_across_devices"):
+        loss.gather_across_devices = True  # in-batch negatives from every rank, as one process at the global batch
     evaluating = bool(config.eval_steps and run.evaluation)
     unfinished = run.checkpoint_dir / UNFINISHED  # the trainer's checkpoints, until ProgressEvents publishes them
-    shutil.rmtree(unfinished, ignore_errors=True)  # a killed run's half-written one
+    if distributed.is_main():
+        shutil.rmtree(unfinished, ignore_errors=True)  # a killed run's half-written one
     args = dict(
         output_dir=str(unfinished),
         num_train_epochs=config.epochs,
@@ -217,5 +230,6 @@ def train_with_trainer(run: Run) -> int:
     run.events.status("training", f"{config.method} on {config.model}")
     with atomic.removed_on_failure(unfinished, run.checkpoint_dir):  # a failed save must not keep the space
         trainer.train(resume_from_checkpoint=run.resume)
-    shutil.rmtree(unfinished, ignore_errors=True)
+    if distributed.is_main():
+        shutil.rmtree(unfinished, ignore_errors=True)
     return trainer.state.global_step

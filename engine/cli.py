@@ -6,6 +6,8 @@
     lacker studio [--host H] [--port P] [--auth USER:PASS]
 
 `lacker train`'s flags are derived from the fields of engine.config.TrainConfig (one flag per setting).
+`lacker train --gpus N` starts itself again as N ranks under torchrun (`torchrun --nproc-per-node N -m engine
+train ...`, which also works by hand, as does `accelerate launch -m engine train ...`); rank 0 prints.
 Expected failures (bad data, bad settings, a model that cannot be had) print `error:` and `fix:` lines and exit
 2 for bad input, 1 for other failures; `--debug` shows the traceback as well.
 """
@@ -70,21 +72,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _train(args) -> int:
-    from engine.worker import run
+def _train(args, argv: list[str]) -> int:
+    from engine import atomic, distributed
+    from engine.worker import run, run_on_ranks
 
     config = config_from_args(args)
+    world = distributed.current()
+    if config.get("gpus", 1) > 1 and not world.distributed:  # this same command on each rank; rank 0 prints
+        return run_on_ranks(config["gpus"], ["engine", *argv], Path(config["output_dir"]) / "events.jsonl")
     for key in ("data", "eval_data", "extra_corpus"):
         if config.get(key) and Path(config[key]).exists():
             config[key] = str(Path(config[key]).resolve())
     run_dir = Path(config.pop("output_dir"))
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(json.dumps(config, indent=2))
+    if world.main:
+        atomic.write_text(run_dir / "config.json", json.dumps(config, indent=2))
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     log = run_dir / "events.jsonl"
     before = log.stat().st_size if log.exists() else 0  # a resumed run's folder holds the earlier runs' events
-    code = run(run_dir, stop, echo=True)
+    code = run(run_dir, stop, echo=True, values=config)
+    if not world.main:
+        return code
     with log.open("rb") as handle:
         handle.seek(before)
         events = [json.loads(line) for line in handle.read().splitlines() if line.strip()]
@@ -136,6 +145,7 @@ def _export(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
     if args.command == "studio":
         import studio
@@ -150,8 +160,9 @@ def main(argv: list[str] | None = None) -> int:
     from engine.worker import explain, is_bad_input
 
     try:
-        commands = {"train": _train, "eval": _evaluate, "export": _export}
-        return commands[args.command](args)
+        if args.command == "train":
+            return _train(args, argv)
+        return {"eval": _evaluate, "export": _export}[args.command](args)
     except KeyboardInterrupt:
         print("error: interrupted\n  fix: run the same command again (with --resume to go on from a checkpoint)",
               file=sys.stderr)

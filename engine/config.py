@@ -109,6 +109,8 @@ class TrainConfig:
     # "auto": the packed loop (engine.loop) for in-batch-negative losses wherever the fast path is on (GPU: CUDA
     # graphs; CPU: eager, packed through PyTorch's attention); "on" even with the fast path off; "off" always
     # sentence-transformers' trainer.
+    gpus: int = setting(1, "GPUs to train on, data parallel (torchrun starts a process a GPU); --batch-size is "
+                           "each GPU's, so the global batch is gpus x batch_size", minimum=1, maximum=1024)
     loop: str = setting("auto", "the packed training loop: auto, on, or off (sentence-transformers' trainer)",
                         choices=LOOP_MODES)
     output_dir: str = setting("runs/latest", "run folder: adapter/, merged/, events.jsonl, metrics.json",

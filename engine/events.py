@@ -4,6 +4,9 @@ Every event has `event` (status, log, download, train, eval, error) and `time`; 
 and never talks to the worker. `EventLog(path, echo=True)` also prints what happens to stderr, for the CLI
 and `engine.train.train` called from Python: status and log lines as they come, training progress as one
 line rewritten in place on a terminal, or a line every few seconds when stderr is a file.
+
+On several ranks (engine.distributed) only rank 0's log writes and echoes; the first event a log writes records
+the run's `world_size`.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import threading
 import time
 from pathlib import Path
 
-from engine import atomic
+from engine import atomic, distributed
 
 logger = logging.getLogger(__name__)
 
@@ -26,9 +29,14 @@ ECHO_EVERY_SECONDS = 5.0  # progress lines when stderr is not a terminal
 class EventLog:
     """Appends one JSON object a line to a file, written at once so a reader never waits on us, and whole or not
     at all: a line that does not fit on the disk is taken back and the write raises (DiskFull for lack of space).
-    `phase` is the last status written (loading, training, evaluating, saving...), None before the first."""
+    `phase` is the last status written (loading, training, evaluating, saving...), None before the first.
+    On a rank other than 0 it writes nothing, unless `every_rank` (a rank's own failure, which only it knows)."""
 
-    def __init__(self, path: str | os.PathLike | None, echo: bool = False):
+    def __init__(self, path: str | os.PathLike | None, echo: bool = False, every_rank: bool = False):
+        world = distributed.current()
+        if not (world.main or every_rank):
+            path, echo = None, False
+        self._world_size = world.size if world.main else None  # written into the first event, then None
         self.path = Path(path) if path else None
         self.phase: str | None = None
         self._lock = threading.Lock()
@@ -38,6 +46,8 @@ class EventLog:
 
     def emit(self, event: str, **fields) -> dict:
         record = {"event": event, "time": round(time.time(), 3), **fields}
+        if self._world_size is not None:
+            record["world_size"], self._world_size = self._world_size, None
         if self.path:
             with self._lock:
                 self._append((json.dumps(record) + "\n").encode())

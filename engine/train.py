@@ -5,6 +5,9 @@ weights), switches on the fast path, trains (engine.backends: the packed loop or
 the adapter and a merged model, measures the trained model, and reports every step as events
 (engine.events). What is particular to a kind of model (its class, losses, evaluation) comes from its task
 module (engine.tasks).
+
+Started as several ranks (torchrun, `lacker train --gpus N`: engine.distributed) every rank trains its share of
+each batch and rank 0 alone measures, saves and reports.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from engine import atomic
+from engine import atomic, distributed
 from engine import data as data_layer
 from engine.backends import Run, loop_unavailable, train_packed, train_with_trainer
 from engine.checkpoints import resume_point
@@ -85,6 +88,7 @@ def train(config: TrainConfig | dict, events: EventLog | None = None, stop: thre
 
     config = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(config)
     config.check()
+    world = distributed.setup()  # before the model loads: each rank's GPU is its LOCAL_RANK's
     task = task_module(config.task)
     output_dir = Path(config.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -107,7 +111,7 @@ def train(config: TrainConfig | dict, events: EventLog | None = None, stop: thre
 
     extra = data_layer.read_extra_corpus(config.extra_corpus) if config.extra_corpus else []
     evaluation = task.held_out_evaluation(held_out, summary.task, config, extra)
-    measuring = config.evaluate and bool(evaluation)
+    measuring = config.evaluate and bool(evaluation) and world.main
     metrics: dict = {}
     if measuring:
         events.log(evaluation.describe())
@@ -137,6 +141,8 @@ def train(config: TrainConfig | dict, events: EventLog | None = None, stop: thre
             events.log(f"training with the stock trainer: {reason}")
         steps = train_with_trainer(run)
     stopped = stop.is_set()
+    if not world.main:  # rank 0 measures and saves what every rank trained alike
+        return TrainResult(model=model, output_dir=output_dir, stopped=stopped, steps=steps)
 
     if measuring:
         events.status("evaluating", "measuring the trained model on the held-out split")

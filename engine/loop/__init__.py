@@ -31,6 +31,12 @@ eagerly. Under gradient checkpointing steps are captured too, unless the forward
 (`surgery.checkpointing_blocks_graphs`). tests/test_loop.py checks the math step by step against the
 stock padded forward.
 
+On several ranks (engine.distributed: torchrun, `lacker train --gpus N`) each rank packs its share of every
+global batch (batch_size rows a rank), the loss gathers every rank's candidates with their gradients, and the
+gradients and the loss are summed over the ranks before clipping: N ranks at batch B take the steps of one
+process at N x B (tests/test_distributed.py checks it step by step on gloo). A rank's CUDA graphs hold its
+collectives; where a capture fails, that rank says why and steps eagerly, in step with the others.
+
 One concept a module:
     batches     TokenStore, no_duplicate_batches, BatchPacker: rows of texts -> `Batch` host tensors
     pooling     the Pooling module's mean / cls / lasttoken over packed or padded token embeddings

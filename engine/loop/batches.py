@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from engine.distributed import World, share
+
 BUCKET = 512  # packed streams are padded up to a multiple of this many tokens on CUDA
 
 
@@ -31,6 +33,7 @@ class Batch:
     max_length: int  # longest sequence of the packed stream, fillers included (unused when padded)
     full: bool  # a full batch, padded to its bucket: may run from a CUDA graph
     chunks: list | None = None  # cached loss: the batch's sequences as Batches of `mini_batch` each, no tensors here
+    sizes: list | None = None  # on several ranks, every rank's anchors of this global batch (distributed.share)
 
     @property
     def key(self) -> tuple:
@@ -88,8 +91,8 @@ class BatchPacker:
     """Rows of texts (store ids, `row_texts` (rows, columns)) as `Batch`es of host tensors."""
 
     def __init__(self, transformer, store: TokenStore, row_texts: np.ndarray, *, batch_size: int, packed: bool,
-                 bucketed: bool, position_offset: int, mini_batch: int | None, pin: bool):
-        self.store, self.row_texts, self.batch_size = store, row_texts, batch_size
+                 bucketed: bool, position_offset: int, mini_batch: int | None, pin: bool, world: World = World()):
+        self.store, self.row_texts, self.batch_size, self.world = store, row_texts, batch_size, world
         self.packed, self.bucketed, self.position_offset = packed, bucketed, position_offset
         self.mini_batch, self.pin = mini_batch, pin
         self.max_seq_length = transformer.max_seq_length
@@ -99,6 +102,16 @@ class BatchPacker:
         self.filler_count = math.ceil((BUCKET - 1) / max(1, self.max_length - 1)) if bucketed else 0
 
     def pack(self, rows: np.ndarray) -> Batch:
+        """This rank's share of the global batch `rows` (all of it on one rank; `Batch.sizes` says every rank's
+        share on several), packed by `pack_rows`."""
+        if not self.world.distributed:
+            return self.pack_rows(rows)
+        mine, sizes = share(rows, self.world)
+        packed = self.pack_rows(mine)
+        packed.sizes = sizes
+        return packed
+
+    def pack_rows(self, rows: np.ndarray) -> Batch:
         """Anchors, then positives, then each negative column, as one stream; on CUDA full batches are
         padded to a bucket with `filler_count` filler sequences (never pooled), each no longer than the
         longest text. Models without packed attention get `pad` instead. With a cached loss, the same

@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from engine import distributed
+
 from . import checkpoint
 from .batches import Batch, BatchPacker, TokenStore, no_duplicate_batches
 from .loss import LOSSES, in_batch_loss
@@ -72,8 +74,11 @@ class PackedTrainer:
                  steps: int | None = None, epochs: float = 1.0, warmup_ratio: float = 0.0, seed: int = 42,
                  position_offset: int | None = None, scale: float = 20.0, max_grad_norm: float = 1.0,
                  cuda_graphs: bool = True, bucketed: bool | None = None, kernels: bool = True,
-                 mini_batch: int | None = None):
+                 mini_batch: int | None = None, world: distributed.World | None = None):
         self.model = st_model
+        # On several ranks (engine.distributed) `batch_size` is each rank's: the plan holds global batches of
+        # batch_size x ranks rows, the same as one process's at that batch, and each rank packs its share.
+        self.world = world or distributed.current()
         self.transformer = st_model[0]
         self.hf = self.transformer.model
         self.after_pooling = list(st_model)[2:]
@@ -94,16 +99,18 @@ class PackedTrainer:
         self.packed = bool(getattr(self.transformer, "can_flatten_inputs", False))
         self.packer = BatchPacker(self.transformer, store, self.row_texts, batch_size=batch_size, packed=self.packed,
                                   bucketed=self.cuda if bucketed is None else bucketed,
-                                  position_offset=position_offset, mini_batch=mini_batch, pin=self.cuda)
+                                  position_offset=position_offset, mini_batch=mini_batch, pin=self.cuda,
+                                  world=self.world)
         self.max_length = self.packer.max_length
 
         rng = np.random.default_rng(seed)
-        per_epoch = no_duplicate_batches(self.row_texts, batch_size, rng)
+        self.global_batch = batch_size * self.world.size
+        per_epoch = self._epoch(rng)
         self.batches_per_epoch = len(per_epoch)
         self.total_steps = steps or max(1, math.ceil(epochs * self.batches_per_epoch))
         self.plan = list(per_epoch)
         while len(self.plan) < self.total_steps:
-            self.plan += no_duplicate_batches(self.row_texts, batch_size, rng)
+            self.plan += self._epoch(rng)
         self.plan = self.plan[: self.total_steps]
         self.warmup = math.ceil(warmup_ratio * self.total_steps)
         self.base_lr = learning_rate
@@ -115,6 +122,8 @@ class PackedTrainer:
         self.model_kwargs = prepared.forward_kwargs
 
         self.params = [p for p in st_model.parameters() if p.requires_grad]
+        if self.world.distributed:  # the same seed gives every rank the same weights; this makes sure of it
+            distributed.broadcast_from_main(self.params)
         if self.cuda:
             self.lr = torch.tensor(learning_rate, device=self.device)
             self.optimizer = torch.optim.AdamW(self.params, lr=self.lr, weight_decay=0.0, fused=True, capturable=True)
@@ -129,8 +138,13 @@ class PackedTrainer:
         self.step = 0
         self._pool = None  # the CUDA graphs' shared memory pool, made at the first capture
 
+    def _epoch(self, rng: np.random.Generator) -> list[np.ndarray]:
+        batches = no_duplicate_batches(self.row_texts, self.global_batch, rng)
+        # An epoch's short last batch is split among the ranks; one too short to give each rank a row is left out.
+        return [rows for rows in batches if len(rows) >= self.world.size]
+
     def pack(self, rows: np.ndarray) -> Batch:
-        """Rows of the plan as a `Batch` (engine.loop.batches.BatchPacker.pack)."""
+        """A global batch of the plan as this rank's `Batch` (engine.loop.batches.BatchPacker.pack)."""
         return self.packer.pack(rows)
 
     # --- one step ------------------------------------------------------------------------------
@@ -152,7 +166,7 @@ class PackedTrainer:
     def _step(self, packed: Batch) -> None:
         """The whole batch at once: replayed from its shape's CUDA graph where there is one."""
         b = self._on_device(packed)
-        args = (packed.n_real, packed.batch, packed.max_length)
+        args = (packed.n_real, packed.batch, packed.max_length, packed.sizes)
         state = self.graphs.get(packed.key) if self.graphs_on and packed.full else None
         if state is None or state == "warm" and not self._capture(packed.key, b, args):
             if self.graphs_on and packed.full:
@@ -161,14 +175,15 @@ class PackedTrainer:
         else:
             self.graphs[packed.key].replay()
 
-    def _train_step(self, b: dict, n_real: int, batch: int, max_length: int) -> None:
-        loss = self.loss(b, n_real, batch, max_length)
+    def _train_step(self, b: dict, n_real: int, batch: int, max_length: int, sizes: list | None) -> None:
+        loss = self.loss(b, n_real, batch, max_length, sizes)
         loss.backward()
         self._update(loss)
 
-    def loss(self, b: dict, n_real: int, batch: int, max_length: int) -> torch.Tensor:
-        """MultipleNegativesRankingLoss: cosine similarities x scale, anchor i's target is candidate i."""
-        return in_batch_loss(self._embeddings(b, n_real, max_length), batch, self.scale)
+    def loss(self, b: dict, n_real: int, batch: int, max_length: int, sizes: list | None = None) -> torch.Tensor:
+        """MultipleNegativesRankingLoss: cosine similarities x scale, anchor i's target is candidate i (on several
+        ranks, this rank's part of the global batch's loss, every rank's candidates gathered)."""
+        return in_batch_loss(self._embeddings(b, n_real, max_length), batch, self.scale, sizes, self.world.rank)
 
     def _embeddings(self, b: dict, n_real: int, max_length: int) -> torch.Tensor:
         with torch.autocast(self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None,
@@ -199,11 +214,17 @@ class PackedTrainer:
         return pool_padded(hidden, mask, self.pooling)
 
     def _update(self, loss: torch.Tensor) -> None:
-        """Clip, step and zero the gradients; leave the loss and the gradient norm in `self.out`."""
+        """Clip, step and zero the gradients; leave the loss and the gradient norm in `self.out`. On several ranks
+        the gradients and the loss are first summed over them (each rank's are its part of the global batch's),
+        so every rank clips and steps the same weights the same way."""
+        loss = loss.detach().float().reshape(1)
+        if self.world.distributed:
+            loss = loss.clone()
+            distributed.all_reduce_sum([p.grad for p in self.params if p.grad is not None] + [loss])
         norm = torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=False)
-        self.out.copy_(torch.stack([loss.detach(), norm.detach()]).to(self.out.dtype))
+        self.out.copy_(torch.cat([loss, norm.detach().reshape(1)]).to(self.out.dtype))
 
     def _cached_step(self, packed: Batch) -> None:
         """One update as GradCache does it: embed every mini-batch without keeping activations, take the
@@ -217,7 +238,7 @@ class PackedTrainer:
                 states.append(self._random_state())
                 embeddings.append(self._embeddings(b, chunk.n_real, chunk.max_length))
         embeddings = torch.cat(embeddings).requires_grad_()
-        loss = in_batch_loss(embeddings, packed.batch, self.scale)
+        loss = in_batch_loss(embeddings, packed.batch, self.scale, packed.sizes, self.world.rank)
         loss.backward()
         grads = embeddings.grad.split([chunk.n_real for _, chunk in chunks])
         for (b, chunk), state, grad in zip(chunks, states, grads):
@@ -279,6 +300,7 @@ class PackedTrainer:
         `every`-th step (evaluation, checkpoints), once the records up to it are out; `after_step(step)`
         after every step, with nothing read back (for timing). Returns the number of steps done."""
         stop = stop or threading.Event()
+        stopping = distributed.StopAgreement(self.world)  # every rank stops after the same step
         self.model.train()
         done_reading, last_read = self.step, time.monotonic()
         quit_packing = threading.Event()
@@ -286,7 +308,7 @@ class PackedTrainer:
         stream = torch.cuda.Stream(self.device) if self.cuda else None
         try:
             with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
-                while self.step < self.total_steps and not stop.is_set():
+                while self.step < self.total_steps and not stopping.should_stop(stop):
                     packed = batches.get()
                     if packed is None:
                         break
@@ -300,6 +322,7 @@ class PackedTrainer:
                     if ends_interval and on_every is not None:
                         on_every(self.step)
                 done_reading = self._read_back(done_reading, on_steps)
+            stopping.settle()
         finally:
             quit_packing.set()
             while not batches.empty():

@@ -152,8 +152,8 @@ def loader_kwargs(device: str, dtype, load_in_4bit: bool, full_finetuning: bool,
         if full_finetuning:
             raise ValueError("load_in_4bit=True and full_finetuning=True do not go together: 4-bit weights cannot be trained; pick one")
         model_kwargs["quantization_config"] = _quantization_config(device)
-        if device == "cuda":
-            model_kwargs.setdefault("device_map", {"": 0})
+        if device == "cuda":  # the current GPU: each rank's own on several (engine.distributed.setup)
+            model_kwargs.setdefault("device_map", {"": torch.cuda.current_device()})
     return model_kwargs
 
 
