@@ -1,5 +1,6 @@
 """The Compare tab's search: the top k of each model are the documents a brute-force cosine ranking puts
-first, and each fine-tuned hit's base rank is where the base model ranks that document."""
+first, each fine-tuned hit's base rank is where the base model ranks that document, and the relevant
+document is found at its brute-force rank under each model, inside the top k or not."""
 
 from __future__ import annotations
 
@@ -64,3 +65,19 @@ def test_compare_search_gives_each_trained_hit_its_base_rank(two_models):
 def test_top_k_beyond_the_corpus_returns_every_document_once(two_models):
     hits = SearchIndex.build(two_models[0], CORPUS[:3] + CORPUS[:2]).search(QUERIES[1], top_k=10)
     assert sorted(hit["document"] for hit in hits) == sorted(CORPUS[:3])
+
+
+def test_compare_search_finds_the_relevant_document_wherever_each_model_ranks_it(two_models):
+    base_model, trained_model = two_models
+    base, trained = SearchIndex.build(base_model, CORPUS), SearchIndex.build(trained_model, CORPUS)
+    query = QUERIES[1]
+    relevant = brute_force_ranking(base_model, query, CORPUS)[-1][0]  # the base model ranks it last
+    result = compare_search(base, trained, query, top_k=5, relevant=[relevant])
+
+    assert not any(hit["relevant"] for hit in result["base"])
+    for name, model in (("base", base_model), ("trained", trained_model)):
+        (hit,) = result["relevant_hits"][name]
+        order = [document for document, _ in brute_force_ranking(model, query, CORPUS)]
+        assert hit["document"] == relevant and hit["rank"] == order.index(relevant) + 1
+        assert [h["relevant"] for h in result[name]] == [d == relevant for d in order[:5]]
+    assert result["relevant_hits"]["base"][0]["rank"] == len(CORPUS)
