@@ -137,7 +137,7 @@ def test_sample_to_exported_model(page, studio_app, tmp_path):
 
     open_tab(page, "Compare")
     page.locator("#compare-metrics").get_by_text("NDCG@10").wait_for()
-    page.locator("#compare-noise").get_by_text("held-out queries").wait_for()
+    page.locator("#compare-noise").get_by_text("Measured on").wait_for()
     answers = held_out_answers(studio_app, run_id)
     first = wait_for(lambda: query_text(page), 60, "an example query in the query box")
     wait_for(lambda: marked_answers(page) == [answers[first]] * 2, RUN_TIMEOUT, "its answer marked in both columns")
