@@ -1,10 +1,12 @@
-"""Retrieval metrics (through sentence-transformers' InformationRetrievalEvaluator) and the side-by-side
-search the studio's Compare tab shows (through sentence-transformers' `util.semantic_search`)."""
+"""Retrieval metrics (through sentence-transformers' InformationRetrievalEvaluator), the side-by-side
+search the studio's Compare tab shows (through sentence-transformers' `util.semantic_search`), and the
+per-query scores behind the metrics' confidence intervals (how much of a change is noise)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
@@ -91,13 +93,63 @@ class SearchIndex:
                 for rank, hit in enumerate(hits)]
 
 
-def compare_search(base: SearchIndex, trained: SearchIndex, query: str, top_k: int = 5) -> dict:
-    """Top-k of both models for `query`. Each trained hit carries its rank under the base model
-    (`base_rank`, over the whole corpus) and `rank_change` = base_rank - rank (positive: moved up)."""
-    base_ranking = base.search(query, top_k=len(base.corpus))
-    base_ranks = {hit["document"]: hit["rank"] for hit in base_ranking}
-    trained_hits = trained.search(query, top_k)
-    for hit in trained_hits:
+def compare_search(base: SearchIndex, trained: SearchIndex, query: str, top_k: int = 5, relevant=()) -> dict:
+    """Top-k of both models for `query`. Every hit says whether it is one of the `relevant` documents; each
+    trained hit carries its rank under the base model (`base_rank`, over the whole corpus) and `rank_change`
+    = base_rank - rank (positive: moved up). `relevant_hits[model]` are the relevant documents' hits in that
+    model's whole ranking ("base", "trained"), wherever they rank."""
+    relevant = set(relevant)
+    rankings = {}
+    for name, index in (("base", base), ("trained", trained)):
+        rankings[name] = index.search(query, top_k=len(index.corpus))
+        for hit in rankings[name]:
+            hit["relevant"] = hit["document"] in relevant
+    base_ranks = {hit["document"]: hit["rank"] for hit in rankings["base"]}
+    for hit in rankings["trained"]:
         hit["base_rank"] = base_ranks[hit["document"]]
         hit["rank_change"] = hit["base_rank"] - hit["rank"]
-    return {"query": query, "base": base_ranking[:top_k], "trained": trained_hits}
+    return {"query": query, "base": rankings["base"][:top_k], "trained": rankings["trained"][:top_k],
+            "relevant_hits": {name: [hit for hit in ranking if hit["relevant"]] for name, ranking in rankings.items()}}
+
+
+def relevant_ranks(scores: np.ndarray, relevant: list[list[int]]) -> list[np.ndarray]:
+    """Each query's relevant documents' ranks (1 = most similar) among all documents. `scores`: (queries,
+    documents) similarities; `relevant[i]`: the columns of query i's relevant documents. A tie counts in the
+    document's favour."""
+    return [(scores[i][None, :] > scores[i, columns][:, None]).sum(axis=1) + 1 for i, columns in enumerate(relevant)]
+
+
+def per_query_scores(ranks: list[np.ndarray], k: int = 10) -> dict[str, np.ndarray]:
+    """NDCG@k and MRR@k of each query from its relevant documents' ranks, as InformationRetrievalEvaluator
+    defines them (binary relevance): their means are its ndcg@k and mrr@k."""
+    ndcg, mrr = [], []
+    for query_ranks in ranks:
+        found = np.sort(query_ranks[query_ranks <= k])
+        ideal = (1 / np.log2(np.arange(2, min(len(query_ranks), k) + 2))).sum()
+        ndcg.append((1 / np.log2(found + 1)).sum() / ideal)
+        mrr.append(1 / found[0] if len(found) else 0.0)
+    return {f"ndcg@{k}": np.array(ndcg, dtype=float), f"mrr@{k}": np.array(mrr, dtype=float)}
+
+
+def mean_interval(values, level: float = 0.95, resamples: int = 2000, seed: int = 0) -> tuple[float, float] | None:
+    """The bootstrap (percentile) `level` interval of the mean of per-query `values`: where the metric would
+    land on another held-out sample of the same size. None for fewer than two values."""
+    from scipy.stats import bootstrap
+
+    values = np.asarray(values, dtype=float)
+    if len(values) < 2:
+        return None
+    if np.ptp(values) == 0:  # every query scored alike: no spread to resample (scipy warns and returns nan)
+        return float(values[0]), float(values[0])
+    interval = bootstrap((values,), np.mean, n_resamples=resamples, confidence_level=level, method="percentile",
+                         rng=np.random.default_rng(seed)).confidence_interval
+    return float(interval.low), float(interval.high)
+
+
+def metric_intervals(base: dict[str, np.ndarray], trained: dict[str, np.ndarray], level: float = 0.95) -> dict:
+    """For each metric of `per_query_scores` measured on the same queries by both models: {"base", "trained",
+    "change"} -> the `level` interval of the mean (the change's from the paired per-query differences, so the
+    queries' own difficulty cancels out)."""
+    return {name: {"base": mean_interval(base[name], level), "trained": mean_interval(trained[name], level),
+                   "change": mean_interval(trained[name] - base[name], level)}
+            for name in base if name in trained}

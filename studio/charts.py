@@ -1,7 +1,9 @@
 """Plotly figures: the loss curve (raw, smoothed, eval points), run overlays, text-length histograms
-and the 2-D embedding map."""
+and what training did to the held-out queries' similarity to their own documents."""
 
 from __future__ import annotations
+
+from statistics import median
 
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
@@ -69,18 +71,34 @@ def length_histogram(text_lengths: dict[str, list[int]]) -> go.Figure:
     return _layout(fig, "Text lengths by role")
 
 
-def embedding_map(points: dict[str, dict]) -> go.Figure:
-    """Side-by-side scatter plots. `points[name]` = {"x", "y", "kind" ("query"/"document"), "text"}."""
-    fig = make_subplots(rows=1, cols=len(points), subplot_titles=list(points))
-    colors = {"query": "rgb(99,110,250)", "document": "rgb(0,204,150)"}
-    for col, (name, p) in enumerate(points.items(), start=1):
-        for kind in ("query", "document"):
-            idx = [i for i, k in enumerate(p["kind"]) if k == kind]
-            fig.add_trace(go.Scatter(x=[p["x"][i] for i in idx], y=[p["y"][i] for i in idx], mode="markers",
-                                     name=kind, legendgroup=kind, showlegend=col == 1,
-                                     text=[p["text"][i][:120] for i in idx], hoverinfo="text",
-                                     marker=dict(size=6, color=colors[kind], opacity=0.7)),
-                          row=1, col=col)
-    fig = _layout(fig, "Queries and documents, 2-D projection (PCA)")
-    fig.update_layout(height=440)
+MARGIN_BINS = 30
+
+
+def similarity_margins_figure(view: dict) -> go.Figure:
+    """How much closer each held-out query is to its own document than to the closest other one, base model
+    and fine-tuned overlaid: training that helps moves the pile to the right, across the line where the own
+    document starts coming first. `view` is `RunComparison.similarity_margins()`."""
+    margins = {name: [own - other for own, other in zip(view[name]["own"], view[name]["other"])]
+               for name in ("base", "trained")}
+    everything = [*margins["base"], *margins["trained"]]
+    low, high = min(everything, default=-1.0), max(everything, default=1.0)
+    bins = dict(start=low, end=high, size=(high - low) / MARGIN_BINS or 0.01)
+    fig = go.Figure()
+    for name, label, color in (("base", "base model", "rgb(150,150,150)"), ("trained", "fine-tuned", "rgb(99,110,250)")):
+        first = sum(margin > 0 for margin in margins[name])
+        fig.add_trace(go.Histogram(x=margins[name], xbins=bins, name=f"{label}: {first} of {len(margins[name])} "
+                                   "queries find their own document first", marker_color=color, opacity=0.6))
+    fig.add_vline(x=0, line_dash="dash", line_color="rgb(60,60,60)")
+    fig.add_annotation(x=0, y=1, yref="paper", text="own document first →", xanchor="left", xshift=8, showarrow=False)
+    fig.add_annotation(x=0, y=1, yref="paper", text="← another document first", xanchor="right", xshift=-8,
+                       showarrow=False)
+    closer = bool(everything) and median(margins["trained"]) > median(margins["base"])
+    headline = ("After training, queries sit closer to their own document" if closer
+                else "Training did not bring the queries closer to their own document")
+    fig.update_layout(barmode="overlay")
+    fig.update_xaxes(title_text="similarity to its own document minus similarity to the closest other document")
+    fig.update_yaxes(title_text="held-out queries")
+    fig = _layout(fig, f"{headline}<br><sub>each held-out query once per model; further right = closer to its own "
+                       "document than to any other</sub>")
+    fig.update_layout(height=440, margin=dict(t=80))
     return fig

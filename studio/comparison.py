@@ -1,24 +1,58 @@
 """A finished run's base and trained models side by side on its held-out split.
 
-This is the one part of the studio that imports torch (through the engine), and only when Compare
-is used: both models are loaded once per run and the held-out documents encoded once per model.
+The held-out queries, their relevant documents and the corpus are the ones the worker scored the run on
+(`run_evaluation` repeats its sampling), so the per-query scores here are the ones behind the run's
+metrics. This is the one part of the studio that imports torch (through the engine), and only when
+Compare is used: both models are loaded once per run, and the corpus and the held-out queries encoded
+once per model.
 """
 
 from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from engine import data as data_layer
+from engine.tasks.embedding import held_out_evaluation
 from studio.data_sources import read_run_eval
 from studio.store import Run
 
-MAX_HELD_OUT_ROWS = 2000  # the corpus Compare searches; the worker's metrics use the whole split
-GAIN_QUERIES = 200
-MAP_POINTS = 60
 _KEPT = 2  # runs whose models stay loaded
+
+
+@dataclass
+class HeldOutQueries:
+    """`queries[i]` (distinct texts, in the order the worker sampled them) is relevant to the documents
+    `relevant[i]`; `answers` knows the relevant documents of every held-out query, scored or not."""
+
+    queries: list[str]
+    relevant: list[set[str]]
+    corpus: list[str]
+    answers: dict[str, set[str]]
+
+
+def _relevance(queries: list[str], documents: list[str]) -> dict[str, set[str]]:
+    relevant: dict[str, set[str]] = {}
+    for query, document in zip(queries, documents, strict=True):
+        relevant.setdefault(query, set()).add(document)
+    return relevant
+
+
+def run_evaluation(run: Run) -> HeldOutQueries:
+    """The held-out queries the worker measured `run` on (no model needed: this is quick)."""
+    columns = run.config.get("columns") or {}
+    held_out = data_layer.prepare(read_run_eval(run.run_dir), columns)
+    shape = data_layer.task_for(columns)
+    scored = held_out_evaluation(held_out, shape, run.config["max_eval_queries"], run.config["seed"])
+    every = held_out_evaluation(held_out, shape, len(held_out), run.config["seed"])
+    relevant = _relevance(scored.queries, scored.documents)
+    return HeldOutQueries(queries=list(relevant), relevant=list(relevant.values()),
+                          corpus=list(dict.fromkeys([*scored.documents, *scored.extra])),
+                          answers=_relevance(every.queries, every.documents))
 
 
 def _load(name_or_path: str, max_seq_length: int | None):
@@ -34,67 +68,57 @@ def _load(name_or_path: str, max_seq_length: int | None):
 
 class RunComparison:
     def __init__(self, run: Run):
-        from engine.evaluate import SearchIndex
+        from engine.evaluate import SearchIndex, relevant_ranks
 
         merged = Path(run.run_dir) / "merged"
         if not (merged / "modules.json").exists() and not (merged / "config.json").exists():
             raise FileNotFoundError(f"run {run.id} has no merged model yet (status: {run.status}); "
                                     "Compare needs a run that completed or was stopped after some steps")
-        columns = run.config.get("columns") or {}
-        held_out = read_run_eval(run.run_dir).head(MAX_HELD_OUT_ROWS)
-        self.queries = held_out[columns.get("anchor", "anchor")].astype(str).tolist()
-        self.documents = held_out[columns.get("positive", "positive")].astype(str).tolist()
-        negatives = columns.get("negative") or []
-        extra = [str(t) for col in ([negatives] if isinstance(negatives, str) else negatives)
-                 for t in held_out[col].tolist()]
-        corpus = [*self.documents, *extra]
+        self.held_out = run_evaluation(run)
         length = run.config.get("max_seq_length")  # search as the model was trained (and evaluated)
-        self.base = SearchIndex.build(_load(run.config["model"], length), corpus)
-        self.trained = SearchIndex.build(_load(str(merged), length), corpus)
-        self._encoded: dict[int, np.ndarray] = {}
+        self.base = SearchIndex.build(_load(run.config["model"], length), self.held_out.corpus)
+        self.trained = SearchIndex.build(_load(str(merged), length), self.held_out.corpus)
+        position = {document: i for i, document in enumerate(self.base.corpus)}
+        self._relevant_columns = [[position[d] for d in documents] for documents in self.held_out.relevant]
+        # (queries, documents) cosine similarities under each model: every held-out number below comes from these
+        self._scores = {name: self._similarities(index) for name, index in (("base", self.base), ("trained", self.trained))}
+        self._ranks = {name: relevant_ranks(scores, self._relevant_columns) for name, scores in self._scores.items()}
+
+    def _similarities(self, index) -> np.ndarray:
+        queries = index.model.encode_query(self.held_out.queries, normalize_embeddings=True, convert_to_numpy=True)
+        return queries.astype(np.float32) @ index.embeddings.cpu().numpy().T
 
     def search(self, query: str, top_k: int) -> dict:
+        """Both models' top k for `query`, its held-out relevant documents marked (none for a query of one's own)."""
         from engine.evaluate import compare_search
 
-        return compare_search(self.base, self.trained, query, top_k)
+        return compare_search(self.base, self.trained, query, top_k, self.held_out.answers.get(query, ()))
 
-    def _query_embeddings(self, index, n: int) -> np.ndarray:
-        """Normalised embeddings of the first n held-out queries under one model, computed once."""
-        cached = self._encoded.get(id(index))
-        if cached is None or len(cached) < n:
-            cached = index.model.encode_query(self.queries[:n], normalize_embeddings=True, convert_to_numpy=True)
-            self._encoded[id(index)] = cached
-        return cached[:n]
-
-    def _document_embeddings(self, index, documents: list[str]) -> np.ndarray:
-        position = {doc: i for i, doc in enumerate(index.corpus)}
-        return index.embeddings.cpu().numpy()[[position[d] for d in documents]]
-
-    def query_gains(self, limit: int = GAIN_QUERIES) -> list[dict]:
+    def query_gains(self) -> list[dict]:
         """Held-out queries sorted by how far their relevant document moved up, best first."""
-        n = min(limit, len(self.queries))
-        ranks = []
-        for index in (self.base, self.trained):
-            scores = self._query_embeddings(index, n) @ index.embeddings.cpu().numpy().T
-            own = (self._query_embeddings(index, n) * self._document_embeddings(index, self.documents[:n])).sum(axis=1)
-            ranks.append((scores > own[:, None] + 1e-6).sum(axis=1) + 1)
-        rows = [{"query": q, "base_rank": int(b), "trained_rank": int(a), "gain": int(b - a)}
-                for q, b, a in zip(self.queries[:n], *ranks)]
+        rows = [{"query": query, "base_rank": int(base.min()), "trained_rank": int(trained.min()),
+                 "gain": int(base.min() - trained.min())}
+                for query, base, trained in zip(self.held_out.queries, self._ranks["base"], self._ranks["trained"])]
         return sorted(rows, key=lambda r: (-r["gain"], r["trained_rank"]))
 
-    def embedding_points(self, n: int = MAP_POINTS) -> dict[str, dict]:
-        """2-D PCA of n queries and their documents, computed separately for each model."""
-        n = min(n, len(self.queries))
-        points = {}
-        for name, index in (("base model", self.base), ("fine-tuned model", self.trained)):
-            stacked = np.concatenate([self._query_embeddings(index, max(n, GAIN_QUERIES))[:n],
-                                      self._document_embeddings(index, self.documents[:n])]).astype(np.float64)
-            centered = stacked - stacked.mean(axis=0)
-            _, _, components = np.linalg.svd(centered, full_matrices=False)
-            xy = centered @ components[:2].T
-            points[name] = {"x": xy[:, 0].tolist(), "y": xy[:, 1].tolist(),
-                            "kind": ["query"] * n + ["document"] * n, "text": [*self.queries[:n], *self.documents[:n]]}
-        return points
+    def per_query_scores(self) -> dict[str, dict[str, np.ndarray]]:
+        """{"base", "trained"} -> metric -> each held-out query's score (their means are the run's metrics)."""
+        from engine.evaluate import per_query_scores
+
+        return {name: per_query_scores(ranks) for name, ranks in self._ranks.items()}
+
+    def similarity_margins(self) -> dict:
+        """Each held-out query's cosine similarity to its own (relevant) document and to the most similar
+        other document, under each model: {"queries", "base": {"own", "other"}, "trained": {...}}. Own above
+        other is a query that finds its document first."""
+        view: dict = {"queries": list(self.held_out.queries)}
+        for name, scores in self._scores.items():
+            own = np.array([scores[i, columns].max() for i, columns in enumerate(self._relevant_columns)])
+            others = scores.copy()
+            for i, columns in enumerate(self._relevant_columns):
+                others[i, columns] = -np.inf
+            view[name] = {"own": own.tolist(), "other": others.max(axis=1).tolist()}
+        return view
 
 
 _cache: OrderedDict[str, RunComparison] = OrderedDict()

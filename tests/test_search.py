@@ -1,5 +1,7 @@
 """The Compare tab's search: the top k of each model are the documents a brute-force cosine ranking puts
-first, and each fine-tuned hit's base rank is where the base model ranks that document."""
+first, each fine-tuned hit's base rank is where the base model ranks that document, the relevant
+document is found at its brute-force rank under each model, inside the top k or not, and the per-query
+scores average to the library evaluator's metrics."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ import pytest
 import torch
 
 from engine import FastSentenceTransformer
-from engine.evaluate import SearchIndex, compare_search
+from engine.evaluate import SearchIndex, compare_search, per_query_scores, relevant_ranks, retrieval_metrics
 from tiny_models import build_tiny_model
 
 CORPUS = [f"package {i} is a tool about topic {i % 7} with feature {i * 3}" for i in range(40)]
@@ -64,3 +66,38 @@ def test_compare_search_gives_each_trained_hit_its_base_rank(two_models):
 def test_top_k_beyond_the_corpus_returns_every_document_once(two_models):
     hits = SearchIndex.build(two_models[0], CORPUS[:3] + CORPUS[:2]).search(QUERIES[1], top_k=10)
     assert sorted(hit["document"] for hit in hits) == sorted(CORPUS[:3])
+
+
+def test_compare_search_finds_the_relevant_document_wherever_each_model_ranks_it(two_models):
+    base_model, trained_model = two_models
+    base, trained = SearchIndex.build(base_model, CORPUS), SearchIndex.build(trained_model, CORPUS)
+    query = QUERIES[1]
+    relevant = brute_force_ranking(base_model, query, CORPUS)[-1][0]  # the base model ranks it last
+    result = compare_search(base, trained, query, top_k=5, relevant=[relevant])
+
+    assert not any(hit["relevant"] for hit in result["base"])
+    for name, model in (("base", base_model), ("trained", trained_model)):
+        (hit,) = result["relevant_hits"][name]
+        order = [document for document, _ in brute_force_ranking(model, query, CORPUS)]
+        assert hit["document"] == relevant and hit["rank"] == order.index(relevant) + 1
+        assert [h["relevant"] for h in result[name]] == [d == relevant for d in order[:5]]
+    assert result["relevant_hits"]["base"][0]["rank"] == len(CORPUS)
+
+
+def test_per_query_scores_average_to_the_library_evaluators_metrics(two_models):
+    """The per-query NDCG@10 / MRR@10 behind Compare's intervals are sentence-transformers' own, query by
+    query: their means are what InformationRetrievalEvaluator reports, a query with two answers included."""
+    model = two_models[0]
+    queries = [f"what is package {i}" for i in range(12)] + ["what is package 3"]
+    documents = CORPUS[:12] + [CORPUS[20]]  # query 3 has two relevant documents
+    expected = retrieval_metrics(model, queries, documents, extra_corpus=CORPUS[12:])
+
+    corpus = list(dict.fromkeys([*documents, *CORPUS[12:]]))
+    distinct = list(dict.fromkeys(queries))
+    relevant = [[corpus.index(d) for q, d in zip(queries, documents) if q == query] for query in distinct]
+    query_embeddings = model.encode_query(distinct, normalize_embeddings=True, convert_to_numpy=True)
+    document_embeddings = model.encode_document(corpus, normalize_embeddings=True, convert_to_numpy=True)
+    scores = per_query_scores(relevant_ranks(query_embeddings @ document_embeddings.T, relevant))
+    assert len(scores["ndcg@10"]) == 12
+    assert scores["ndcg@10"].mean() == pytest.approx(expected["ndcg@10"], abs=1e-6)
+    assert scores["mrr@10"].mean() == pytest.approx(expected["mrr@10"], abs=1e-6)

@@ -10,6 +10,7 @@ from gradio_client import Client, handle_file
 
 from engine.families import DEFAULT_MODEL
 from hub_standin import HubStandIn
+from studio.tabs.compare import BASE_HEADERS, RELEVANT, TRAINED_HEADERS
 from studio_helpers import RUN_TIMEOUT, StudioProcess, finished_api_run, inputs_by_name, outputs_by_name
 
 TOKEN = "hf_StudioTestTokenDoNotLeak0123456789"
@@ -102,19 +103,22 @@ def test_a_run_is_listed_compared_and_exported(client, finished_run, tmp_path):
     assert run_id in [r["run_id"] for r in client.predict(api_name="/list_runs")]
     assert finished_run["step"] == 2 and finished_run["loss_points"] == 2
 
-    _metrics, examples, query, error = client.predict(run_id, api_name="/compare_run")
+    _metrics, _note, examples, query, error = client.predict(run_id, api_name="/compare_run")
     assert not error["visible"] and examples["choices"] and query == examples["value"]
-    base, trained, error = client.predict(run_id, query, 5, api_name="/compare_search")
+    base, trained, answer, error = client.predict(run_id, query, 5, api_name="/compare_search")
     assert not error["visible"]
-    assert len(base["data"]) == 5 and len(trained["data"]) == 5
-    assert trained["headers"] == ["rank", "change", "score", "document"]
+    assert (base["headers"], trained["headers"]) == (BASE_HEADERS, TRAINED_HEADERS)
+    for column in (base, trained):  # the top 5, then the held-out answer if it ranks below them
+        assert [row[0] for row in column["data"][:5]] == [1, 2, 3, 4, 5]
+        assert [row[1] for row in column["data"]].count(RELEVANT) == 1
+    assert "ranks" in answer and "with the base model" in answer
 
     zip_path, error = client.predict(run_id, "merged", api_name="/export_zip")
     assert not error["visible"]
     with zipfile.ZipFile(zip_path) as archive:
         assert "modules.json" in archive.namelist()
 
-    gains, _figure, error = client.predict(run_id, api_name="/compare_analyze")
+    _metrics, _note, gains, _figure, error = client.predict(run_id, api_name="/compare_analyze")
     assert not error["visible"] and gains["data"]
 
 

@@ -1,6 +1,6 @@
-"""The studio in Debian's Chromium: the sample from loading to an exported model, a run that
-finishes with no page open, a reload that finds the running job, Stop, a corrupt upload, and the
-Runs tab.
+"""The studio in Debian's Chromium: the sample from loading to an exported model (on the way, Compare's
+example pick, marked answers and a click on an improved query), a run that finishes with no page open, a
+reload that finds the running job, Stop, a corrupt upload, and the Runs tab.
 
 Screenshots are taken only when asked: LACKER_SCREENSHOTS=1 writes each tab's to assets/screenshots/<tab>.png
 (the README's), LACKER_SCREENSHOTS=DIR writes them to DIR; unset, the tests write nothing into the repository."""
@@ -86,6 +86,32 @@ def start_sample_run(page, studio_app, max_steps: int, evaluate: bool = True, ev
     return run_id
 
 
+def held_out_answers(studio_app, run_id: str) -> dict[str, str]:
+    """Each held-out query of the run with its relevant document, as the run folder has them."""
+    import json
+
+    from studio.store import RunStore
+
+    run_dir = Path(RunStore(studio_app.home / "runs.sqlite").get(run_id).run_dir)
+    rows = [json.loads(line) for line in (run_dir / "data" / "eval.jsonl").read_text().splitlines()]
+    return {row["anchor"].strip(): row["positive"].strip() for row in rows}
+
+
+def query_text(page) -> str:
+    return page.locator("#compare-query textarea, #compare-query input").first.input_value()
+
+
+def marked_answers(page) -> list[str]:
+    """The document of the row marked relevant in the base column, then in the fine-tuned one."""
+    from studio.tabs.compare import RELEVANT
+
+    marked = []
+    for column in ("#compare-base", "#compare-trained"):
+        rows = page.locator(f"{column} [role=row]").filter(has_text=RELEVANT)
+        marked += [rows.nth(i).locator("[role=gridcell], td").last.inner_text().strip() for i in range(rows.count())]
+    return marked
+
+
 def finished_as(page, run_id: str, status: str) -> bool:
     text = status_text(page)
     return run_id in text and status in text
@@ -111,17 +137,27 @@ def test_sample_to_exported_model(page, studio_app, tmp_path):
 
     open_tab(page, "Compare")
     page.locator("#compare-metrics").get_by_text("NDCG@10").wait_for()
-    wait_for(lambda: page.locator("#compare-query textarea, #compare-query input").first.input_value(), 60,
-             "an example query in the query box")
-    page.locator("#compare-search").click()
-    base_rows = page.locator("#compare-base [role=row]")  # a header row, then one per hit
-    trained_rows = page.locator("#compare-trained [role=row]")
-    wait_for(lambda: base_rows.count() == 6 and trained_rows.count() == 6, RUN_TIMEOUT, "both result columns")
+    page.locator("#compare-noise").get_by_text("Measured on").wait_for()
+    answers = held_out_answers(studio_app, run_id)
+    first = wait_for(lambda: query_text(page), 60, "an example query in the query box")
+    wait_for(lambda: marked_answers(page) == [answers[first]] * 2, RUN_TIMEOUT, "its answer marked in both columns")
+    assert page.locator("#compare-base [role=row]").nth(1).inner_text().startswith("1")
     assert any(marker in page.locator("#compare-trained").inner_text() for marker in ("▲", "▼", "="))
-    page.get_by_role("button", name="Which held-out queries improved most?").click()
-    page.locator(".js-plotly-plot").last.wait_for()
-    wait_for(lambda: page.evaluate("() => document.querySelectorAll('.js-plotly-plot').length") >= 2, RUN_TIMEOUT,
-             "the embedding map")
+
+    page.locator("#compare-examples input").click()
+    page.get_by_role("option").nth(2).click()  # another example: it is searched at once
+    picked = wait_for(lambda: query_text(page) != first and query_text(page), 30, "the picked example in the box")
+    wait_for(lambda: marked_answers(page) == [answers[picked]] * 2, 60, "the picked example's answer marked")
+
+    gains = page.locator("#compare-gains [role=row]")
+    wait_for(lambda: gains.count() > 2, RUN_TIMEOUT, "the improved queries")
+    improved = gains.nth(2).locator("[role=gridcell], td").first
+    opened = improved.inner_text().strip()
+    improved.click()  # a row opens its query
+    wait_for(lambda: query_text(page) == opened, 30, "the improved query in the box")
+    wait_for(lambda: marked_answers(page) == [answers[opened]] * 2, 60, "the improved query's answer marked")
+    page.locator("#compare-similarity .js-plotly-plot").wait_for()
+    assert "own document" in page.locator("#compare-similarity").inner_text()
     screenshot(page, "compare")
 
     open_tab(page, "Export")
