@@ -111,8 +111,9 @@ def test_a_run_is_listed_compared_and_exported(client, finished_run, tmp_path):
 
     zip_path, error = client.predict(run_id, "merged", api_name="/export_zip")
     assert not error["visible"]
-    with zipfile.ZipFile(zip_path) as archive:
-        assert "modules.json" in archive.namelist()
+    with zipfile.ZipFile(zip_path) as archive:  # one folder, named after the run
+        assert {name.split("/")[0] for name in archive.namelist()} == {f"lacker-{run_id}-merged"}
+        assert f"lacker-{run_id}-merged/modules.json" in archive.namelist()
 
     gains, _figure, error = client.predict(run_id, api_name="/compare_analyze")
     assert not error["visible"] and gains["data"]
