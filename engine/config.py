@@ -27,6 +27,7 @@ from engine.tasks import TASKS
 METHODS = ("lora", "qlora", "full")
 MAX_PASSES = 1000  # passes over the training rows a run may make (max_steps x batch_size / rows)
 LOOP_MODES = ("auto", "on", "off")
+MERGED_DTYPES = ("auto", "float32", "float16", "bfloat16")
 
 
 def setting(default, help: str, *, flag: str | None = None, choices=None, minimum=None, maximum=None,
@@ -104,6 +105,8 @@ class TrainConfig:
     # sentence-transformers' trainer.
     loop: str = setting("auto", "the packed training loop: auto, on, or off (sentence-transformers' trainer)",
                         choices=LOOP_MODES)
+    merged_dtype: str = setting("auto", "dtype of the saved merged model: auto (float32 after training on a CPU, "
+                                "16-bit on a GPU), float32, float16 or bfloat16", choices=MERGED_DTYPES)
     output_dir: str = setting("runs/latest", "run folder: adapter/, merged/, events.jsonl, metrics.json",
                               flag="--output", api=False)
 

@@ -142,7 +142,8 @@ def train(config: TrainConfig | dict, events: EventLog | None = None, stop: thre
 
     events.status("saving", "saving the adapter and the merged model")
     describe_training(model, {**config.to_json(), "loss": loss_name, "steps": steps}, metrics)
-    saves = [("merged", model.save_pretrained_merged)]
+    dtype = None if config.merged_dtype == "auto" else config.merged_dtype
+    saves = [("merged", lambda folder: model.save_pretrained_merged(folder, dtype=dtype))]
     if config.method != "full":
         saves.insert(0, ("adapter", model.save_pretrained))
     for name, save in saves:
