@@ -59,6 +59,8 @@ class TrainConfig:
                                  "DataFrame from Python)", api=False)
     data_config: str | None = setting(None, "the dataset's configuration (Hugging Face datasets)")
     data_split: str | None = setting(None, "the dataset split to read (Hugging Face datasets)", flag="--split")
+    data_name: str | None = setting(None, "how the model card names the data (default: the data file's name, or "
+                                    "the dataset id)")
     eval_data: object = setting(None, "a separate held-out file (default: split --eval-size off --data)", api=False)
     eval_size: float = setting(0.1, "held-out fraction of the rows, or a row count when >= 1", minimum=0.0)
     extra_corpus: str | None = setting(None, "a file of more documents to search among when evaluating", api=False)

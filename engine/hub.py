@@ -34,7 +34,8 @@ def describe_training(model, settings: dict, metrics: dict | None = None) -> Non
         model: a model from `FastSentenceTransformer.from_pretrained`.
         settings: the run's settings, named as in `engine.config.TrainConfig`, plus `loss` (a
             sentence-transformers loss name) and `steps` (the steps trained). The card shows those in
-            `SETTINGS_SHOWN` that are set; `data` by file name only, so no local path is published.
+            `SETTINGS_SHOWN` that are set; `data` as `data_name` says, else by file name only, so no local
+            path is published.
         metrics: retrieval metrics on the held-out split, `{"base": {...}, "trained": {...}}` keyed
             by `METRIC_NAMES`. Call again to add them once they are measured.
 
@@ -58,7 +59,7 @@ def describe_training(model, settings: dict, metrics: dict | None = None) -> Non
         for key in LORA_SETTINGS:
             shown.pop(key, None)
     if "data" in shown:
-        shown["data"] = _data_name(shown["data"])
+        shown["data"] = settings.get("data_name") or _data_name(shown["data"])
     card.training_settings = shown
     card.retrieval_metrics = dict(metrics or {})
     # sentence-transformers writes a new card, rather than the one of the model it loaded, only for a

@@ -49,6 +49,12 @@ class DataSource:
         return Path(self.location).name if self.kind == "file" else self.label
 
     @property
+    def card_name(self) -> str:
+        """How the model card names this source (the run trains on its copy in the run folder, whose name says
+        nothing): a file by its base name, a dataset by its id, a sample by its folder."""
+        return f"{self.location} (a sample bundled with Lacker Studio)" if self.kind == "sample" else self.name
+
+    @property
     def eval_label(self) -> str | None:
         return _shown_path(self.sample_file("test")) if self.kind == "sample" else None
 

@@ -112,6 +112,17 @@ def test_a_full_fine_tune_lists_no_lora_settings(tiny_bert, tmp_path):
     assert "- `method`: full" in card and "- `batch_size`: 8" in card and "lora_r" not in card
 
 
+def test_the_card_names_the_data_as_the_user_knows_it_not_the_run_folders_copy(tiny_bert, tmp_path):
+    copy = tmp_path / "run" / "data" / "train.jsonl"  # where the studio puts the data a run trains on
+    copy.parent.mkdir(parents=True)
+    copy.write_text('{"anchor": "q", "positive": "d"}\n')
+    model = FastSentenceTransformer.from_pretrained(str(tiny_bert), full_finetuning=True)
+    describe_training(model, {"method": "full", "data": str(copy), "data_name": "tickets.csv"})
+    model.save_pretrained_merged(str(tmp_path / "merged"))
+    card = (tmp_path / "merged" / "README.md").read_text()
+    assert "- `data`: tickets.csv" in card and "train.jsonl" not in card
+
+
 def test_a_hub_base_model_is_named_in_the_card_and_its_own_card_is_not_copied(tmp_path):
     model = FastSentenceTransformer.from_pretrained("sentence-transformers/all-MiniLM-L6-v2", max_seq_length=32)
     describe_training(model, {"method": "full", "data": "sentence-transformers/natural-questions"}, METRICS)
