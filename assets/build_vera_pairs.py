@@ -7,7 +7,7 @@ that Debian ships as dict-vera.
 
 A query is an acronym ("IPX"); its document is what V.E.R.A. says it stands for, with the topics it
 files it under ("Internet Packet eXchange (Novell, Netware)"). A general-purpose embedding model
-reads an acronym as a few word pieces and matches it poorly (NDCG@10 about 0.24 for
+reads an acronym as a few word pieces and matches it poorly (NDCG@10 0.22 for
 all-MiniLM-L6-v2), while the rule that ties the two, the initials, is the same for every pair: a
 minute of fine-tuning visibly learns it. The acronym itself is taken out of its document, where
 V.E.R.A. lists it among the topics, so the match is never a copy. An acronym with more than one

@@ -23,9 +23,9 @@ from studio.ui import duration, error_box, hide_error, show_error
 METHODS = [("LoRA", "lora"), ("QLoRA (4-bit base; slow on a CPU)", "qlora"), ("Full fine-tuning", "full")]
 LOG_LINES_SHOWN = 30
 
-# On the demo sample (assets/vera-pairs: acronyms are short, so 48 tokens hold them and a batch of 32 costs about
-# what 16 of the Debian pairs' 128-token texts did) 40 steps lift NDCG@10 on its 300 held-out queries from 0.24 to
-# about 0.35 with a falling loss; BENCHMARKS.md has the measured time.
+# On the demo sample (assets/vera-pairs: acronyms are short, so 48 tokens hold them and a batch of 32 costs less
+# than 16 of the Debian pairs' 128-token texts did) 40 steps lift NDCG@10 on its 300 held-out queries from 0.22 to
+# 0.34 with a falling loss (BENCHMARKS.md: the run and why its time is to be retaken on an idle machine).
 DEMO_PRESET = {"method": "lora", "lora_r": 16, "lora_alpha": 16, "learning_rate": 1e-3, "max_steps": 40,
                "batch_size": 32, "max_seq_length": 48, "warmup_ratio": 0.1, "max_eval_queries": 300}
 
