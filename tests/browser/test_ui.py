@@ -222,7 +222,7 @@ def test_export_says_what_went_wrong_beside_the_button_pressed(page, studio_app)
     assert str(studio_app.home.resolve()) in saved.inner_text() and "Upload" not in saved.inner_text()
     assert 0 <= below(page, "#export-save-error", "#export-save") < 60
 
-    page.get_by_label("Repository").fill("someone/my-model")
+    page.get_by_role("textbox", name="Repository").fill("someone/my-model")
     page.locator("#export-push").click()
     pushed = page.locator("#export-push-error")
     pushed.get_by_text("needs a Hugging Face token").wait_for()
