@@ -27,6 +27,7 @@ from engine.tasks import TASKS
 METHODS = ("lora", "qlora", "full")
 MAX_PASSES = 1000  # passes over the training rows a run may make (max_steps x batch_size / rows)
 LOOP_MODES = ("auto", "on", "off")
+MERGED_DTYPES = ("auto", "float32", "float16", "bfloat16")
 
 
 def setting(default, help: str, *, flag: str | None = None, choices=None, minimum=None, maximum=None,
@@ -59,6 +60,8 @@ class TrainConfig:
                                  "DataFrame from Python)", api=False)
     data_config: str | None = setting(None, "the dataset's configuration (Hugging Face datasets)")
     data_split: str | None = setting(None, "the dataset split to read (Hugging Face datasets)", flag="--split")
+    data_name: str | None = setting(None, "how the model card names the data (default: the data file's name, or "
+                                    "the dataset id)")
     eval_data: object = setting(None, "a separate held-out file (default: split --eval-size off --data)", api=False)
     eval_size: float = setting(0.1, "held-out fraction of the rows, or a row count when >= 1", minimum=0.0)
     extra_corpus: str | None = setting(None, "a file of more documents to search among when evaluating", api=False)
@@ -113,6 +116,8 @@ class TrainConfig:
                            "each GPU's, so the global batch is gpus x batch_size", minimum=1, maximum=1024)
     loop: str = setting("auto", "the packed training loop: auto, on, or off (sentence-transformers' trainer)",
                         choices=LOOP_MODES)
+    merged_dtype: str = setting("auto", "dtype of the saved merged model: auto (float32 after training on a CPU, "
+                                "16-bit on a GPU), float32, float16 or bfloat16", choices=MERGED_DTYPES)
     output_dir: str = setting("runs/latest", "run folder: adapter/, merged/, events.jsonl, metrics.json",
                               flag="--output", api=False)
 

@@ -36,7 +36,8 @@ def describe_training(model, settings: dict, metrics: dict | None = None) -> Non
         model: a model from `FastSentenceTransformer.from_pretrained`.
         settings: the run's settings, named as in `engine.config.TrainConfig`, plus `loss` (a
             sentence-transformers loss name) and `steps` (the steps trained). The card shows those in
-            `SETTINGS_SHOWN` that are set; `data` by file name only, so no local path is published.
+            `SETTINGS_SHOWN` that are set; `data` as `data_name` says, else by file name only, so no local
+            path is published.
         metrics: retrieval metrics on the held-out split, `{"base": {...}, "trained": {...}}` keyed
             by `METRIC_NAMES`. Call again to add them once they are measured.
 
@@ -69,13 +70,13 @@ def describe_training(model, settings: dict, metrics: dict | None = None) -> Non
 
 def shown_settings(settings: dict) -> dict:
     """The settings a model card shows (SETTINGS_SHOWN that are set; no LoRA settings for full fine-tuning), the data
-    by file name only, so that no local path is published."""
+    by the name the user knows it by (`data_name`) or its file name only, so that no local path is published."""
     shown = {key: settings[key] for key in SETTINGS_SHOWN if settings.get(key) is not None}
     if shown.get("method") == "full":
         for key in LORA_SETTINGS:
             shown.pop(key, None)
     if "data" in shown:
-        shown["data"] = _data_name(shown["data"])
+        shown["data"] = settings.get("data_name") or _data_name(shown["data"])
     return shown
 
 

@@ -152,9 +152,10 @@ def train(config: TrainConfig | dict, events: EventLog | None = None, stop: thre
 
     events.status("saving", "saving the adapter and the merged model")
     task.describe(model, {**config.to_json(), "loss": loss_name, "steps": steps}, metrics)
+    dtype = None if config.merged_dtype == "auto" else config.merged_dtype
     for name in ("adapter", "merged") if config.method != "full" else ("merged",):
         with atomic.folder(output_dir / name) as folder:  # whole, or not there at all
-            task.save(model, folder, merged=name == "merged")
+            task.save(model, folder, merged=name == "merged", dtype=dtype)
             name_model_in_card(folder, str(output_dir / name))  # the card loads the folder's final name
 
     events.status("stopped" if stopped else "completed", f"{steps} steps")

@@ -68,7 +68,8 @@ class Studio:
         DataError a problem in the data."""
         from engine.config import TrainConfig
 
-        checked = TrainConfig.from_dict({**config, "data": source.label}).to_json()
+        named = {"data_name": config.get("data_name") or source.card_name}  # the card names the data, not its copy
+        checked = TrainConfig.from_dict({**config, "data": source.label, **named}).to_json()
         # Paths are the studio's to set: the run folder holds the data's copies and is the output.
         config = {key: value for key, value in checked.items() if key not in STUDIO_PATHS}
         config["model"] = self.settings.check_model_name(config["model"])  # the form and the API alike

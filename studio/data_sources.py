@@ -1,4 +1,4 @@
-"""Where a run's data comes from (the bundled sample, an uploaded or local file, a Hugging Face
+"""Where a run's data comes from (one of the bundled samples, an uploaded or local file, a Hugging Face
 dataset) and how the studio puts a copy of it into the run folder.
 
 Every run trains on RUN_DIR/data/train.jsonl and is scored on RUN_DIR/data/eval.jsonl, written here
@@ -18,8 +18,12 @@ from engine import data as data_layer
 from engine.data import DataError
 from studio.settings import ASSETS_DIR, REPO_ROOT, Settings, looks_like_path
 
-SAMPLE_TRAIN = ASSETS_DIR / "debian-pairs" / "train.jsonl"
-SAMPLE_TEST = ASSETS_DIR / "debian-pairs" / "test.jsonl"
+# The bundled samples, each a folder of assets/ with its own train.jsonl and test.jsonl (see their README.md):
+# vera-pairs (acronym -> what it stands for) is one the base model does poorly on and learns fast, so the demo
+# preset visibly teaches in a minute on a CPU; debian-pairs (package synopsis -> description) is the larger,
+# which the base model already does well on. A typed source or the API names them "demo" and "sample"
+# ("sample" was the Debian pairs before the demo sample came).
+SAMPLE_NAMES = {"sample": "debian-pairs", "demo": "vera-pairs"}
 DATA_SUFFIXES = (".csv", ".tsv", ".json", ".jsonl", ".parquet")
 MB = 1024 * 1024
 RUN_SOURCE = "source.json"  # in a run folder: the DataSource and column mapping the user picked
@@ -28,7 +32,7 @@ RUN_SOURCE = "source.json"  # in a run folder: the DataSource and column mapping
 @dataclass(frozen=True)
 class DataSource:
     kind: str  # "sample", "file" or "hub"
-    location: str = ""  # the file's path, or the dataset id
+    location: str = ""  # the sample's folder (a value of SAMPLE_NAMES), the file's path, or the dataset id
     config: str | None = None
     split: str | None = None
 
@@ -36,7 +40,7 @@ class DataSource:
     def label(self) -> str:
         """How a user names this source, and what `lacker train --data` takes."""
         if self.kind == "sample":
-            return _shown_path(SAMPLE_TRAIN)
+            return _shown_path(self.sample_file("train"))
         return self.location
 
     @property
@@ -46,8 +50,18 @@ class DataSource:
         return Path(self.location).name if self.kind == "file" else self.label
 
     @property
+    def card_name(self) -> str:
+        """How the model card names this source (the run trains on its copy in the run folder, whose name says
+        nothing): a file by its base name, a dataset by its id, a sample by its folder."""
+        return f"{self.location} (a sample bundled with Lacker Studio)" if self.kind == "sample" else self.name
+
+    @property
     def eval_label(self) -> str | None:
-        return _shown_path(SAMPLE_TEST) if self.kind == "sample" else None
+        return _shown_path(self.sample_file("test")) if self.kind == "sample" else None
+
+    def sample_file(self, split: str) -> Path:
+        """The bundled sample's train.jsonl or test.jsonl."""
+        return ASSETS_DIR / self.location / f"{split}.jsonl"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -62,16 +76,19 @@ def _shown_path(path: Path) -> str:
     return str(path.relative_to(REPO_ROOT)) if path.is_relative_to(REPO_ROOT) else str(path)
 
 
-SAMPLE = DataSource("sample")
+SAMPLE = DataSource("sample", "debian-pairs")
+DEMO_SAMPLE = DataSource("sample", "vera-pairs")
+SAMPLE_TRAIN = SAMPLE.sample_file("train")
 
 
 def source_from_text(text: str, settings: Settings, config: str | None = None, split: str | None = None) -> DataSource:
-    """"sample", a local file inside the allowed folders, or a Hugging Face dataset id."""
+    """"sample" (the Debian pairs) or "demo" (the acronym pairs), a local file inside the allowed folders, or a
+    Hugging Face dataset id."""
     text = (text or "").strip()
     if not text:
         raise DataError("give a file path or a Hugging Face dataset id (for example sentence-transformers/natural-questions)")
-    if text.lower() == "sample":
-        return SAMPLE
+    if text.lower() in SAMPLE_NAMES:
+        return DataSource("sample", SAMPLE_NAMES[text.lower()])
     if looks_like_path(text) or Path(text).suffix.lower() in DATA_SUFFIXES:
         resolved = settings.check_local_path(text)  # first: what exists outside the allowed folders stays unsaid
         if resolved.is_dir():
@@ -114,13 +131,13 @@ def read_source(source: DataSource, settings: Settings):
 @lru_cache(maxsize=4)
 def _read_cached(source: DataSource, mtime: float | None, max_bytes: int | None):
     if source.kind == "sample":
-        return data_layer.load_sample("train")
+        return data_layer.read_table(source.sample_file("train"))
     return data_layer.read_table(source.location, config=source.config, split=source.split, max_bytes=max_bytes)
 
 
 def held_out_frame(source: DataSource):
     """The sample's own test split; None for other sources (the held-out rows are split off the data)."""
-    return data_layer.load_sample("test") if source.kind == "sample" else None
+    return data_layer.read_table(source.sample_file("test")) if source.kind == "sample" else None
 
 
 def sample_held_out_size(eval_size: float, train_rows: int, test_rows: int) -> int:

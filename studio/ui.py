@@ -13,9 +13,10 @@ CSS = """
 """
 
 
-def error_box() -> gr.Markdown:
-    """A red box under a tab's inputs; hidden until a handler returns show_error(...)."""
-    return gr.Markdown(visible=False, elem_classes=["lacker-error"])
+def error_box(elem_id: str | None = None) -> gr.Markdown:
+    """A red box under a tab's inputs (or the one button it speaks for); hidden until a handler returns
+    show_error(...)."""
+    return gr.Markdown(visible=False, elem_classes=["lacker-error"], elem_id=elem_id)
 
 
 def show_error(message: str) -> dict:

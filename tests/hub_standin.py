@@ -2,7 +2,8 @@
 create_repo + upload_folder and for snapshot_download (model info, tree listing, HEAD and GET of
 /{repo}/resolve/{revision}/{file}), recording what it received (repos, files, the Authorization header,
 the files downloaded). A served repo can be gated (401 without a token, 403 with a token not granted) or
-drop the connection halfway through every file it sends."""
+drop the connection halfway through every file it sends; `write_tokens`, when given, are the only tokens that
+may create a repo (others get 401, as the Hub answers a wrong or read-only token)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ from urllib.parse import unquote
 
 
 class HubStandIn:
-    def __init__(self):
+    def __init__(self, write_tokens: tuple[str, ...] | None = None):
+        self.write_tokens = write_tokens
         # repo_id -> {"private": bool, "files": {path: bytes}, and for served repos "gated": bool,
         # "granted": tokens that accepted a gated model's licence, "drop": cut every file halfway}
         self.repos: dict[str, dict] = {}
@@ -68,6 +70,9 @@ class HubStandIn:
                 body = self._body()
                 path = self.path.split("?", 1)[0]
                 if path == "/api/repos/create":
+                    token = self.headers.get("Authorization", "").removeprefix("Bearer ")
+                    if hub.write_tokens is not None and token not in hub.write_tokens:
+                        return self._error(401, "Unauthorized", "Invalid credentials in Authorization header")
                     request = json.loads(body)
                     repo_id = f"{request['organization']}/{request['name']}" if request.get("organization") else request["name"]
                     private = request.get("visibility") == "private" or bool(request.get("private"))

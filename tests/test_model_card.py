@@ -13,6 +13,7 @@ from pathlib import Path
 
 import huggingface_hub.constants
 import pytest
+import torch
 from sentence_transformers import SentenceTransformer
 
 from engine import FastSentenceTransformer
@@ -73,6 +74,22 @@ def test_a_merged_save_carries_sentence_transformers_card_with_the_run(trained_m
     assert SentenceTransformer(str(folder), device="cpu").encode(["hello"]).shape == (1, 64)
 
 
+def _weight_dtypes(folder: Path) -> set[str]:
+    from safetensors import safe_open
+
+    with safe_open(str(folder / "model.safetensors"), framework="pt") as weights:
+        return {str(weights.get_slice(name).get_dtype()) for name in weights.keys()}
+
+
+def test_a_model_trained_on_a_cpu_is_saved_in_fp32_unless_asked(trained_model, tmp_path):
+    trained_model.save_pretrained_merged(str(tmp_path / "cpu"))
+    assert json.loads((tmp_path / "cpu" / "config.json").read_text())["dtype"] == "float32"
+    assert _weight_dtypes(tmp_path / "cpu") == {"F32"}
+    trained_model.save_pretrained_merged(str(tmp_path / "half"), dtype="float16")
+    assert _weight_dtypes(tmp_path / "half") == {"F16"}
+    assert next(trained_model.parameters()).dtype == torch.float32  # the model itself is left as it was
+
+
 def test_the_adapter_save_and_metrics_added_later_reach_the_card(tiny_bert, tmp_path):
     model = FastSentenceTransformer.from_pretrained(str(tiny_bert))
     FastSentenceTransformer.get_peft_model(model, r=4)
@@ -93,6 +110,17 @@ def test_a_full_fine_tune_lists_no_lora_settings(tiny_bert, tmp_path):
     model.save_pretrained_merged(str(tmp_path / "full"))
     card = (tmp_path / "full" / "README.md").read_text()
     assert "- `method`: full" in card and "- `batch_size`: 8" in card and "lora_r" not in card
+
+
+def test_the_card_names_the_data_as_the_user_knows_it_not_the_run_folders_copy(tiny_bert, tmp_path):
+    copy = tmp_path / "run" / "data" / "train.jsonl"  # where the studio puts the data a run trains on
+    copy.parent.mkdir(parents=True)
+    copy.write_text('{"anchor": "q", "positive": "d"}\n')
+    model = FastSentenceTransformer.from_pretrained(str(tiny_bert), full_finetuning=True)
+    describe_training(model, {"method": "full", "data": str(copy), "data_name": "tickets.csv"})
+    model.save_pretrained_merged(str(tmp_path / "merged"))
+    card = (tmp_path / "merged" / "README.md").read_text()
+    assert "- `data`: tickets.csv" in card and "train.jsonl" not in card
 
 
 def test_a_hub_base_model_is_named_in_the_card_and_its_own_card_is_not_copied(tmp_path):
@@ -137,7 +165,7 @@ def test_push_adapter_and_merged_model_to_a_hub(trained_model, tiny_bert, monkey
     assert json.loads(adapter["files"]["adapter_config.json"])["base_model_name_or_path"] == str(tiny_bert)
     assert {"model.safetensors", "config.json", "modules.json", "README.md"} <= merged["files"].keys()
     assert "adapter_config.json" not in merged["files"]
-    assert json.loads(merged["files"]["config.json"])["dtype"] == "float16"
+    assert json.loads(merged["files"]["config.json"])["dtype"] == "float32"  # trained on a CPU: run there in fp32
     assert adapter["private"] and not merged["private"]
     for repo_id, repo in (("team/adapter", adapter), ("team/merged", merged)):
         card = repo["files"]["README.md"].decode()
@@ -153,7 +181,8 @@ def test_studio_exports_name_their_own_copy_in_the_card(trained_model, tmp_path,
     run_card = (run_dir / "merged" / "README.md").read_text()
 
     with zipfile.ZipFile(zip_model(run, "merged", settings)) as archive:
-        zipped = archive.read("README.md").decode()
+        assert {name.split("/")[0] for name in archive.namelist()} == {"lacker-run-1-merged"}  # unzips into one folder
+        zipped = archive.read("lacker-run-1-merged/README.md").decode()
     assert _usage_lines(zipped) == ['model = SentenceTransformer("lacker-run-1-merged")'] and METRIC_ROW in zipped
     copy = save_model(run, "merged", str(tmp_path / "home" / "exports" / "mine"), settings)
     assert _usage_lines((copy / "README.md").read_text()) == [f'model = SentenceTransformer("{copy}")']
@@ -194,4 +223,5 @@ def test_a_trained_runs_cards_load_the_run_folders_and_carry_its_metrics(tiny_be
         card = (run / name / "README.md").read_text()
         assert _usage_lines(card) == [f'model = SentenceTransformer("{run / name}")'], name
         assert f"| ndcg@10 | {result.metrics['base']['ndcg@10']:.4f} | {result.metrics['trained']['ndcg@10']:.4f}" in card
+    assert json.loads((run / "merged" / "config.json").read_text())["dtype"] == "float32"  # trained on this CPU
     assert not any(p.name.endswith((".tmp", ".old")) for p in run.iterdir())

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -83,6 +84,14 @@ def test_every_tracked_module_is_installed(space):
                ("engine", "studio", "bench")]
     missing = [name for name in modules if not (space["site_packages"] / name).is_file()]
     assert modules and not missing, f"not in the wheel (add their packages to pyproject.toml): {missing}"
+
+
+def test_every_bundled_sample_file_is_installed(space):
+    samples = [name for name in tracked_files() if re.fullmatch(r"assets/[^/]+-pairs/[^/]+", name)]
+    installed = space["site_packages"] / "engine" / "assets"
+    missing = [name for name in samples if not (installed / name.removeprefix("assets/")).is_file()]
+    assert any("vera-pairs" in name for name in samples) and not missing, (
+        f"not in the wheel (add them to engine.assets' package data in pyproject.toml): {missing}")
 
 
 def test_the_page_is_served_with_every_tab(app):

@@ -18,7 +18,7 @@ from gradio_client import Client, handle_file
 from engine.config import api_defaults
 from studio.app import STUDIO_PATHS
 from studio.login import LOCKOUT_S, MAX_FAILURES, LoginThrottle
-from studio.settings import ASSETS_DIR, READ_REFUSED, REPO_ROOT, WRITE_REFUSED, PathNotAllowed, Settings
+from studio.settings import ASSETS_DIR, READ_REFUSED, REPO_ROOT, PathNotAllowed, Settings
 from studio.store import Run, RunStore
 from studio_helpers import StudioProcess, outputs_by_name
 
@@ -123,7 +123,11 @@ def test_export_writes_only_under_the_home_or_an_allowed_folder(client, places):
     listing_before = {folder: sorted(folder.iterdir()) for folder in watched}
     for typed in destinations:
         saved, error = client.predict(RUN_ID, "merged", typed, api_name="/export_save")
-        assert error["visible"] and error["value"] == f"**Error:** {typed}: {WRITE_REFUSED}", (typed, error)
+        # the folders a copy may go to, in the same words whether or not the typed one exists
+        assert error["visible"] and error["value"] == (
+            f"**Error:** this studio may not save to `{typed}`. It saves only inside `{home}` (never into its "
+            "downloads folder or its own files): type a new folder there, for example "
+            f"`{home / 'exports' / f'lacker-{RUN_ID}-merged'}`."), (typed, error)
     assert {folder: sorted(folder.iterdir()) for folder in watched} == listing_before  # nothing written
     assert not any(Path(p).exists() for p in ("/tmp/stolen", home / "downloads" / "x", home / "link-out" / "x"))
 
@@ -172,7 +176,7 @@ def test_the_file_route_serves_the_export_zip_and_nothing_else_of_the_home(app, 
     zip_path, error = client.predict(RUN_ID, "merged", api_name="/export_zip")  # downloaded over the file route
     assert not error["visible"], error
     with zipfile.ZipFile(zip_path) as archive:
-        assert "modules.json" in archive.namelist()
+        assert f"lacker-{RUN_ID}-merged/modules.json" in archive.namelist()
     built = places["home"] / "downloads" / f"lacker-{RUN_ID}-merged.zip"
     status, body = fetch(file_urls(app, built)[0])
     assert status == 200 and body == built.read_bytes()

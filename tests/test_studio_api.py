@@ -53,10 +53,18 @@ def test_the_sample_loads_with_its_columns_guessed(client):
     assert not loaded["error"]["visible"]
 
 
+def test_the_demo_sample_loads_beside_the_larger_one(client):
+    loaded = outputs_by_name(client, "/use_demo_sample", client.predict(api_name="/use_demo_sample"))
+    assert "7,105 rows" in loaded["data-source"] and "vera-pairs/train.jsonl" in loaded["data-source"]
+    assert (loaded["anchor (query)"]["value"], loaded["positive (relevant text)"]["value"]) == ("query", "document")
+    assert "the sample's own test split (300 pairs)" in loaded["data-summary"]
+    assert not loaded["error"]["visible"]
+
+
 def test_the_demo_preset_is_a_short_cpu_run_that_beats_the_base_model(app):
     client = Client(app.url, verbose=False)  # its own session, as a new browser tab: the preset fills its state
     preset = outputs_by_name(client, "/demo_preset", client.predict(api_name="/demo_preset"))
-    assert "debian-pairs/train.jsonl" in preset["data-source"]
+    assert "vera-pairs/train.jsonl" in preset["data-source"]  # the demo sample, which the base model is weak on
     assert preset["Model: pick a curated one or type any Hugging Face Hub id"] == DEFAULT_MODEL
     assert preset["Train for"] == "max steps" and preset["Evaluate base and trained model"]
 
@@ -71,7 +79,7 @@ def test_the_demo_preset_is_a_short_cpu_run_that_beats_the_base_model(app):
     assert done["status"] == "completed", (done["error"], done["hint"])
     assert done["step"] == done["loss_points"] == preset["Max steps"]
     base, trained = done["metrics"]["base"]["ndcg@10"], done["metrics"]["trained"]["ndcg@10"]
-    assert trained > base, f"the demo preset did not beat the base model: NDCG@10 {base:.4f} -> {trained:.4f}"
+    assert trained >= base + 0.05, f"the demo preset did not visibly beat the base model: NDCG@10 {base:.4f} -> {trained:.4f}"
 
 
 def test_a_corrupt_upload_is_an_inline_error(client, tmp_path):
@@ -115,8 +123,13 @@ def test_a_run_is_listed_compared_and_exported(client, finished_run, tmp_path):
 
     zip_path, error = client.predict(run_id, "merged", api_name="/export_zip")
     assert not error["visible"]
-    with zipfile.ZipFile(zip_path) as archive:
-        assert "modules.json" in archive.namelist()
+    with zipfile.ZipFile(zip_path) as archive:  # one folder, named after the run
+        assert {name.split("/")[0] for name in archive.namelist()} == {f"lacker-{run_id}-merged"}
+        card = archive.read(f"lacker-{run_id}-merged/README.md").decode()
+    # the run's own card: its base, the data as the user picked it (not the run folder's copy), how to load it
+    assert "base_model: sentence-transformers/all-MiniLM-L6-v2" in card
+    assert "- `data`: debian-pairs (a sample bundled with Lacker Studio)" in card
+    assert f'model = SentenceTransformer("lacker-{run_id}-merged")' in card
 
     _metrics, _note, gains, _figure, error = client.predict(run_id, api_name="/compare_analyze")
     assert not error["visible"] and gains["data"]

@@ -308,9 +308,18 @@ def _is_quantized(model: SentenceTransformer) -> bool:
     )
 
 
+def merged_dtype(model: SentenceTransformer) -> torch.dtype:
+    """The dtype a merged copy is saved in unless asked: the one its user will run it in. A model trained on a
+    CPU will most likely run on one, where 16-bit matmuls are slower than fp32 and round the embeddings: fp32.
+    On a GPU, 16-bit: bf16 where the model was loaded in bf16, else fp16."""
+    if model.device.type == "cpu":
+        return torch.float32
+    return torch.bfloat16 if next(model.parameters()).dtype == torch.bfloat16 else torch.float16
+
+
 def merged_copy(model: SentenceTransformer, dtype=None) -> SentenceTransformer:
-    """A copy of `model` with its adapters merged, in `dtype` (default 16-bit: bf16 where the model was
-    loaded in bf16, else fp16), leaving `model` itself untouched and trainable."""
+    """A copy of `model` with its adapters merged, in `dtype` (default: `merged_dtype`, fp32 on a CPU and
+    16-bit on a GPU), leaving `model` itself untouched and trainable."""
     if _is_quantized(model):
         # 4-bit weights cannot be merged exactly: rebuild the 16-bit base, add the same adapter and
         # copy the trained weights over by name.
@@ -329,26 +338,25 @@ def merged_copy(model: SentenceTransformer, dtype=None) -> SentenceTransformer:
         copy_ = copy.deepcopy(model)
     if _has_adapter(copy_):
         _merge_adapters_in_place(copy_)
-    target = _torch_dtype(dtype) or (
-        torch.bfloat16 if next(model.parameters()).dtype == torch.bfloat16 else torch.float16
-    )
-    copy_.to(target)
+    copy_.to(_torch_dtype(dtype) or merged_dtype(model))
     copy_.eval()
     return copy_
 
 
 def save_pretrained_merged(self: SentenceTransformer, save_directory, dtype=None, **kwargs) -> str:
-    """Write a merged 16-bit model that loads in plain sentence-transformers and transformers.
+    """Write a merged model that loads in plain sentence-transformers and transformers.
 
-    `dtype` as in `merged_copy`; other kwargs go to `SentenceTransformer.save_pretrained`."""
+    `dtype` as in `merged_copy` (fp32 after training on a CPU, 16-bit on a GPU, unless given: "float32",
+    "float16", "bfloat16" or a torch dtype); other kwargs go to `SentenceTransformer.save_pretrained`."""
     merged_copy(self, dtype=dtype).save_pretrained(str(save_directory), **kwargs)
     return str(save_directory)
 
 
 @functools.wraps(SentenceTransformer.push_to_hub, assigned=())
 def push_to_hub_merged(self: SentenceTransformer, repo_id: str, *args, **kwargs) -> str:
-    """Merge the adapters into a 16-bit copy and upload that with `SentenceTransformer.push_to_hub`
-    (same arguments). The token comes from `token=`, else HF_TOKEN, else `hf auth login`."""
+    """Merge the adapters into a copy (in `merged_dtype`: fp32 from a CPU, 16-bit from a GPU) and upload that
+    with `SentenceTransformer.push_to_hub` (same arguments). The token comes from `token=`, else HF_TOKEN, else
+    `hf auth login`."""
     return type(self).push_to_hub(merged_copy(self), repo_id, *args, **kwargs)
 
 

@@ -23,7 +23,7 @@ evaluator and side-by-side comparison, behind the same few names (see `embedding
                                           measure(model), evaluator() (for the trainer) and metrics_from(raw)
     trainer(model, train_dataset, loss, evaluator, callbacks, args_overrides) -> the library's stock trainer
     describe(model, settings, metrics)    records the run on the model, for the card its saves write
-    save(model, folder, merged)           the adapter (merged=False) or a merged model that loads without
+    save(model, folder, merged, dtype)    the adapter (merged=False) or a merged model (in dtype) that loads without
                                           this package (merged=True)
 
 `engine.train.train` runs any task through these; a new task is a new module listed in TASKS.

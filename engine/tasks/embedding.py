@@ -195,9 +195,9 @@ def describe(model, settings: dict, metrics: dict) -> None:
     describe_training(model, settings, metrics)
 
 
-def save(model, folder, merged: bool) -> None:
+def save(model, folder, merged: bool, dtype=None) -> None:
     """The LoRA adapter, or a merged 16-bit model that loads in plain `SentenceTransformer(folder)`."""
     if merged:
-        model.save_pretrained_merged(str(folder))
+        model.save_pretrained_merged(str(folder), dtype=dtype)
     else:
         model.save_pretrained(str(folder))

@@ -1,4 +1,4 @@
-"""Data tab: upload a file, name a Hugging Face dataset or take the bundled sample; preview, map
+"""Data tab: upload a file, name a Hugging Face dataset or take one of the bundled samples; preview, map
 columns to roles (a dropdown per role, pre-filled by the engine's guess, which says why it picked each column),
 validate, and choose the held-out size. Messages here name files by their base names and never a command-line flag."""
 
@@ -9,8 +9,8 @@ import gradio as gr
 from engine import data as data_layer
 from engine.data import DataError, MappingError
 from studio import charts
-from studio.data_sources import (DATA_SUFFIXES, SAMPLE, DataSource, held_out_split, read_source, source_from_text,
-                                 source_from_upload)
+from studio.data_sources import (DATA_SUFFIXES, DEMO_SAMPLE, SAMPLE, DataSource, held_out_split, read_source,
+                                 source_from_text, source_from_upload)
 from studio.settings import PathNotAllowed
 from studio.ui import error_box, hide_error, show_error
 
@@ -81,8 +81,11 @@ def build(studio, ui) -> None:
                 "**label** (1 for a matching pair, 0 for one that does not match).")
     with gr.Row():
         with gr.Column():
-            sample_btn = gr.Button("Use the bundled sample (Debian package summaries → descriptions)",
-                                   variant="primary")
+            with gr.Row():
+                demo_btn = gr.Button("Use the demo sample: computing acronyms → what they stand for (the base "
+                                     "model is weak on it)", variant="primary", elem_id="use-demo-sample")
+                sample_btn = gr.Button("Use the bundled sample: Debian package summaries → descriptions (larger)",
+                                       elem_id="use-sample")
             upload = gr.File(label=f"...or upload CSV / TSV / JSON / JSONL / Parquet (up to {settings.max_upload_mb} MB)",
                              file_types=list(DATA_SUFFIXES), type="filepath", elem_id="data-upload")
         with gr.Column():
@@ -147,6 +150,9 @@ def build(studio, ui) -> None:
     def load_sample():
         return load(SAMPLE)
 
+    def load_demo_sample():
+        return load(DEMO_SAMPLE)
+
     def load_upload(path):
         if not path:
             return tuple(gr.skip() for _ in load_outputs)
@@ -184,6 +190,7 @@ def build(studio, ui) -> None:
 
     for changed in (state.change, eval_size.change):
         changed(held_out, [state, eval_size], held_out_md, api_visibility="private", show_progress="hidden")
+    demo_btn.click(load_demo_sample, None, load_outputs, api_name="use_demo_sample")
     sample_btn.click(load_sample, None, load_outputs, api_name="use_sample")
     upload.upload(load_upload, upload, load_outputs, api_name="upload_data")
     load_btn.click(load_text, [source_text, hub_config, hub_split], load_outputs, api_name="load_data")
@@ -193,4 +200,5 @@ def build(studio, ui) -> None:
                        api_visibility="private")
 
     ui.data_state, ui.mapping_inputs, ui.eval_size, ui.load_sample = state, mapping_inputs, eval_size, load_sample
+    ui.load_demo_sample = load_demo_sample
     ui.data_load_outputs, ui.load_source = load_outputs, load

@@ -1,5 +1,6 @@
 """Export tab: download the merged model or the adapter as a zip, copy it to a folder, push it to
-the Hub with a model card, and the Python that loads it."""
+the Hub with a model card, and the Python that loads it. Each button has its own message box right
+under it, so what went wrong is said where the user looked."""
 
 from __future__ import annotations
 
@@ -18,24 +19,26 @@ def build(studio, ui) -> None:
         run_pick = gr.Dropdown(label="Run", choices=comparable_runs(studio), scale=4, allow_custom_value=True,
                                elem_id="export-run")
         kind = gr.Radio(KIND_CHOICES, value="merged", label="What to export", scale=3)
-    error = error_box()
     with gr.Row():
         with gr.Column():
             gr.Markdown("### Download")
             zip_btn = gr.Button("Build the zip", variant="primary", elem_id="export-zip")
+            zip_error = error_box("export-zip-error")
             download = gr.File(label="Download", interactive=False, elem_id="export-download")
             gr.Markdown("### Save to a folder on this machine")
             destination = gr.Textbox(label="Folder (a new one inside the runs folder or an allowed folder)",
                                      placeholder=str(studio.settings.home / "exports" / "my-model"))
-            save_btn = gr.Button("Save")
-            saved_md = gr.Markdown()
+            save_btn = gr.Button("Save", elem_id="export-save")
+            save_error = error_box("export-save-error")
+            saved_md = gr.Markdown(elem_id="export-save-result")
         with gr.Column():
             gr.Markdown("### Push to the Hugging Face Hub")
             repo_id = gr.Textbox(label="Repository", placeholder="your-name/my-embedding-model")
             private = gr.Checkbox(True, label="Private repository")
             token = gr.Textbox(label="Hub token (write access)", type="password",
-                               placeholder="leave empty to use HF_TOKEN from the environment")
-            push_btn = gr.Button("Push")
+                               placeholder="leave empty to use the studio's HF_TOKEN secret")
+            push_btn = gr.Button("Push", elem_id="export-push")
+            push_error = error_box("export-push-error")
             pushed_md = gr.Markdown(elem_id="export-push-result")
     snippet = gr.Code(label="Load the result", language="python", elem_id="export-snippet")
 
@@ -46,30 +49,31 @@ def build(studio, ui) -> None:
             return ""
         return load_snippet(f"{run.run_dir}/{what}", what, run.model)
 
+    # Each handler returns (its result, its own message box); a failure also clears the result of the last try.
     def build_zip(run_id, what):
         if not run_id:
-            return gr.skip(), show_error("pick a finished run first")
+            return None, show_error("pick a finished run first")
         try:
             return str(zip_model(studio.store.get(run_id), what, studio.settings)), hide_error()
         except (OSError, ValueError) as problem:
-            return gr.skip(), show_error(str(problem))
+            return None, show_error(str(problem))
 
     def save(run_id, what, folder):
         if not run_id or not (folder or "").strip():
-            return gr.skip(), show_error("pick a run and type a folder")
+            return "", show_error("pick a run and type a folder")
         try:
             target = save_model(studio.store.get(run_id), what, folder.strip(), studio.settings)
         except (OSError, ValueError) as problem:  # PathNotAllowed is a ValueError
-            return gr.skip(), show_error(str(problem))
+            return "", show_error(str(problem))
         return f"Saved to `{target}`.", hide_error()
 
     def push(run_id, what, repo, is_private, typed_token):
         if not run_id:
-            return gr.skip(), show_error("pick a finished run first")
+            return "", show_error("pick a finished run first")
         try:
             url = push_model(studio.store.get(run_id), what, repo, typed_token, bool(is_private))
         except (RuntimeError, OSError, ValueError) as problem:
-            return gr.skip(), show_error(str(problem))
+            return "", show_error(str(problem))
         return f"Pushed: [{url}]({url})", hide_error()
 
     def refresh_runs(current):
@@ -79,8 +83,8 @@ def build(studio, ui) -> None:
 
     for trigger in (run_pick.change, kind.change):
         trigger(describe, [run_pick, kind], snippet, api_visibility="private")
-    zip_btn.click(build_zip, [run_pick, kind], [download, error], api_name="export_zip")
-    save_btn.click(save, [run_pick, kind, destination], [saved_md, error], api_name="export_save")
-    push_btn.click(push, [run_pick, kind, repo_id, private, token], [pushed_md, error], api_name="push_to_hub")
+    zip_btn.click(build_zip, [run_pick, kind], [download, zip_error], api_name="export_zip")
+    save_btn.click(save, [run_pick, kind, destination], [saved_md, save_error], api_name="export_save")
+    push_btn.click(push, [run_pick, kind, repo_id, private, token], [pushed_md, push_error], api_name="push_to_hub")
     ui.export_tab.select(refresh_runs, run_pick, run_pick, api_visibility="private")
     ui.export_run = run_pick

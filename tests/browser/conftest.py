@@ -19,7 +19,9 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
 
 @pytest.fixture(scope="module")
 def studio_app(tmp_path_factory):
-    process = StudioProcess(tmp_path_factory.mktemp("browser") / "runs")
+    # No Hub token, whatever this machine has stored: Export's push then says what a tokenless user is told.
+    no_token = {"HF_TOKEN": "", "HUGGING_FACE_HUB_TOKEN": "", "HF_TOKEN_PATH": str(tmp_path_factory.mktemp("hf") / "token")}
+    process = StudioProcess(tmp_path_factory.mktemp("browser") / "runs", env=no_token)
     yield process
     process.close()
 

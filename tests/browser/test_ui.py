@@ -1,6 +1,6 @@
 """The studio in Debian's Chromium: the sample from loading to an exported model (on the way, Compare's
 example pick, marked answers and a click on an improved query), a run that finishes with no page open, a
-reload that finds the running job, Stop, a corrupt upload, and the Runs tab.
+reload that finds the running job, Stop, a corrupt upload, Export's messages beside its buttons, and the Runs tab.
 
 Screenshots are taken only when asked: LACKER_SCREENSHOTS=1 writes each tab's to assets/screenshots/<tab>.png
 (the README's), LACKER_SCREENSHOTS=DIR writes them to DIR; unset, the tests write nothing into the repository."""
@@ -170,11 +170,13 @@ def test_sample_to_exported_model(page, studio_app, tmp_path):
     download_info.value.save_as(archive)
     screenshot(page, "export")
     with zipfile.ZipFile(archive) as zipped:
-        zipped.extractall(tmp_path / "merged")
+        zipped.extractall(tmp_path / "unzipped")
+    (folder,) = (tmp_path / "unzipped").iterdir()  # one folder, named after the run
+    assert folder.name == f"lacker-{run_id}-merged"
 
     from sentence_transformers import SentenceTransformer
 
-    model = SentenceTransformer(str(tmp_path / "merged"), device="cpu")
+    model = SentenceTransformer(str(folder), device="cpu")
     assert model.encode(["a tiny text editor"]).shape == (1, 384)
 
     open_tab(page, "Runs")
@@ -226,6 +228,43 @@ def test_a_corrupt_upload_shows_its_error_and_the_app_keeps_working(page, tmp_pa
     page.get_by_role("button", name="Use the bundled sample").click()
     page.locator("#data-summary").get_by_text("4,000 rows").wait_for()
     assert not page.locator(".lacker-error").first.is_visible()
+
+
+def below(page, message: str, button: str) -> float:
+    """How far (px) the top of `message` lies below the bottom of `button`; negative when above it."""
+    return page.evaluate("([m, b]) => document.querySelector(m).getBoundingClientRect().top"
+                         " - document.querySelector(b).getBoundingClientRect().bottom", [message, button])
+
+
+def test_export_says_what_went_wrong_beside_the_button_pressed(page, studio_app):
+    """A run registered as finished (its merged/ holds only a stand-in file: nothing here loads it); the studio
+    runs without a Hub token (conftest)."""
+    from studio.store import Run, RunStore
+
+    run_dir = studio_app.home / "export-messages"
+    (run_dir / "merged").mkdir(parents=True)
+    (run_dir / "merged" / "modules.json").write_text("[]")
+    RunStore(studio_app.home / "runs.sqlite").add(Run(
+        id="export-messages", created=time.time() - 10 ** 6, status="completed",  # the oldest: not picked first
+        model="sentence-transformers/all-MiniLM-L6-v2", data="pairs.csv", method="lora", run_dir=str(run_dir)))
+
+    open_tab(page, "Export")
+    page.locator("#export-run input").click()
+    page.get_by_role("option", name="export-messages").click()
+    page.get_by_label("Folder (a new one inside the runs folder or an allowed folder)").fill("/etc/my-model")
+    page.locator("#export-save").click()
+    saved = page.locator("#export-save-error")
+    saved.get_by_text("may not save to").wait_for()
+    assert str(studio_app.home.resolve()) in saved.inner_text() and "Upload" not in saved.inner_text()
+    assert 0 <= below(page, "#export-save-error", "#export-save") < 60
+
+    page.get_by_role("textbox", name="Repository").fill("someone/my-model")
+    page.locator("#export-push").click()
+    pushed = page.locator("#export-push-error")
+    pushed.get_by_text("needs a Hugging Face token").wait_for()
+    assert "Errno" not in pushed.inner_text()
+    assert 0 <= below(page, "#export-push-error", "#export-push") < 60
+    assert "token" not in saved.inner_text()  # each button keeps its own message
 
 
 def test_runs_tab_lists_every_run_and_overlays_two_curves(page, studio_app):
