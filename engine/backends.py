@@ -25,6 +25,21 @@ from engine.config import TrainConfig
 from engine.events import EventLog
 
 
+class TrainingDiverged(ValueError):
+    """The loss stopped being a number: the weights are lost to NaN or infinity, and training on cannot bring them
+    back. Raised at the step it happens, before a checkpoint or a model of NaNs is saved."""
+
+    def __init__(self, step: int, loss: float, learning_rate: float):
+        super().__init__(f"training diverged at step {step}: the loss is {loss}")
+        self.fix = (f"start again with a lower learning rate (this run's peaked at {learning_rate:g}; full "
+                    "fine-tuning usually wants 1e-5 to 5e-5, LoRA 1e-4 to 5e-4)")
+
+
+def check_loss(step: int, loss: float, learning_rate: float) -> None:
+    if not math.isfinite(loss):
+        raise TrainingDiverged(step, loss, learning_rate)
+
+
 @dataclass
 class Run:
     """What a back-end needs of a run, prepared by engine.train.train."""
@@ -109,6 +124,7 @@ def train_packed(run: Run) -> int:
                         epoch=round(step / trainer.batches_per_epoch, 4), loss=loss, learning_rate=learning_rate,
                         grad_norm=grad_norm, samples_per_second=round(global_batch / per_step, 2),
                         elapsed=round(elapsed, 2), eta=round(per_step * (trainer.total_steps - step), 2))
+            check_loss(step, loss, config.learning_rate)
         if clock.due:  # here, after the step's losses are out: a run resumed from it draws an unbroken curve
             save()
 
@@ -177,6 +193,7 @@ def _progress_callback(run: Run):
                 elapsed=round(elapsed, 2),
                 eta=round(per_step * (state.max_steps - state.global_step), 2),
             )
+            check_loss(state.global_step, float(logs["loss"]), run.config.learning_rate)
 
         def on_evaluate(self, args, state, control, metrics=None, **kwargs):
             if metrics:
