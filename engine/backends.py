@@ -29,15 +29,18 @@ class TrainingDiverged(ValueError):
     """The loss stopped being a number: the weights are lost to NaN or infinity, and training on cannot bring them
     back. Raised at the step it happens, before a checkpoint or a model of NaNs is saved."""
 
-    def __init__(self, step: int, loss: float, learning_rate: float):
-        super().__init__(f"training diverged at step {step}: the loss is {loss}")
+    def __init__(self, step: int, loss: float, learning_rate: float, grad_norm: float | None = None):
+        what = f"the loss is {loss}" if not math.isfinite(loss) else f"the gradient norm is {grad_norm}"
+        super().__init__(f"training diverged at step {step}: {what}")
         self.fix = (f"start again with a lower learning rate (this run's peaked at {learning_rate:g}; full "
                     "fine-tuning usually wants 1e-5 to 5e-5, LoRA 1e-4 to 5e-4)")
 
 
-def check_loss(step: int, loss: float, learning_rate: float) -> None:
-    if not math.isfinite(loss):
-        raise TrainingDiverged(step, loss, learning_rate)
+def check_loss(step: int, loss: float, learning_rate: float, grad_norm: float | None = None) -> None:
+    """Raise TrainingDiverged when the step's loss, or its gradient norm (NaN gradients would poison the weights at
+    the optimizer step), is not a finite number."""
+    if not math.isfinite(loss) or (grad_norm is not None and not math.isfinite(grad_norm)):
+        raise TrainingDiverged(step, loss, learning_rate, grad_norm)
 
 
 @dataclass
@@ -124,7 +127,7 @@ def train_packed(run: Run) -> int:
                         epoch=round(step / trainer.batches_per_epoch, 4), loss=loss, learning_rate=learning_rate,
                         grad_norm=grad_norm, samples_per_second=round(global_batch / per_step, 2),
                         elapsed=round(elapsed, 2), eta=round(per_step * (trainer.total_steps - step), 2))
-            check_loss(step, loss, config.learning_rate)
+            check_loss(step, loss, config.learning_rate, grad_norm)
         if clock.due:  # here, after the step's losses are out: a run resumed from it draws an unbroken curve
             save()
 
@@ -193,7 +196,9 @@ def _progress_callback(run: Run):
                 elapsed=round(elapsed, 2),
                 eta=round(per_step * (state.max_steps - state.global_step), 2),
             )
-            check_loss(state.global_step, float(logs["loss"]), run.config.learning_rate)
+            # fp16's loss scaler skips the steps whose gradients overflowed: an infinite norm there is expected
+            grad_norm = None if args is not None and args.fp16 else logs.get("grad_norm")
+            check_loss(state.global_step, float(logs["loss"]), run.config.learning_rate, grad_norm)
 
         def on_evaluate(self, args, state, control, metrics=None, **kwargs):
             if metrics:
@@ -226,6 +231,7 @@ def train_with_trainer(run: Run) -> int:
         seed=config.seed,
         data_seed=config.seed,
         logging_steps=1,
+        logging_nan_inf_filter=False,  # a NaN loss logged as it is, so that check_loss stops the run at that step
         save_strategy="steps" if config.save_steps else "no",
         save_steps=config.save_steps or 500,
         eval_strategy="steps" if evaluating else "no",

@@ -39,3 +39,10 @@ def test_finite_losses_train_on(tmp_path):
     for step, loss in enumerate((2.0, 1.5, 1e30), start=1):
         state.global_step = step
         callback.on_log(None, state, None, logs={"loss": loss})
+
+
+def test_nan_gradients_stop_the_run_even_when_the_loss_looks_fine(tmp_path):
+    callback, state = _trainer_callback(tmp_path, learning_rate=2e-5)
+    state.global_step = 7
+    with pytest.raises(TrainingDiverged, match="step 7: the gradient norm is nan"):
+        callback.on_log(None, state, None, logs={"loss": 0.0, "grad_norm": math.nan})
