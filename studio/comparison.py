@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from engine import data as data_layer
-from engine.tasks.embedding import held_out_evaluation
+from engine.tasks.embedding import retrieval_evaluation
 from studio.data_sources import read_run_eval
 from studio.store import Run
 
@@ -47,8 +47,8 @@ def run_evaluation(run: Run) -> HeldOutQueries:
     columns = run.config.get("columns") or {}
     held_out = data_layer.prepare(read_run_eval(run.run_dir), columns)
     shape = data_layer.task_for(columns)
-    scored = held_out_evaluation(held_out, shape, run.config["max_eval_queries"], run.config["seed"])
-    every = held_out_evaluation(held_out, shape, len(held_out), run.config["seed"])
+    scored = retrieval_evaluation(held_out, shape, run.config["max_eval_queries"], run.config["seed"])
+    every = retrieval_evaluation(held_out, shape, len(held_out), run.config["seed"])
     relevant = _relevance(scored.queries, scored.documents)
     return HeldOutQueries(queries=list(relevant), relevant=list(relevant.values()),
                           corpus=list(dict.fromkeys([*scored.documents, *scored.extra])),

@@ -174,21 +174,29 @@ def held_out_split(source: DataSource, settings: Settings, eval_size: float) -> 
                                       f"other {rows - held:,}.")
 
 
+SOURCE_EVAL = "eval-source.jsonl"  # a sample run's held-out part, in the sample's column names
+
+
 def write_run_data(run_dir: Path, source: DataSource, settings: Settings, mapping: dict, eval_size: float,
                    seed: int) -> dict:
     """Write RUN_DIR/data/{train,eval}.jsonl with the mapped columns named by role (the engine's
     `prepare`); returns the config keys that point the worker at them."""
     table = data_layer.prepare(read_source(source, settings), mapping)
     held_out = held_out_frame(source)
+    folder = run_dir / "data"
+    folder.mkdir(parents=True, exist_ok=True)
     if held_out is None:
         table, held_out = data_layer.split(table, eval_size, seed)
     else:
-        held_out = data_layer.prepare(held_out, mapping)
+        source_rows = held_out
+        held_out = data_layer.prepare(source_rows, mapping)
         queries = held_out["anchor"].drop_duplicates()
         kept = queries.sample(frac=1.0, random_state=seed).head(sample_held_out_size(eval_size, len(table), len(queries)))
         held_out = held_out[held_out["anchor"].isin(kept)].reset_index(drop=True)
-    folder = run_dir / "data"
-    folder.mkdir(parents=True, exist_ok=True)
+        # the same rows in the sample's own column names: what the run's shell command holds out (its --columns
+        # name those)
+        in_source = source_rows[source_rows[mapping["anchor"]].astype(str).str.strip().isin(kept)]
+        in_source.to_json(folder / SOURCE_EVAL, orient="records", lines=True, force_ascii=False)
     table.to_json(folder / "train.jsonl", orient="records", lines=True, force_ascii=False)
     held_out.to_json(folder / "eval.jsonl", orient="records", lines=True, force_ascii=False)
     columns = {role: role for role in ("anchor", "positive", "score", "label") if role in table.columns}
@@ -206,7 +214,7 @@ def shown_eval_data(source: DataSource, overrides: dict) -> str | None:
         return None
     whole = len(held_out_frame(source))
     return source.eval_label if len(read_run_eval(Path(overrides["eval_data"]).parent.parent)) == whole \
-        else overrides["eval_data"]
+        else str(Path(overrides["eval_data"]).parent / SOURCE_EVAL)
 
 
 def read_run_eval(run_dir: str | Path):

@@ -227,7 +227,9 @@ def test_the_cli_the_api_and_the_data_tab_prepare_the_same_rows(studio, tmp_path
 
     config = TrainConfig(data=str(path), columns=mapping, eval_size=page_run.config["eval_size"],
                          seed=page_run.config["seed"], output_dir=str(tmp_path))
-    train_rows, held_out, summary = _read_split(config, EventLog(tmp_path / "events.jsonl"))
+    from engine.tasks import task_module
+
+    train_rows, held_out, summary = _read_split(config, task_module(config.task), EventLog(tmp_path / "events.jsonl"))
     assert summary.task == "labelled-pairs" and set(train_rows["label"]) == {0, 1}
     from_the_cli = (train_rows.to_dict("records"), held_out.to_dict("records"))
     assert read_run_rows(page_run.run_dir) == from_the_cli

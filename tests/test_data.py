@@ -185,7 +185,7 @@ def test_parse_column_spec():
         "column spec 'anchor:q,positive=d': 'anchor:q' is not role=column. "
         "Write role=column pairs separated by commas, e.g. anchor=question,positive=answer.")
     assert error(parse_column_spec, "query=q,positive=d") == (
-        "column spec 'query=q,positive=d': unknown role 'query'. Roles are: anchor, positive, negative, score, label.")
+        "column spec 'query=q,positive=d': unknown role 'query'. Roles are: anchor, positive, negative, score, label, text, text_pair.")
     assert "role 'anchor' is given twice" in error(parse_column_spec, "anchor=q,anchor=d")
 
 
