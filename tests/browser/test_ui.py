@@ -360,17 +360,24 @@ def test_a_reload_keeps_the_sessions_data_and_shows_the_latest_runs_settings(pag
     client = Client(studio_app.url, verbose=False)
     run_id = client.predict({"max_steps": 9, "batch_size": 4, "max_seq_length": 32, "evaluate": False},
                             "sample", api_name="/start_run")["run_id"]
+    from studio.store import RunStore
+
+    events = Path(RunStore(studio_app.home / "runs.sqlite").get(run_id).run_dir) / "events.jsonl"
+    wait_for(lambda: events.exists() and events.stat().st_size, RUN_TIMEOUT, "the run's first event")  # it has a log
     client.predict(run_id, api_name="/stop_run")
     wait_for(lambda: no_run_active(studio_app), RUN_TIMEOUT, "no run training")
 
     pairs = studio_app.home / "reload.csv"
     pairs.write_text("q,a\n" + "".join(f"reload question {i},reload answer {i}\n" for i in range(30)))
     open_tab(page, "Data")
+    # the page load kept the latest run's data first; the stored value (encrypted) must change to this file's
+    stored = "() => localStorage.getItem('lacker-data')"
+    before = page.evaluate(stored)
     page.get_by_label("...or a Hugging Face dataset id or a file on this machine").fill(str(pairs))
     page.get_by_role("button", name="Load", exact=True).click()
     page.locator("#data-source").get_by_text("reload.csv").wait_for()
     page.locator("#held-out-note").get_by_text("about 3 of the 30 rows").wait_for()
-    wait_for(lambda: page.evaluate("() => localStorage.getItem('lacker-data')"), 30, "the browser to keep the data")
+    wait_for(lambda: page.evaluate(stored) not in (None, before), 30, "the browser to keep the data")
 
     page.reload()
     page.get_by_role("tab", name="Model").wait_for()
