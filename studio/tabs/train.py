@@ -322,11 +322,15 @@ def build(studio, ui) -> None:
         return values
 
     def data_view(source: DataSource, columns: dict | None) -> dict:
-        """The Data tab showing `source` mapped as `columns` (guessed where None); nothing if it cannot be read."""
+        """The Data tab showing `source` mapped as `columns` (guessed where None); nothing if it cannot be read or
+        does not validate as mapped: a page load or an opened run must not greet the user with a red box they did
+        not cause."""
         try:
-            return dict(zip(ui.data_load_outputs, ui.load_source(source, columns or None)))
+            shown = ui.load_source(source, columns or None)
         except (DataError, PathNotAllowed, OSError, TypeError):
             return {}
+        problem = shown[-1]  # the Data tab's error box, the last of its load outputs
+        return {} if isinstance(problem, dict) and problem.get("visible") else dict(zip(ui.data_load_outputs, shown))
 
     def run_view_of(run, with_data: bool = True) -> dict:
         values = {run_state: run.id, command: studio.command_for(run), **settings_of(run)}
