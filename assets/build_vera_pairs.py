@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import argparse
 import gzip
-import json
 import random
 import re
 import shutil
 from collections import defaultdict
 from pathlib import Path
+
+from build_debian_pairs import write_jsonl
 
 SEED = 42
 TEST_ROWS = 300
@@ -91,12 +92,6 @@ def build_pairs(entries: list[tuple[str, str]], seed: int = SEED) -> list[dict]:
         pairs.append({"query": acronym, "document": document})
     random.Random(seed).shuffle(pairs)
     return pairs
-
-
-def write_jsonl(rows: list[dict], path: Path) -> None:
-    with path.open("w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
 def main() -> None:

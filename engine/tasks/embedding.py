@@ -81,8 +81,13 @@ def add_adapter(model, config) -> None:
     """LoRA on the family's targets, or, for full fine-tuning, only gradient checkpointing if asked."""
     from engine.models import FastSentenceTransformer
 
+    add_adapter_with(FastSentenceTransformer, model, config)
+
+
+def add_adapter_with(fast, model, config) -> None:
+    """`add_adapter` for a sentence-transformers model loaded by `fast` (FastSentenceTransformer, FastCrossEncoder)."""
     if config.method != "full":
-        FastSentenceTransformer.get_peft_model(
+        fast.get_peft_model(
             model, r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
             target_modules=config.target_modules, use_gradient_checkpointing=config.gradient_checkpointing,
             random_state=config.seed,

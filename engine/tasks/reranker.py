@@ -121,14 +121,7 @@ def add_adapter(model, config) -> None:
     checkpointing if asked."""
     from engine.models import FastCrossEncoder
 
-    if config.method != "full":
-        FastCrossEncoder.get_peft_model(
-            model, r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-            target_modules=config.target_modules, use_gradient_checkpointing=config.gradient_checkpointing,
-            random_state=config.seed,
-        )
-    elif config.gradient_checkpointing:
-        model[0].auto_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    embedding.add_adapter_with(FastCrossEncoder, model, config)
 
 
 def fast_path_unavailable(model) -> str | None:
