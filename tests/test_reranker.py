@@ -17,7 +17,7 @@ import torch
 from sentence_transformers import CrossEncoder
 
 from bad_inputs import reranker_cases
-from engine import FastCrossEncoder, cli
+from engine import FastCrossEncoder, FastSentenceTransformer, cli
 from engine.config import TrainConfig
 from engine.events import EventLog
 from engine.models.cross_encoder import head_modules
@@ -81,6 +81,18 @@ def test_a_trained_head_is_kept_and_its_size_checked(tmp_path):
     assert torch.allclose(torch.tensor(again.predict(PAIRS)), torch.tensor(model.eval().predict(PAIRS)), atol=1e-5)
     with pytest.raises(ValueError, match="head with 1 outputs, not 3; pass num_labels=1"):
         FastCrossEncoder.from_pretrained(str(tmp_path / "reranker"), num_labels=3, device="cpu")
+
+
+def test_a_16_bit_checkpoint_is_fully_fine_tuned_in_fp32(tmp_path):
+    """A checkpoint saved in fp16 (as many on the Hub are) trains with fp32 weights: in fp16, AdamW's epsilon is 0
+    and its first update turned every weight NaN (the GPU reranker run diverged at step 2)."""
+    from transformers import AutoModel
+
+    folder = build_tiny_model("bert", tmp_path / "base")
+    AutoModel.from_pretrained(str(folder), dtype=torch.float16).save_pretrained(folder)
+    for model in (FastCrossEncoder.from_pretrained(str(folder), full_finetuning=True, device="cpu"),
+                  FastSentenceTransformer.from_pretrained(str(folder), full_finetuning=True, device="cpu")):
+        assert {p.dtype for p in model.parameters()} == {torch.float32}, type(model).__name__
 
 
 class Events(EventLog):

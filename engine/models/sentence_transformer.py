@@ -141,13 +141,14 @@ def _build_without_modules_json(path: Path, device: str, pooling_mode: str | Non
 def loader_kwargs(device: str, dtype, load_in_4bit: bool, full_finetuning: bool, for_inference: bool,
                   kwargs: dict) -> dict:
     """The transformers loader's keyword arguments for the dtype and quantization `from_pretrained` was asked
-    for: 16-bit on a GPU unless full fine-tuning keeps fp32 master weights, NF4 for 4 bits."""
+    for: 16-bit on a GPU unless full fine-tuning keeps fp32 master weights, NF4 for 4 bits. Never transformers'
+    "auto": a checkpoint saved in 16 bits would then be fully fine-tuned in 16 bits, where AdamW's epsilon is 0
+    in fp16 and the first update is NaN."""
     torch_dtype = _torch_dtype(dtype)
-    if torch_dtype is None and device == "cuda" and (for_inference or not full_finetuning):
-        torch_dtype = _gpu_half_dtype()
-    model_kwargs = dict(kwargs)
-    if torch_dtype is not None:
-        model_kwargs["dtype"] = torch_dtype
+    if torch_dtype is None:
+        half = device == "cuda" and (for_inference or not full_finetuning)
+        torch_dtype = _gpu_half_dtype() if half else torch.float32
+    model_kwargs = {**kwargs, "dtype": torch_dtype}
     if load_in_4bit:
         if full_finetuning:
             raise ValueError("load_in_4bit=True and full_finetuning=True do not go together: 4-bit weights cannot be trained; pick one")
