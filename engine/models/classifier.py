@@ -25,7 +25,7 @@ import torch
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
 from engine.families import lora_targets_for
-from engine.models.sentence_transformer import _default_device, _gpu_half_dtype, _quantization_config, _torch_dtype
+from engine.models.loading import default_device, loader_kwargs, torch_dtype_of
 from engine.resolve import resolve_model
 
 logger = logging.getLogger(__name__)
@@ -126,7 +126,7 @@ class FastClassifier:
             for_inference: eval mode, gradients off, adapters merged (see `for_inference`).
             kwargs: go to `AutoModelForSequenceClassification.from_pretrained`.
         """
-        device = device or _default_device()
+        device = device or default_device()
         if (Path(model_name_or_path).expanduser() / "adapter_config.json").exists():  # our own save_pretrained
             return _from_adapter(Path(model_name_or_path).expanduser(), labels, max_seq_length=max_seq_length, dtype=dtype, load_in_4bit=load_in_4bit,
                                  for_inference=for_inference, trust_remote_code=trust_remote_code, device=device,
@@ -134,20 +134,9 @@ class FastClassifier:
         path = resolve_model(model_name_or_path)
         config = AutoConfig.from_pretrained(str(path), trust_remote_code=trust_remote_code)
         names, keep_head = _label_names(labels, num_labels, checkpoint_labels(config))
-        torch_dtype = _torch_dtype(dtype)
-        if torch_dtype is None:  # not transformers' "auto": a 16-bit checkpoint would train in 16 bits on a CPU
-            half = device == "cuda" and (for_inference or not full_finetuning)
-            torch_dtype = _gpu_half_dtype() if half else torch.float32
-        model_kwargs = {**kwargs, "dtype": torch_dtype}
-        if load_in_4bit:
-            if full_finetuning:
-                raise ValueError("load_in_4bit=True and full_finetuning=True do not go together: 4-bit weights "
-                                 "cannot be trained; pick one")
-            quantization = _quantization_config(device)
-            quantization.llm_int8_skip_modules = _head_names(config, len(names))  # trained in full: not quantized
-            model_kwargs["quantization_config"] = quantization
-            if device == "cuda":
-                model_kwargs.setdefault("device_map", {"": 0})
+        model_kwargs = loader_kwargs(device, dtype, load_in_4bit, full_finetuning, for_inference, kwargs)
+        if load_in_4bit:  # the head is trained in full: not quantized
+            model_kwargs["quantization_config"].llm_int8_skip_modules = _head_names(config, len(names))
 
         model, loading = AutoModelForSequenceClassification.from_pretrained(
             str(path), num_labels=len(names), id2label=dict(enumerate(names)),
@@ -333,7 +322,7 @@ def merged_copy(model, dtype=None):
         copy_ = copy.deepcopy(model)
     if _has_adapter(copy_):
         merge_adapters_in_place(copy_)
-    target = _torch_dtype(dtype) or (
+    target = torch_dtype_of(dtype) or (
         torch.bfloat16 if next(model.parameters()).dtype == torch.bfloat16 else torch.float16
     )
     copy_.to(target)

@@ -22,8 +22,8 @@ from sentence_transformers import CrossEncoder
 from sentence_transformers.cross_encoder.model_card import CrossEncoderModelCardData
 
 from engine.families import apply_family, family_for
-from engine.models.sentence_transformer import (FastSentenceTransformer, FineTuningCard, _default_device,
-                                                card_data, finish_loading, loader_kwargs)
+from engine.models.loading import default_device, loader_kwargs
+from engine.models.sentence_transformer import FastSentenceTransformer, FineTuningCard, card_data, finish_loading
 from engine.resolve import resolve_model
 
 
@@ -87,7 +87,7 @@ class FastCrossEncoder:
             model = FastCrossEncoder.from_pretrained("cross-encoder/ms-marco-MiniLM-L6-v2", for_inference=True)
             model.predict([("how do I compress files?", "zstd is a fast lossless compressor")])
         """
-        device = device or _default_device()
+        device = device or default_device()
         path = resolve_model(model_name_or_path)
         model_kwargs = loader_kwargs(device, dtype, load_in_4bit, full_finetuning, for_inference, kwargs)
         trained_head = has_trained_head(path)

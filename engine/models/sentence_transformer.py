@@ -27,48 +27,16 @@ from sentence_transformers.base.modules import Normalize, Transformer
 from sentence_transformers.sentence_transformer.model_card import SentenceTransformerModelCardData
 from sentence_transformers.sentence_transformer.modules import Pooling
 
-from engine import bitsandbytes_cpu_warnings, hub
+from engine import hub
 from engine.families import Family, apply_family, family_for, lora_targets_for
+from engine.models.loading import default_device, loader_kwargs, torch_dtype_of
 from engine.resolve import resolve_model
 
 logger = logging.getLogger(__name__)
 
 
-def _default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def _torch_dtype(dtype) -> torch.dtype | None:
-    if dtype is None or isinstance(dtype, torch.dtype):
-        return dtype
-    names = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
-             "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
-    if dtype not in names:
-        raise ValueError(f"dtype {dtype!r} is not one of {', '.join(names)}")
-    return names[dtype]
-
-
-def _gpu_half_dtype() -> torch.dtype:
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-
-
 def family_of(model: SentenceTransformer) -> Family | None:
     return family_for(model[0].auto_model.config.model_type)
-
-
-def _quantization_config(device: str):
-    try:
-        from transformers import BitsAndBytesConfig
-        import bitsandbytes  # noqa: F401  (the config alone does not tell us it is missing)
-    except ImportError as error:
-        raise ValueError(f"load_in_4bit=True needs bitsandbytes ({error}); run `pip install bitsandbytes`") from error
-    bitsandbytes_cpu_warnings.release()  # they concern 4-bit models: now they apply
-    return BitsAndBytesConfig(
-        load_in_4bit=True,
-        bnb_4bit_quant_type="nf4",
-        bnb_4bit_use_double_quant=True,
-        bnb_4bit_compute_dtype=_gpu_half_dtype() if device == "cuda" else torch.bfloat16,
-    )
 
 
 @dataclass
@@ -138,26 +106,6 @@ def _build_without_modules_json(path: Path, device: str, pooling_mode: str | Non
                                model_card_data=model_card_data)
 
 
-def loader_kwargs(device: str, dtype, load_in_4bit: bool, full_finetuning: bool, for_inference: bool,
-                  kwargs: dict) -> dict:
-    """The transformers loader's keyword arguments for the dtype and quantization `from_pretrained` was asked
-    for: 16-bit on a GPU unless full fine-tuning keeps fp32 master weights, NF4 for 4 bits. Never transformers'
-    "auto": a checkpoint saved in 16 bits would then be fully fine-tuned in 16 bits, where AdamW's epsilon is 0
-    in fp16 and the first update is NaN."""
-    torch_dtype = _torch_dtype(dtype)
-    if torch_dtype is None:
-        half = device == "cuda" and (for_inference or not full_finetuning)
-        torch_dtype = _gpu_half_dtype() if half else torch.float32
-    model_kwargs = {**kwargs, "dtype": torch_dtype}
-    if load_in_4bit:
-        if full_finetuning:
-            raise ValueError("load_in_4bit=True and full_finetuning=True do not go together: 4-bit weights cannot be trained; pick one")
-        model_kwargs["quantization_config"] = _quantization_config(device)
-        if device == "cuda":  # the current GPU: each rank's own on several (engine.distributed.setup)
-            model_kwargs.setdefault("device_map", {"": torch.cuda.current_device()})
-    return model_kwargs
-
-
 def finish_loading(model, path: Path, model_name_or_path: str, max_seq_length: int | None, load_in_4bit: bool,
                    reload) -> None:
     """What every loader does to a freshly loaded sentence-transformers model: the sequence length, where it came
@@ -202,7 +150,7 @@ class FastSentenceTransformer:
         `pooling_mode` overrides the family's pooling for a model without `modules.json`; other
         kwargs go to the transformers model loader (`model_kwargs`).
         """
-        device = device or _default_device()
+        device = device or default_device()
         path = resolve_model(model_name_or_path)
         model_kwargs = loader_kwargs(device, dtype, load_in_4bit, full_finetuning, for_inference, kwargs)
 
@@ -339,7 +287,7 @@ def merged_copy(model: SentenceTransformer, dtype=None) -> SentenceTransformer:
         copy_ = copy.deepcopy(model)
     if _has_adapter(copy_):
         _merge_adapters_in_place(copy_)
-    copy_.to(_torch_dtype(dtype) or merged_dtype(model))
+    copy_.to(torch_dtype_of(dtype) or merged_dtype(model))
     copy_.eval()
     return copy_
 

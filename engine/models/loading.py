@@ -1,0 +1,64 @@
+"""What every loader of engine.models asks transformers for: the device, the dtype and 4-bit quantization.
+
+One place for the rule each model class follows: 16-bit weights on a GPU for LoRA, QLoRA's compute and
+inference, fp32 master weights for full fine-tuning and on a CPU, NF4 through bitsandbytes for 4 bits.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from engine import bitsandbytes_cpu_warnings
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def torch_dtype_of(dtype) -> torch.dtype | None:
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    names = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+             "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+    if dtype not in names:
+        raise ValueError(f"dtype {dtype!r} is not one of {', '.join(names)}")
+    return names[dtype]
+
+
+def gpu_half_dtype() -> torch.dtype:
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def quantization_config(device: str):
+    try:
+        from transformers import BitsAndBytesConfig
+        import bitsandbytes  # noqa: F401  (the config alone does not tell us it is missing)
+    except ImportError as error:
+        raise ValueError(f"load_in_4bit=True needs bitsandbytes ({error}); run `pip install bitsandbytes`") from error
+    bitsandbytes_cpu_warnings.release()  # they concern 4-bit models: now they apply
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=gpu_half_dtype() if device == "cuda" else torch.bfloat16,
+    )
+
+
+def loader_kwargs(device: str, dtype, load_in_4bit: bool, full_finetuning: bool, for_inference: bool,
+                  kwargs: dict) -> dict:
+    """The transformers loader's keyword arguments for the dtype and quantization `from_pretrained` was asked
+    for: 16-bit on a GPU unless full fine-tuning keeps fp32 master weights, NF4 for 4 bits. Never transformers'
+    "auto": a checkpoint saved in 16 bits would then be fully fine-tuned in 16 bits, where AdamW's epsilon is 0
+    in fp16 and the first update is NaN."""
+    torch_dtype = torch_dtype_of(dtype)
+    if torch_dtype is None:
+        half = device == "cuda" and (for_inference or not full_finetuning)
+        torch_dtype = gpu_half_dtype() if half else torch.float32
+    model_kwargs = {**kwargs, "dtype": torch_dtype}
+    if load_in_4bit:
+        if full_finetuning:
+            raise ValueError("load_in_4bit=True and full_finetuning=True do not go together: 4-bit weights cannot be trained; pick one")
+        model_kwargs["quantization_config"] = quantization_config(device)
+        if device == "cuda":  # the current GPU: each rank's own on several (engine.distributed.setup)
+            model_kwargs.setdefault("device_map", {"": torch.cuda.current_device()})
+    return model_kwargs
