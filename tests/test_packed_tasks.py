@@ -8,6 +8,7 @@ Tiny random models (tests/tiny_models.py); tests/gpu/test_packed_tasks_gpu.py ru
 from __future__ import annotations
 
 import json
+import threading
 
 import numpy as np
 import pandas as pd
@@ -225,3 +226,23 @@ def test_a_classifier_run_trains_in_the_packed_loop_and_its_merged_model_predict
         plain = AutoModelForSequenceClassification.from_pretrained(str(tmp_path / "run" / "merged")).eval()
         torch.testing.assert_close(plain(**inputs).logits.float(), trained, atol=2e-2, rtol=0)  # a 16-bit save
     assert plain.config.id2label == model.config.id2label
+
+
+def test_a_stopped_scoring_loop_resumes_from_its_state_as_if_never_stopped(tiny, tmp_path):
+    def trainer(model):
+        encode = lambda texts, others: model.tokenizer(texts, others, padding=True, truncation=True, return_tensors="pt")
+        return ScoringTrainer(model, encode, QUERIES, None, CLASSES, loss="CrossEntropyLoss", batch_size=8,
+                              learning_rate=5e-3, steps=6)
+
+    straight = []
+    trainer(classifier(tiny("bert"), "bert", True)).fit(on_steps=straight.extend)
+    first = trainer(classifier(tiny("bert"), "bert", True))
+    stop = threading.Event()
+    done = []
+    first.fit(on_steps=done.extend, stop=stop, after_step=lambda step: step == 3 and stop.set())
+    first.save_state(tmp_path / "state")
+    resumed = trainer(classifier(tiny("bert"), "bert", True))
+    resumed.load_state(tmp_path / "state")
+    resumed.fit(on_steps=done.extend)
+    assert [r[0] for r in done] == [1, 2, 3, 4, 5, 6]
+    assert [r[1] for r in done] == pytest.approx([r[1] for r in straight], rel=1e-5)
