@@ -55,40 +55,43 @@ def with_talking_adapter(model):
     return model
 
 
-def cross_encoder(folder, family: str, packed: bool, lora: bool = True):
+def cross_encoder(folder, family: str, packed: bool, lora: bool = True, device: str = "cpu"):
     torch.manual_seed(0)  # the same new head for both copies
-    model = without_dropout(FastCrossEncoder.from_pretrained(str(folder), max_seq_length=64, device="cpu"))
+    model = without_dropout(FastCrossEncoder.from_pretrained(str(folder), max_seq_length=64, device=device))
     if lora:
         FastCrossEncoder.get_peft_model(model, r=4, lora_alpha=8, random_state=0)
         with_talking_adapter(model)
     if packed:
-        assert "packed varlen attention" in enable(model, family_by_name(family), allow_cpu=True)
+        assert "packed varlen attention" in enable(model, family_by_name(family), allow_cpu=device == "cpu")
     return model
 
 
-def classifier(folder, family: str, packed: bool, pooling: str | None = None):
+def classifier(folder, family: str, packed: bool, pooling: str | None = None, device: str = "cpu"):
     torch.manual_seed(0)
-    model = FastClassifier.from_pretrained(str(folder), labels=LABELS, max_seq_length=64)
+    model = FastClassifier.from_pretrained(str(folder), labels=LABELS, max_seq_length=64, device=device)
     if pooling:
         model.config.classifier_pooling = pooling
     without_dropout(model)
     FastClassifier.get_peft_model(model, r=4, lora_alpha=8, random_state=0)
     with_talking_adapter(model)
     if packed:
-        assert "packed varlen attention" in enable(model, family_by_name(family), allow_cpu=True)
+        assert "packed varlen attention" in enable(model, family_by_name(family), allow_cpu=device == "cpu")
     return model
 
 
 def stock_steps(model, plan, loss_of_rows, steps: int, lr: float, warmup: int) -> list[float]:
-    """AdamW, transformers' linear schedule, clipping at 1.0 over the stock padded forward."""
+    """AdamW, transformers' linear schedule, clipping at 1.0 over the stock padded forward (bf16 autocast on
+    CUDA, as the stock trainers run)."""
     params = [p for p in model.parameters() if p.requires_grad]
+    device = next(model.parameters()).device
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     model.train()
     losses = []
     for step, rows in enumerate(plan[:steps]):
         for group in optimizer.param_groups:
             group["lr"] = lr * linear_schedule(step, steps, warmup)
-        loss = loss_of_rows(rows)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            loss = loss_of_rows(rows)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
@@ -109,48 +112,67 @@ def assert_same_training(packed_model, stock_model, records, expected, initial):
     assert sum(moved) >= 0.8 * len(moved)  # so that the match is not of constants
 
 
+def reranker_runs(folder, family: str, device: str = "cpu", steps: int = 6, lr: float = 5e-3, copies: int = 1):
+    """The packed loop and the stock padded loop (sentence-transformers' BinaryCrossEntropyLoss, pos_weight 2) on
+    the same batches: (packed model, stock model, packed records, stock losses, initial trainable weights,
+    trainer). `copies` repeats the rows (longer epochs)."""
+    from sentence_transformers.cross_encoder.losses import BinaryCrossEntropyLoss
+
+    packed = cross_encoder(folder, family, True, device=device)
+    stock = cross_encoder(folder, family, False, device=device)
+    initial = {n: p.detach().clone() for n, p in packed.named_parameters() if p.requires_grad}
+    queries, documents, relevance = QUERIES * copies, DOCUMENTS * copies, RELEVANCE * copies
+    trainer = ScoringTrainer(packed, lambda q, d: packed.preprocess(list(zip(q, d))), queries, documents, relevance,
+                             loss="BinaryCrossEntropyLoss", pos_weight=2.0, batch_size=8, learning_rate=lr,
+                             steps=steps, warmup_ratio=0.2)
+    records = []
+    trainer.fit(on_steps=records.extend)
+    bce = BinaryCrossEntropyLoss(stock, pos_weight=torch.tensor(2.0, device=device))
+    expected = stock_steps(stock, trainer.plan, lambda rows: bce(
+        [[queries[r] for r in rows], [documents[r] for r in rows]],
+        torch.tensor([relevance[r] for r in rows], device=device)), steps, lr, trainer.warmup)
+    return packed, stock, records, expected, initial, trainer
+
+
+def classifier_runs(folder, family: str, pairs: bool, weights: bool, device: str = "cpu", steps: int = 6,
+                    lr: float = 5e-3, copies: int = 1):
+    """The packed loop and the stock padded loop (the task's ClassificationLoss: what transformers' Trainer calls
+    as compute_loss_func) on the same batches; returns as `reranker_runs`."""
+    packed = classifier(folder, family, True, device=device)
+    stock = classifier(folder, family, False, device=device)
+    initial = {n: p.detach().clone() for n, p in packed.named_parameters() if p.requires_grad}
+    class_weights = [0.5, 1.0, 2.0] if weights else None
+    texts, classes = QUERIES * copies, CLASSES * copies
+    second = DOCUMENTS * copies if pairs else None
+    encode = lambda texts, others: packed.tokenizer(texts, others, padding=True, truncation=True, return_tensors="pt")
+    trainer = ScoringTrainer(packed, encode, texts, second, classes, loss="CrossEntropyLoss",
+                             class_weights=class_weights, batch_size=8, learning_rate=lr, steps=steps,
+                             warmup_ratio=0.2)
+    records = []
+    trainer.fit(on_steps=records.extend)
+    loss = ClassificationLoss(class_weights)
+
+    def stock_loss(rows):
+        inputs = stock.tokenizer([texts[r] for r in rows], [second[r] for r in rows] if pairs else None,
+                                 padding=True, truncation=True, return_tensors="pt").to(device)
+        return loss(stock(**inputs), torch.tensor([classes[r] for r in rows], device=device))
+
+    expected = stock_steps(stock, trainer.plan, stock_loss, steps, lr, trainer.warmup)
+    return packed, stock, records, expected, initial, trainer
+
+
 @pytest.mark.parametrize("family", ["bert", "modernbert"])
 def test_reranker_packed_loop_matches_cross_encoder_bce_step_by_step(tiny, family):
     """BERT packs its pairs with token types; ModernBERT has none."""
-    from sentence_transformers.cross_encoder.losses import BinaryCrossEntropyLoss
-
-    packed, stock = cross_encoder(tiny(family), family, True), cross_encoder(tiny(family), family, False)
-    initial = {n: p.detach().clone() for n, p in packed.named_parameters() if p.requires_grad}
-    trainer = ScoringTrainer(packed, lambda q, d: packed.preprocess(list(zip(q, d))), QUERIES, DOCUMENTS, RELEVANCE,
-                             loss="BinaryCrossEntropyLoss", pos_weight=2.0, batch_size=8, learning_rate=5e-3,
-                             steps=6, warmup_ratio=0.2)
+    packed, stock, records, expected, initial, trainer = reranker_runs(tiny(family), family)
     assert (trainer.packer.store.types is not None) == (family == "bert")
-    records = []
-    trainer.fit(on_steps=records.extend)
-
-    bce = BinaryCrossEntropyLoss(stock, pos_weight=torch.tensor(2.0))
-    expected = stock_steps(stock, trainer.plan, lambda rows: bce([[QUERIES[r] for r in rows], [DOCUMENTS[r] for r in rows]],
-                                                                 torch.tensor([RELEVANCE[r] for r in rows])),
-                           6, 5e-3, trainer.warmup)
     assert_same_training(packed, stock, records, expected, initial)
 
 
 @pytest.mark.parametrize("family, pairs, weights", [("bert", True, False), ("modernbert", False, True)])
 def test_classifier_packed_loop_matches_the_trainers_cross_entropy_step_by_step(tiny, family, pairs, weights):
     """BERT on text pairs (token types), ModernBERT on single texts with class weights."""
-    packed, stock = classifier(tiny(family), family, True), classifier(tiny(family), family, False)
-    initial = {n: p.detach().clone() for n, p in packed.named_parameters() if p.requires_grad}
-    class_weights = [0.5, 1.0, 2.0] if weights else None
-    second = DOCUMENTS if pairs else None
-    encode = lambda texts, others: packed.tokenizer(texts, others, padding=True, truncation=True, return_tensors="pt")
-    trainer = ScoringTrainer(packed, encode, QUERIES, second, CLASSES, loss="CrossEntropyLoss",
-                             class_weights=class_weights, batch_size=8, learning_rate=5e-3, steps=6, warmup_ratio=0.2)
-    records = []
-    trainer.fit(on_steps=records.extend)
-
-    loss = ClassificationLoss(class_weights)  # what transformers' Trainer calls as compute_loss_func
-
-    def stock_loss(rows):
-        inputs = stock.tokenizer([QUERIES[r] for r in rows], [DOCUMENTS[r] for r in rows] if pairs else None,
-                                 padding=True, truncation=True, return_tensors="pt")
-        return loss(stock(**inputs), torch.tensor([CLASSES[r] for r in rows]))
-
-    expected = stock_steps(stock, trainer.plan, stock_loss, 6, 5e-3, trainer.warmup)
+    packed, stock, records, expected, initial, _ = classifier_runs(tiny(family), family, pairs, weights)
     assert_same_training(packed, stock, records, expected, initial)
 
 
