@@ -1,7 +1,8 @@
 """The two ways a run trains, each from a `Run` to the number of steps done, reporting the same events:
 
-- `train_packed`: the packed loop (engine.loop), for the in-batch-negative losses it runs; CUDA graphs on a GPU;
-- `train_with_trainer`: the task's stock trainer (sentence-transformers'), for everything else.
+- `train_packed`: the packed loop (engine.loop), for the losses it runs (the in-batch-negative losses of
+  embeddings, a reranker's BinaryCrossEntropyLoss, a classifier's cross-entropy); CUDA graphs on a GPU;
+- `train_with_trainer`: the task's stock trainer (sentence-transformers', transformers'), for everything else.
 
 `loop_unavailable` says which one a run gets, and why. Either runs on several ranks (engine.distributed): the
 loop sums its gradients and gathers its in-batch negatives itself, the trainer through sentence-transformers' DDP
@@ -82,26 +83,20 @@ def loop_unavailable(run: Run) -> str | None:
         return "loop is off"
     if config.loop == "auto" and not config.fast:
         return "the fast path is off"
-    from engine.loop import is_loop_checkpoint, loop_unavailable as model_unavailable
+    from engine.loop import is_loop_checkpoint
 
     if run.resume and not is_loop_checkpoint(run.resume):
         return f"{run.resume} is a trainer checkpoint"
-    if run.task.packed_columns(run.train_rows) is None:
-        return f"the packed loop does not train {run.task.NAME} models yet"
-    return model_unavailable(run.model, run.loss_name)
+    return run.task.packed_unavailable(run.model, run.loss_name)
 
 
 def train_packed(run: Run) -> int:
-    """Train with engine.loop.PackedTrainer; returns the steps done."""
-    from engine.loop import CACHED_MINI_BATCH, PackedTrainer
-
+    """Train with the task's packed-loop trainer (engine.loop); returns the steps done."""
     config, events = run.config, run.events
-    columns = run.task.packed_columns(run.train_rows)
-    events.status("loading", f"tokenizing {sum(map(len, columns))} texts once, for the packed loop")
-    trainer = PackedTrainer(
-        run.model, columns, batch_size=config.batch_size, learning_rate=config.learning_rate, steps=config.max_steps,
-        epochs=config.epochs, warmup_ratio=config.warmup_ratio, seed=config.seed,
-        mini_batch=CACHED_MINI_BATCH if run.loss_name.startswith("Cached") else None,
+    events.status("loading", f"tokenizing the {len(run.train_rows)} training rows once, for the packed loop")
+    trainer = run.task.packed_trainer(
+        run.model, run.train_rows, run.loss_name, batch_size=config.batch_size, learning_rate=config.learning_rate,
+        steps=config.max_steps, epochs=config.epochs, warmup_ratio=config.warmup_ratio, seed=config.seed,
     )
     if run.resume:
         trainer.load_state(run.resume)

@@ -81,6 +81,12 @@ class Family:
     # The architecture name llama.cpp gives this family in GGUF files (`general.architecture`); None where
     # llama.cpp has no graph for it, so engine.export refuses GGUF and points to ONNX
     gguf_arch: str | None = None
+    # How its ForSequenceClassification head reads a sequence (engine.loop.heads, the packed loop of rerankers and
+    # classifiers): "pooler" (BERT: the pooler on the first token, dropout, classifier), "first_token" (a
+    # classification head that reads the first token itself: RoBERTa's, MPNet's), "pre_classifier" (DistilBERT),
+    # "prediction_head" (ModernBERT: cls or mean pooling as its config says, head, drop, classifier), "last_token"
+    # (decoders: the score layer on the last token); None where the packed loop scores no pairs
+    sequence_head: str | None = None
 
 
 def _models(name: str) -> str:
@@ -99,6 +105,7 @@ FAMILIES: tuple[Family, ...] = (
         fast_paths=("varlen",),
         mlps=(MlpSite(f"{_models('bert')}.BertIntermediate", "dense", "hidden_act", "intermediate_act_fn"),),
         forward_kwargs=_NO_CACHE,
+        sequence_head="pooler",
         gguf_arch="bert",
     ),
     Family(
@@ -110,6 +117,7 @@ FAMILIES: tuple[Family, ...] = (
         mlps=(MlpSite(f"{_models('xlm_roberta')}.XLMRobertaIntermediate", "dense", "hidden_act",
                       "intermediate_act_fn"),),
         forward_kwargs=_NO_CACHE,
+        sequence_head="first_token",
         gguf_arch="bert",  # llama.cpp runs XLM-RoBERTa as bert with a SentencePiece (t5) vocabulary
     ),
     Family(
@@ -119,6 +127,7 @@ FAMILIES: tuple[Family, ...] = (
         pooling="mean",
         fast_paths=("flex",),
         mlps=(MlpSite(f"{_models('mpnet')}.MPNetIntermediate", "dense", "hidden_act", "intermediate_act_fn"),),
+        sequence_head="first_token",
         relative_bias=RelativeBiasSite(model=f"{_models('mpnet')}.MPNetModel",
                                        self_attention=f"{_models('mpnet')}.MPNetSelfAttention",
                                        encoder=f"{_models('mpnet')}.MPNetEncoder"),
@@ -129,6 +138,7 @@ FAMILIES: tuple[Family, ...] = (
         lora_targets=("q_lin", "k_lin", "v_lin", "out_lin", "lin1", "lin2"),
         pooling="mean",
         fast_paths=("varlen",),
+        sequence_head="pre_classifier",
     ),
     Family(
         name="modernbert",
@@ -138,6 +148,7 @@ FAMILIES: tuple[Family, ...] = (
         fast_paths=("varlen",),
         rope=(RopeSite(f"{_models('modernbert')}.ModernBertAttention", upcasts=True),),
         mlps=(MlpSite(f"{_models('modernbert')}.ModernBertMLP", "fused_gate_up", "hidden_activation", "act"),),
+        sequence_head="prediction_head",
         gguf_arch="modern-bert",
     ),
     Family(
@@ -153,6 +164,7 @@ FAMILIES: tuple[Family, ...] = (
         rope=(RopeSite(f"{_models('qwen3')}.Qwen3Attention", upcasts=False),),
         mlps=(MlpSite(f"{_models('qwen3')}.Qwen3MLP", "gate_up_down", "hidden_act", "act_fn"),),
         forward_kwargs=_NO_CACHE,
+        sequence_head="last_token",
         gguf_arch="qwen3",
     ),
     Family(

@@ -220,7 +220,8 @@ def test_a_stopped_run_resumes_from_its_checkpoint_as_if_never_stopped(tiny, tmp
     texts = [f"a game with level {i} and dragons" for i in range(40)] + [f"a library for format {i}" for i in range(40)]
     config = {"task": "classifier", "model": str(tiny("bert")), "data": pd.DataFrame({"t": texts, "s": ["games"] * 40 +
               ["libs"] * 40}), "columns": {"text": "t", "label": "s"}, "max_steps": 4, "batch_size": 8,
-              "max_seq_length": 32, "learning_rate": 1e-3, "evaluate": False}
+              "max_seq_length": 32, "learning_rate": 1e-3, "evaluate": False,
+              "loop": "off"}  # the stock trainer's resume, random state included (the packed loop's: test_packed_tasks)
     train({**config, "output_dir": str(tmp_path / "whole")})
     stop = threading.Event()
 

@@ -172,8 +172,8 @@ def test_lacker_train_reranker_end_to_end_on_the_bundled_minilm(tmp_path, monkey
     events = [json.loads(line) for line in (output / "events.jsonl").read_text().splitlines()]
     mining = next(e for e in events if e["event"] == "mining")
     assert len(mining["example"]["negatives"]) == 2
-    notes = [e["message"] for e in events if e["event"] == "log" and "packed loop" in e["message"]]
-    assert len(notes) == 1, notes  # why the packed loop is not used, once
+    training = [e["message"] for e in events if e["event"] == "status" and e["status"] == "training"]
+    assert training == [f"full on sentence-transformers/all-MiniLM-L6-v2 (packed loop)"], training  # BCE: the fast path
     assert not (output / "adapter").exists()  # full fine-tuning saves the merged model only
     card = (output / "merged" / "README.md").read_text()
     assert f'CrossEncoder("{output / "merged"}")' in card and "| ndcg@10 |" in card  # loads the folder; the metrics

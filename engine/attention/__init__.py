@@ -106,9 +106,13 @@ def _fallback(reason: str) -> None:
 
 def enable(st_model, family, *, compile: bool = False, allow_cpu: bool = False, packing: bool = True,
            steps: int | None = None) -> str | None:
-    """Switch a loaded SentenceTransformer to the GPU fast path where it applies; say what was done.
+    """Switch a loaded SentenceTransformer, CrossEncoder or sequence classifier to the GPU fast path where it
+    applies; say what was done.
 
-    - packed (padding-free) batches through `lacker_varlen` attention, for families whose row lists
+    - a cross-encoder's or classifier's model (`scoring_model`) gets `lacker_varlen` attention, which the packed
+      loop (engine.loop.scoring) calls with each (query, document) pair or text as one packed sequence; padded
+      calls (the stock trainers', prediction) go to SDPA as before;
+    - a bi-encoder gets packed (padding-free) batches through `lacker_varlen` attention, for families whose row lists
       the "varlen" fast path, or through FlexAttention with relative position bias for a "flex" row,
       at its `relative_bias` site (`.relative`);
     - PEFT LoRA layers through the fused LoRA function (`engine.kernels.lora`);
@@ -128,9 +132,10 @@ def enable(st_model, family, *, compile: bool = False, allow_cpu: bool = False, 
     attributes (engine.kernels.patching), so the LoRA layers keep PEFT's classes and parameter names and
     state dicts do not change. `disable` goes back to padded batches and the model's own forwards.
     """
-    transformer = st_model[0]
-    hf_model = getattr(transformer, "model", None)
-    if hf_model is None or not hasattr(transformer, "_infer_flatten_position_offset"):
+    scorer = scoring_model(st_model)
+    transformer = None if scorer is not None else st_model[0]
+    hf_model = scorer if scorer is not None else getattr(transformer, "model", None)
+    if hf_model is None or scorer is None and not hasattr(transformer, "_infer_flatten_position_offset"):
         return _fallback(f"first module {type(transformer).__name__} is not a sentence-transformers Transformer")
     device = next(hf_model.parameters()).device
     unavailable = varlen_available(device)
@@ -140,6 +145,13 @@ def enable(st_model, family, *, compile: bool = False, allow_cpu: bool = False, 
     done = []
     if not packing or _short_run_stays_padded(family, device, steps):
         pass
+    elif scorer is not None:
+        if (reason := scoring_unavailable(family)) is not None:
+            _fallback(reason)
+        else:
+            register()
+            _set_attn_implementation(hf_model, ATTN_IMPLEMENTATION)
+            done.append("packed varlen attention for the packed loop's pairs")
     elif (reason := _packing_unavailable(transformer, family)) is not None:
         _fallback(reason)
     else:
@@ -159,6 +171,27 @@ def enable(st_model, family, *, compile: bool = False, allow_cpu: bool = False, 
     description = "; ".join(done)
     _log_once(f"{family.name if family else 'model'}: {description}")
     return description
+
+
+def scoring_model(model):
+    """The transformers sequence-classification model that a cross-encoder (its first module's) or a classifier
+    (the model itself) scores with; None for a bi-encoder."""
+    first = model[0] if isinstance(model, torch.nn.Sequential) and len(model) else model
+    hf_model = getattr(first, "model", None) if first is not model else model
+    if hf_model is not None and type(hf_model).__name__.endswith("ForSequenceClassification"):
+        return hf_model
+    return None
+
+
+def scoring_unavailable(family) -> str | None:
+    """Why the packed loop cannot score a family's sequences (engine.loop.heads), or None."""
+    if family is None:
+        return "architecture not in the family table, so no packed path"
+    if "varlen" not in family.fast_paths:
+        return f"{family.name} has no varlen packed path, so its pairs stay padded"
+    if family.sequence_head is None:
+        return f"{family.name} has no sequence head the packed loop reads"
+    return None
 
 
 def _short_run_stays_padded(family, device: torch.device, steps: int | None) -> bool:
@@ -223,4 +256,5 @@ def disable(st_model) -> None:
         _set_attn_implementation(transformer.model, "sdpa")
 
 
-__all__ = ["ATTN_IMPLEMENTATION", "enable", "disable", "register", "packed_attention_forward", "varlen_attention"]
+__all__ = ["ATTN_IMPLEMENTATION", "enable", "disable", "register", "packed_attention_forward", "scoring_model",
+           "varlen_attention"]

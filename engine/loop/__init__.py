@@ -37,6 +37,12 @@ gradients and the loss are summed over the ranks before clipping: N ranks at bat
 process at N x B (tests/test_distributed.py checks it step by step on gloo). A rank's CUDA graphs hold its
 collectives; where a capture fails, that rank says why and steps eagerly, in step with the others.
 
+Rerankers and classifiers train on the same machinery (`ScoringTrainer`, engine.loop.scoring): each row, a
+(query, document) pair or a text (pair), is one sequence of the packed stream with its token type ids, the
+model's own head reads each sequence's logits straight from the packed tokens, and the stock trainers' losses
+(BinaryCrossEntropyLoss with pos_weight, cross-entropy with class weights) close the step; tests/test_packed_tasks.py
+checks it step by step against CrossEncoder's and transformers' padded forwards.
+
 One concept a module:
     batches     TokenStore, no_duplicate_batches, BatchPacker: rows of texts -> `Batch` host tensors
     pooling     the Pooling module's mean / cls / lasttoken over packed or padded token embeddings
@@ -44,6 +50,9 @@ One concept a module:
     surgery     prepare_model: the one step that patches the model for graphs and kernels
     trainer     PackedTrainer: the step, CUDA-graph capture and replay, fit; loop_unavailable
     checkpoint  save_state / load_state, is_loop_checkpoint
+    pairs       PairTokens, PairPacker: rows scored as one sequence each -> `Batch`es with token types and labels
+    heads       sequence_logits: a sequence-classification head read from the packed tokens
+    scoring     ScoringTrainer: PackedTrainer for rows that are scored; its loop_unavailable
 """
 
 from .batches import BUCKET, Batch, TokenStore, no_duplicate_batches

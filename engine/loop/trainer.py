@@ -76,6 +76,7 @@ class PackedTrainer:
                  cuda_graphs: bool = True, bucketed: bool | None = None, kernels: bool = True,
                  mini_batch: int | None = None, world: distributed.World | None = None):
         self.model = st_model
+        self.batch_size = batch_size
         # On several ranks (engine.distributed) `batch_size` is each rank's: the plan holds global batches of
         # batch_size x ranks rows, the same as one process's at that batch, and each rank packs its share.
         self.world = world or distributed.current()
@@ -103,8 +104,15 @@ class PackedTrainer:
                                   world=self.world)
         self.max_length = self.packer.max_length
 
+        self._set_up(steps=steps, epochs=epochs, warmup_ratio=warmup_ratio, learning_rate=learning_rate, seed=seed,
+                     cuda_graphs=cuda_graphs, kernels=kernels, cached=bool(mini_batch))
+
+    def _set_up(self, *, steps: int | None, epochs: float, warmup_ratio: float, learning_rate: float, seed: int,
+                cuda_graphs: bool, kernels: bool, cached: bool) -> None:
+        """What every packed loop shares, once its batches are set up (`self.packer`, `_epoch`): the plan of
+        batches, the model surgery, the optimizer and the step's buffers."""
         rng = np.random.default_rng(seed)
-        self.global_batch = batch_size * self.world.size
+        self.global_batch = self.batch_size * self.world.size
         per_epoch = self._epoch(rng)
         self.batches_per_epoch = len(per_epoch)
         self.total_steps = steps or max(1, math.ceil(epochs * self.batches_per_epoch))
@@ -117,11 +125,11 @@ class PackedTrainer:
 
         # The model surgery of the loop, all in one step (engine.loop.surgery).
         prepared = prepare_model(self.hf, cuda=self.cuda, graphs=self.cuda and cuda_graphs, kernels=kernels,
-                                 cached=bool(mini_batch))
+                                 cached=cached)
         self.graphs_on, self.graph_note, self.kernel_note = prepared.graphs, prepared.graph_note, prepared.kernel_note
         self.model_kwargs = prepared.forward_kwargs
 
-        self.params = [p for p in st_model.parameters() if p.requires_grad]
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
         if self.world.distributed:  # the same seed gives every rank the same weights; this makes sure of it
             distributed.broadcast_from_main(self.params)
         if self.cuda:

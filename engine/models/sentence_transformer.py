@@ -35,8 +35,11 @@ from engine.resolve import resolve_model
 logger = logging.getLogger(__name__)
 
 
-def family_of(model: SentenceTransformer) -> Family | None:
-    return family_for(model[0].auto_model.config.model_type)
+def family_of(model) -> Family | None:
+    """The family row of a sentence-transformers model (a bi- or cross-encoder) or of a transformers model (a
+    classifier), or None."""
+    hf_model = model[0].auto_model if isinstance(model, torch.nn.Sequential) else model
+    return family_for(hf_model.config.model_type)
 
 
 @dataclass

@@ -16,7 +16,13 @@ evaluator and side-by-side comparison, behind the same few names (see `embedding
     add_adapter(model, config)            LoRA on the family's targets (the task's head trained in full)
     fast_path_unavailable(model)          -> None where engine.attention's fast path applies, else why not
     build_loss(name, model, train_rows)   -> the library's loss object
-    packed_columns(train_rows)            -> the text columns the packed loop embeds, or None (no packed loop)
+    packed_unavailable(model, loss_name)  -> None where the packed loop (engine.loop) trains the model with this
+                                          loss, else why not (a short phrase: the stock trainer runs instead)
+    packed_trainer(model, train_rows, loss_name, **settings)
+                                          -> the packed loop's trainer for the run: a PackedTrainer that embeds
+                                          each text column (embedding), or a ScoringTrainer that scores each row
+                                          as one sequence (reranker, classifier); settings are batch_size,
+                                          learning_rate, steps, epochs, warmup_ratio, seed
     held_out_evaluation(held_out, shape, config, extra_corpus)
                                           -> falsy when there is nothing to measure, else an object with
                                           describe(), measure_base(model) (before any training),

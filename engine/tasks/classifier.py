@@ -1,7 +1,8 @@
 """The classifier task: a transformers `AutoModelForSequenceClassification` that puts one text, or a text pair, in one
 of N classes (engine.models.FastClassifier).
 
-Column roles and the loss (trained with transformers' `Trainer`):
+Column roles and the loss (trained with transformers' `Trainer`, or on a fast path the packed loop,
+engine.loop.scoring, with the same loss):
 
     | data shape  | roles                    | labels                                  | losses            |
     |-------------|--------------------------|-----------------------------------------|-------------------|
@@ -250,7 +251,11 @@ def add_adapter(model, config) -> None:
 
 
 def fast_path_unavailable(model) -> str | None:
-    return "the packed fast path does not take classifiers yet; training the stock padded model"
+    """None where the family packs a text (or text pair) as one sequence and reads its head from it."""
+    from engine.attention import scoring_unavailable
+    from engine.models import family_of
+
+    return scoring_unavailable(family_of(model))
 
 
 @dataclass
@@ -290,9 +295,24 @@ def class_weights(model, train_rows) -> list[float]:
     return [float(weights.get(model.config.id2label[i], 1.0)) for i in range(model.config.num_labels)]
 
 
-def packed_columns(train_rows):
-    """None: the packed loop does not train classifiers yet."""
-    return None
+def packed_unavailable(model, loss_name: str) -> str | None:
+    from engine.loop.scoring import loop_unavailable
+
+    return loop_unavailable(model, loss_name)
+
+
+def packed_trainer(model, train_rows, loss_name: str, **settings):
+    """The packed loop over the rows whose label the head knows (as `tokenized`), each text (with its text pair)
+    one sequence tokenized as `tokenized` does, cross-entropy weighted as `build_loss` weighs it."""
+    from engine.loop.scoring import ScoringTrainer
+
+    label2id = model.config.label2id
+    rows = train_rows[train_rows["label"].isin(list(label2id))]
+    weights = class_weights(model, train_rows) if train_rows.attrs.get("class_weights") else None
+    return ScoringTrainer(
+        model, lambda texts, pairs: model.tokenizer(texts, pairs, padding=True, truncation=True, return_tensors="pt"),
+        rows["text"].tolist(), rows["text_pair"].tolist() if "text_pair" in rows else None,
+        [label2id[label] for label in rows["label"]], loss=loss_name, class_weights=weights, **settings)
 
 
 @dataclass

@@ -117,9 +117,21 @@ def uses_in_batch_negatives(loss_name: str) -> bool:
     return "MultipleNegatives" in loss_name
 
 
-def packed_columns(train_rows) -> list[list[str]]:
-    """The texts the packed loop embeds, a list per column: anchors, positives, then each negative column."""
-    return [train_rows[c].tolist() for c in train_rows.columns if c in ("anchor", "positive") or c.startswith("negative")]
+def packed_unavailable(model, loss_name: str) -> str | None:
+    from engine.loop import loop_unavailable
+
+    return loop_unavailable(model, loss_name)
+
+
+def packed_trainer(model, train_rows, loss_name: str, **settings):
+    """The packed loop over the texts it embeds, a list per column: anchors, positives, then each negative column;
+    the cached loss embeds them CACHED_MINI_BATCH at a time."""
+    from engine.loop import CACHED_MINI_BATCH, PackedTrainer
+
+    columns = [train_rows[c].tolist() for c in train_rows.columns
+               if c in ("anchor", "positive") or c.startswith("negative")]
+    return PackedTrainer(model, columns, mini_batch=CACHED_MINI_BATCH if loss_name.startswith("Cached") else None,
+                         **settings)
 
 
 @dataclass

@@ -16,6 +16,9 @@ positives. The rows then take the shape the loss reads: (query, document, label)
 whose pos_weight is the negatives per positive; (query, positive, negatives...) for MultipleNegativesRankingLoss;
 (query, [documents], [labels]) lists for LambdaLoss and ListNetLoss.
 
+On the fast path BinaryCrossEntropyLoss trains in the packed loop (engine.loop.scoring: each pair one packed
+sequence, the head read from its tokens); the other losses keep CrossEncoderTrainer.
+
 Evaluation reranks a first-stage retrieval: each held-out query's candidates are the retriever's (the same bi-encoder)
 top 20 among the held-out documents, and CrossEncoderRerankingEvaluator gives MRR@10 and NDCG@10 of the reranked
 order and of the retriever's (`retriever_*`). The base is the untrained cross-encoder where the checkpoint has a
@@ -125,12 +128,27 @@ def add_adapter(model, config) -> None:
 
 
 def fast_path_unavailable(model) -> str | None:
-    return "the packed attention and fused kernels cover bi-encoders only so far; cross-encoders train padded"
+    """None where the family packs a (query, document) pair as one sequence and reads its head from it."""
+    from engine.attention import scoring_unavailable
+    from engine.models import family_of
+
+    return scoring_unavailable(family_of(model))
 
 
-def packed_columns(train_rows) -> None:
-    """No packed loop for cross-encoders yet (it embeds single texts; a reranker scores pairs)."""
-    return None
+def packed_unavailable(model, loss_name: str) -> str | None:
+    from engine.loop.scoring import loop_unavailable
+
+    return loop_unavailable(model, loss_name)
+
+
+def packed_trainer(model, train_rows, loss_name: str, **settings):
+    """The packed loop over the (query, document, label) pairs, each pair one sequence tokenized as the stock
+    loss tokenizes it (CrossEncoder.preprocess), BinaryCrossEntropyLoss with `build_loss`'s pos_weight."""
+    from engine.loop.scoring import ScoringTrainer
+
+    return ScoringTrainer(model, lambda queries, documents: model.preprocess(list(zip(queries, documents))),
+                          train_rows["anchor"].tolist(), train_rows["document"].tolist(), train_rows["label"].tolist(),
+                          loss=loss_name, pos_weight=positive_weight(train_rows["label"]), **settings)
 
 
 @functools.lru_cache(maxsize=1)
