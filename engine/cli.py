@@ -72,11 +72,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _train(args, argv: list[str]) -> int:
+def _train(args, argv: list[str], whole_process: bool = False) -> int:
     from engine import atomic, distributed
-    from engine.worker import run, run_on_ranks
+    from engine.worker import go_without_bitsandbytes, run, run_on_ranks
 
     config = config_from_args(args)
+    if whole_process:
+        go_without_bitsandbytes(config.get("method"))
     world = distributed.current()
     if config.get("gpus", 1) > 1 and not world.distributed:  # this same command on each rank; rank 0 prints
         return run_on_ranks(config["gpus"], ["engine", *argv], Path(config["output_dir"]) / "events.jsonl")
@@ -145,6 +147,9 @@ def _export(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The command line (`argv`, default sys.argv); without `argv` it is this process's one command (`lacker`,
+    `python -m engine`), so a train command may leave out what its run does not use."""
+    whole_process = argv is None
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
     if args.command == "studio":
@@ -161,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if args.command == "train":
-            return _train(args, argv)
+            return _train(args, argv, whole_process)
         return {"eval": _evaluate, "export": _export}[args.command](args)
     except KeyboardInterrupt:
         print("error: interrupted\n  fix: run the same command again (with --resume to go on from a checkpoint)",

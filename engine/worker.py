@@ -97,6 +97,15 @@ def stop_on_signals(stop: threading.Event, events, signals=(signal.SIGTERM,)):
             signal.signal(signum, handler)
 
 
+def go_without_bitsandbytes(method: str | None) -> None:
+    """For a process that runs one job, not a QLoRA one: bitsandbytes is absent (None in sys.modules, which `import`
+    and importlib.util.find_spec take for not installed). peft imports it whenever it is installed, on import and
+    again when it adds LoRA layers (seconds on a small CPU), though only a 4-bit base uses it. Not for a process
+    that may run other jobs after this one (a notebook, the tests): they would find it missing."""
+    if (method or "lora") != "qlora":
+        sys.modules.setdefault("bitsandbytes", None)
+
+
 def run(run_dir: Path, stop: threading.Event | None = None, echo: bool = False,
         stop_signals=(signal.SIGTERM,), values: dict | None = None) -> int:
     """Run the job of one run directory; 0 when it completed or stopped, 1 when it failed, EXIT_DISK_FULL
@@ -175,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     run_dir = Path(argv[0])
+    go_without_bitsandbytes(_config_value(run_dir, "method"))
     gpus = _gpus(run_dir)
     if gpus > 1 and not distributed.current().distributed:
         try:
@@ -203,10 +213,17 @@ def run_on_ranks(gpus: int, module_args: list[str], log: Path) -> int:
     return code
 
 
+def _config_value(run_dir: Path, key: str):
+    try:
+        return json.loads((run_dir / "config.json").read_text()).get(key)
+    except (OSError, ValueError, AttributeError):  # run() words what is wrong with the config
+        return None
+
+
 def _gpus(run_dir: Path) -> int:
     try:
-        return int(json.loads((run_dir / "config.json").read_text()).get("gpus") or 1)
-    except (OSError, ValueError, TypeError, AttributeError):  # run() words what is wrong with the config
+        return int(_config_value(run_dir, "gpus") or 1)
+    except (ValueError, TypeError):
         return 1
 
 

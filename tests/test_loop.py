@@ -16,7 +16,8 @@ import torch
 from bench import models
 from engine.attention import enable
 from engine.families import family_by_name
-from engine.loop import BUCKET, PackedTrainer, linear_schedule, loop_unavailable, no_duplicate_batches
+from engine.loop import BUCKET, PackedTrainer, TokenStore, linear_schedule, loop_unavailable, no_duplicate_batches
+from engine.loop.batches import plan_order
 from engine.loop.surgery import checkpointing_blocks_graphs, draws_random
 
 ANCHORS = [f"what does package {i} do for topic {i % 5}" for i in range(24)] + ["shared query"] * 2
@@ -186,6 +187,47 @@ def test_packing_lays_out_sequences_and_fillers(bert):
     assert (filler_lengths >= 1).all() and (filler_lengths <= trainer.max_length).all()
     assert (padded["seq_idx"][plain["input_ids"].shape[0]:] == n).all()  # fillers pool into a row nobody reads
     assert padded["position_ids"].max().item() < 2 + trainer.max_length
+
+
+def test_tokenizing_ahead_in_the_background_gives_the_batches_and_losses_of_tokenizing_first(bert, monkeypatch):
+    """The loop's texts are tokenized by a background thread in the plan's order, a few at a time here so that the
+    steps race it, and only those the plan uses: the batches and the losses must be those of every text tokenized
+    before the first step."""
+    columns = [ANCHORS, POSITIVES, NEGATIVES]
+    monkeypatch.setattr(TokenStore, "FIRST_CHUNK", 2)
+    ahead_model, _ = lora_model("tiny-bert", bert, packed=True)
+    ahead = PackedTrainer(ahead_model, columns, batch_size=4, learning_rate=5e-3, steps=5)
+    ahead.store.chunk = 3
+    ahead_records = []
+    ahead.fit(on_steps=ahead_records.extend)
+    assert ahead.store.ready.sum() == len(plan_order(ahead.row_texts, ahead.plan)) < len(ahead.store.texts)
+
+    first_model, _ = lora_model("tiny-bert", bert, packed=True)
+    first = PackedTrainer(first_model, columns, batch_size=4, learning_rate=5e-3, steps=5)
+    first.store.ensure(np.arange(len(first.store.texts)))  # every text up front, in one go
+    first_records = []
+    first.fit(on_steps=first_records.extend)
+
+    assert [r[1:3] for r in ahead_records] == [r[1:3] for r in first_records]  # losses and gradient norms, exactly
+    for rows in first.plan:
+        for name, tensor in first.pack(rows).tensors.items():
+            assert torch.equal(ahead.pack(rows).tensors[name], tensor), name
+    texts = list(first.store.index)
+    tokenized = first_model.tokenizer(texts, truncation=True, max_length=256)["input_ids"]
+    store = first.store
+    assert [store.tokens[store.starts[i] : store.starts[i] + store.lengths[i]].tolist() for i in range(len(texts))] == tokenized
+
+
+def test_a_failure_to_tokenize_stops_the_loop_with_its_error(bert, monkeypatch):
+    model, _ = lora_model("tiny-bert", bert, packed=True)
+    trainer = PackedTrainer(model, [ANCHORS, POSITIVES], batch_size=4, learning_rate=5e-3, steps=3)
+
+    def broken(texts):
+        raise RuntimeError("tokenizer exploded")
+
+    monkeypatch.setattr(trainer.transformer, "preprocess", broken)
+    with pytest.raises(RuntimeError, match="tokenizer exploded"):
+        trainer.fit()
 
 
 def test_checkpoint_resume_gives_the_uninterrupted_result(bert, tmp_path):

@@ -7,7 +7,7 @@ of some 2,000 kernels a step from Python. `PackedTrainer` does the same training
 with MultipleNegativesRankingLoss (AdamW, linear warm-up then decay, gradient clipping at 1.0,
 batches without duplicate texts) with far less host work:
 
-- every text is tokenized once, up front;
+- every text is tokenized once, ahead of the steps (a background thread, in the order the batches use them);
 - a batch's anchors, positives and negatives go into one packed token stream, embedded in one
   forward (`engine.attention`'s varlen attention keeps the sequences apart), pooled per sequence;
 - on CUDA the stream is padded up to a multiple of `BUCKET` tokens with filler sequences nothing

@@ -9,6 +9,7 @@ nothing reads, so steps repeat a few shapes that CUDA graphs can replay.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import queue
 import threading
@@ -41,30 +42,109 @@ class Batch:
 
 
 class TokenStore:
-    """Every distinct text of the run tokenized once, through the model's own preprocessing."""
+    """Every distinct text of the run, tokenized once through the model's own preprocessing, when first needed.
+
+    The texts are numbered at once (`index`, `ids`); their tokens come later, so that training starts after the
+    first batches' texts rather than after every text. `tokenize_ahead(order)` tokenizes them in a background
+    thread in `order` (the plan's, `plan_order`), a chunk at a time (the fast tokenizer spreads a chunk over the
+    cores), and `ensure(ids)` makes sure the texts a batch needs are there: done ahead, or tokenized then. A text's
+    tokens do not depend on the others of its chunk, so the batches are the same whatever the order and timing.
+    One tokenizing at a time (`_lock`): a fast tokenizer must not be used by two threads at once.
+    """
+
+    FIRST_CHUNK = 256  # texts in the producer's first chunk; each next one doubles, up to `chunk`
 
     def __init__(self, transformer, texts: list[str], chunk: int = 4096):
+        self.transformer, self.chunk = transformer, chunk
         self.index: dict[str, int] = {}
         for text in texts:
             self.index.setdefault(text, len(self.index))
-        unique = list(self.index)
-        ids, lengths = [], []
-        for start in range(0, len(unique), chunk):
-            out = transformer.preprocess(unique[start : start + chunk])
-            if "cu_seq_lens_q" in out:  # flattened: one stream
-                cu = out["cu_seq_lens_q"].tolist()
-                ids.append(out["input_ids"].reshape(-1).numpy().astype(np.int64))
-                lengths += [b - a for a, b in zip(cu[:-1], cu[1:])]
-            else:  # padded rows: keep the real tokens, whichever side the padding is on
-                mask = out["attention_mask"].bool()
-                ids.append(out["input_ids"][mask].numpy().astype(np.int64))
-                lengths += mask.sum(1).tolist()
-        self.tokens = np.concatenate(ids) if ids else np.zeros(0, np.int64)
-        self.lengths = np.asarray(lengths, dtype=np.int64)
-        self.starts = np.concatenate([[0], np.cumsum(self.lengths)[:-1]]).astype(np.int64)
+        self.texts = list(self.index)
+        # Text i's tokens are tokens[starts[i] : starts[i] + lengths[i]] once ready[i]; `tokens` grows by copies
+        # (a reader holding the older array still finds every text that was ready when it looked).
+        self.lengths = np.zeros(len(self.texts), dtype=np.int64)
+        self.starts = np.zeros(len(self.texts), dtype=np.int64)
+        self.ready = np.zeros(len(self.texts), dtype=bool)
+        self.tokens = np.zeros(0, dtype=np.int64)
+        self._end = 0
+        self._lock = threading.Lock()
+        self._producer: threading.Thread | None = None
+        self.error: BaseException | None = None  # what stopped the producer, raised again by `ensure`
 
     def ids(self, texts) -> np.ndarray:
         return np.fromiter((self.index[t] for t in texts), dtype=np.int64)
+
+    def ensure(self, ids) -> None:
+        """Tokenize whichever of the texts `ids` are not yet (after the producer's chunk in hand, if any)."""
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        if self.ready[ids].all():
+            return
+        with self._lock:
+            if self.error is not None:
+                raise self.error
+            self._tokenize(np.unique(ids[~self.ready[ids]]))
+
+    def tokenize_ahead(self, order: np.ndarray, stop: threading.Event) -> None:
+        """Tokenize the texts `order` (store ids) in a background thread, a chunk at a time, until done or `stop`."""
+        def work():
+            start, size = 0, self.FIRST_CHUNK
+            while start < len(order) and not stop.is_set():
+                part = order[start : start + size]
+                with self._lock:
+                    try:
+                        self._tokenize(part[~self.ready[part]])
+                    except BaseException as error:  # `ensure` raises it where a batch needed the texts
+                        self.error = error
+                        return
+                start, size = start + size, min(2 * size, self.chunk)
+
+        self.finish()
+        self._producer = threading.Thread(target=work, daemon=True, name="lacker-tokenize")
+        self._producer.start()
+
+    def finish(self) -> None:
+        """Wait for the producer (its last chunk, once stopped): then the tokenizer is free for other callers."""
+        if self._producer is not None:
+            self._producer.join()
+            self._producer = None
+
+    @contextlib.contextmanager
+    def tokenizer_free(self):
+        """While the block runs nothing here tokenizes (the producer waits before its next chunk, `ensure` waits):
+        the block may use the tokenizer."""
+        with self._lock:
+            yield
+
+    def _tokenize(self, ids: np.ndarray) -> None:
+        for start in range(0, len(ids), self.chunk):
+            part = ids[start : start + self.chunk]
+            out = self.transformer.preprocess([self.texts[i] for i in part])
+            if "cu_seq_lens_q" in out:  # flattened: one stream
+                flat = out["input_ids"].reshape(-1).numpy().astype(np.int64)
+                lengths = np.diff(out["cu_seq_lens_q"].numpy()).astype(np.int64)
+            else:  # padded rows: keep the real tokens, whichever side the padding is on
+                mask = out["attention_mask"].bool()
+                flat = out["input_ids"][mask].numpy().astype(np.int64)
+                lengths = mask.sum(1).numpy().astype(np.int64)
+            end = self._end + len(flat)
+            if end > len(self.tokens):
+                grown = np.zeros(max(end, 2 * len(self.tokens)), dtype=np.int64)
+                grown[: self._end] = self.tokens[: self._end]
+                self.tokens = grown
+            self.tokens[self._end : end] = flat
+            self.starts[part] = self._end + np.concatenate([[0], np.cumsum(lengths)[:-1]])
+            self.lengths[part] = lengths
+            self._end = end
+            self.ready[part] = True  # last: whoever sees a text ready finds its tokens in place
+
+
+def plan_order(row_texts: np.ndarray, plan: list[np.ndarray]) -> np.ndarray:
+    """The store ids of the texts of `plan`'s batches, each once, in the order the batches first use them."""
+    if not plan:
+        return np.zeros(0, dtype=np.int64)
+    used = row_texts[np.concatenate(plan)].reshape(-1)
+    _, first = np.unique(used, return_index=True)
+    return used[np.sort(first)]
 
 
 def no_duplicate_batches(row_texts: np.ndarray, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
@@ -97,9 +177,14 @@ class BatchPacker:
         self.mini_batch, self.pin = mini_batch, pin
         self.max_seq_length = transformer.max_seq_length
         self.pad_id = transformer.tokenizer.pad_token_id or 0
-        self.max_length = int(store.lengths.max()) if len(store.lengths) else 1
-        # Enough fillers that none is longer than the longest text (positions stay inside the table).
+        # No text is longer than the model's limit (texts are cut there), so fillers no longer than that keep their
+        # positions inside the table. The limit, not the longest text: that would wait for every text's tokens.
+        self.max_length = self.max_seq_length or self._longest()
         self.filler_count = math.ceil((BUCKET - 1) / max(1, self.max_length - 1)) if bucketed else 0
+
+    def _longest(self) -> int:
+        self.store.ensure(np.arange(len(self.store.texts)))
+        return int(self.store.lengths.max()) if len(self.store.lengths) else 1
 
     def pack(self, rows: np.ndarray) -> Batch:
         """This rank's share of the global batch `rows` (all of it on one rank; `Batch.sizes` says every rank's
@@ -117,6 +202,7 @@ class BatchPacker:
         longest text. Models without packed attention get `pad` instead. With a cached loss, the same
         sequences in order as mini-batches of `mini_batch` (`Batch.chunks`), packed or padded, no fillers."""
         seqs = self.row_texts[rows].T.reshape(-1)  # column-major: all anchors first
+        self.store.ensure(seqs)
         if self.mini_batch:
             parts = [seqs[i : i + self.mini_batch] for i in range(0, len(seqs), self.mini_batch)]
             chunks = [self._stream(part, len(part), 0) if self.packed else self._block(part) for part in parts]
@@ -180,14 +266,19 @@ class BatchPacker:
         return tensor.pin_memory() if self.pin else tensor
 
     def prefetch(self, plan: list[np.ndarray], stop: threading.Event) -> queue.Queue:
-        """Packs the batches of `plan` in a thread, a few ahead; None after the last."""
+        """Packs the batches of `plan` in a thread, a few ahead; None after the last, or the exception that stopped
+        the packing (for the loop to raise)."""
         batches: queue.Queue = queue.Queue(maxsize=6)
 
         def work():
-            for rows in plan:
-                if stop.is_set():
-                    break
-                batches.put(self.pack(rows))
+            try:
+                for rows in plan:
+                    if stop.is_set():
+                        break
+                    batches.put(self.pack(rows))
+            except Exception as error:
+                batches.put(error)
+                return
             batches.put(None)
 
         threading.Thread(target=work, daemon=True, name="lacker-pack").start()

@@ -22,7 +22,7 @@ import torch
 from engine import distributed
 
 from . import checkpoint
-from .batches import Batch, BatchPacker, TokenStore, no_duplicate_batches
+from .batches import Batch, BatchPacker, TokenStore, no_duplicate_batches, plan_order
 from .loss import LOSSES, in_batch_loss
 from .pooling import POOLING_MODES, pool_packed, pool_padded
 from .surgery import prepare_model
@@ -95,7 +95,8 @@ class PackedTrainer:
         # uses (engine.attention.enable), so the loop's batches and plain encoding agree.
         if position_offset is None:
             position_offset = getattr(self.transformer, "_flatten_position_offset", 0)
-        store = TokenStore(self.transformer, [t for column in columns for t in column])
+        # Texts are numbered here and tokenized by `fit`, ahead of the steps (TokenStore).
+        self.store = store = TokenStore(self.transformer, [t for column in columns for t in column])
         self.row_texts = np.stack([store.ids(column) for column in columns], axis=1)  # (rows, columns)
         self.packed = bool(getattr(self.transformer, "can_flatten_inputs", False))
         self.packer = BatchPacker(self.transformer, store, self.row_texts, batch_size=batch_size, packed=self.packed,
@@ -311,15 +312,19 @@ class PackedTrainer:
         stopping = distributed.StopAgreement(self.world)  # every rank stops after the same step
         self.model.train()
         done_reading, last_read = self.step, time.monotonic()
-        quit_packing = threading.Event()
+        quit_packing, packing_done = threading.Event(), False
+        self.store.tokenize_ahead(plan_order(self.row_texts, self.plan[self.step :]), quit_packing)
         batches = self.packer.prefetch(self.plan[self.step :], quit_packing)
         stream = torch.cuda.Stream(self.device) if self.cuda else None
         try:
             with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
                 while self.step < self.total_steps and not stopping.should_stop(stop):
                     packed = batches.get()
+                    packing_done = packed is None or isinstance(packed, Exception)
                     if packed is None:
                         break
+                    if isinstance(packed, Exception):
+                        raise packed
                     self.run_step(packed)
                     if after_step is not None:
                         after_step(self.step)
@@ -328,13 +333,16 @@ class PackedTrainer:
                     if due or self.step == self.total_steps or ends_interval:
                         done_reading, last_read = self._read_back(done_reading, on_steps), time.monotonic()
                     if ends_interval and on_every is not None:
-                        on_every(self.step)
+                        with self.store.tokenizer_free():  # an evaluation tokenizes with the same tokenizer
+                            on_every(self.step)
                 done_reading = self._read_back(done_reading, on_steps)
             stopping.settle()
         finally:
             quit_packing.set()
-            while not batches.empty():
-                batches.get_nowait()
+            while not packing_done:  # the packing thread's end, so that nothing tokenizes after the loop
+                item = batches.get()
+                packing_done = item is None or isinstance(item, Exception)
+            self.store.finish()
             if stream is not None:
                 torch.cuda.current_stream(self.device).wait_stream(stream)
         return self.step
