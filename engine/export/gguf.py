@@ -35,14 +35,14 @@ def llama_cpp_arch(model) -> str:
     model_type = model[0].auto_model.config.model_type
     if family is None:
         raise ExportError(f"GGUF export does not know the {model_type!r} architecture",
-                          "export to ONNX instead (format onnx), which runs any architecture")
+                          "export to ONNX instead, which runs any architecture")
     if family.gguf_arch is None:
         raise ExportError(f"llama.cpp does not run {family.name} models, so there is no GGUF for this one",
-                          "export to ONNX instead (format onnx): it runs in onnxruntime and in "
+                          "export to ONNX instead: it runs in onnxruntime and in "
                           "SentenceTransformer(path, backend='onnx')")
     if family.gguf_arch not in WRITERS:
         raise ExportError(f"GGUF export of {family.name} models is not written yet",
-                          "export to ONNX instead (format onnx)")
+                          "export to ONNX instead")
     return family.gguf_arch
 
 
@@ -92,10 +92,10 @@ def _pooling_mode(model) -> str:
     mode = pooling.get_config_dict().get("pooling_mode") if pooling is not None else None
     if mode not in POOLING_TYPES:
         raise ExportError(f"llama.cpp pools embeddings by mean, CLS or last token, not {mode!r}",
-                          "export to ONNX instead (format onnx)")
+                          "export to ONNX instead")
     if not pooling.get_config_dict().get("include_prompt", True):
         raise ExportError("the model leaves its prompt out of the pooling, which llama.cpp cannot do",
-                          "export to ONNX instead (format onnx)")
+                          "export to ONNX instead")
     return mode
 
 
@@ -104,7 +104,7 @@ def _refuse_extra_modules(model, allowed=("Transformer", "Pooling", "Normalize")
     if extra:
         raise ExportError(f"the model has {', '.join(extra)} layers after pooling, which llama.cpp's "
                           f"{model[0].auto_model.config.model_type} graph has no place for",
-                          "export to ONNX instead (format onnx), which keeps every layer")
+                          "export to ONNX instead, which keeps every layer")
 
 
 def _tensor_type(name: str, array: np.ndarray, quantize: str):
@@ -143,7 +143,7 @@ def _add_mapped_tensors(writer, arch: str, state: dict, n_blocks: int, quantize:
         name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
         if name is None:
             raise ExportError(f"GGUF has no place for the weight {hf_name!r} of this {arch} model",
-                              "export to ONNX instead (format onnx), which keeps every weight")
+                              "export to ONNX instead, which keeps every weight")
         _add_tensor(writer, name, tensor, quantize)
 
 
@@ -183,10 +183,10 @@ def _bert(writer, model, model_dir: Path, quantize: str) -> int:
     tokenizer = model.tokenizer
     if type(tokenizer).__name__ not in ("BertTokenizer", "BertTokenizerFast"):
         raise ExportError(f"GGUF export of {type(tokenizer).__name__} vocabularies (SentencePiece, as "
-                          "XLM-RoBERTa uses) is not written yet", "export to ONNX instead (format onnx)")
+                          "XLM-RoBERTa uses) is not written yet", "export to ONNX instead")
     if config.hidden_act != "gelu":
         raise ExportError(f"llama.cpp's bert graph uses GELU, and this model uses {config.hidden_act!r}",
-                          "export to ONNX instead (format onnx)")
+                          "export to ONNX instead")
     # Positions past max_seq_length are never used by sentence-transformers; llama.cpp sizes its context
     # from the position table, so both stop at the same length.
     context = min(model.max_seq_length or config.max_position_embeddings, config.max_position_embeddings)
