@@ -136,3 +136,77 @@ def test_unknown_quantization_is_refused_with_the_choices(tiny):
     with pytest.raises(ExportError, match="no quantization 'q4_0'") as caught:
         export(tiny("bert"), "gguf", "q4_0")
     assert "f16, q8_0" in caught.value.fix
+
+
+@pytest.fixture(scope="module")
+def scorers(tiny, tmp_path_factory):
+    """A tiny reranker (sentence-transformers CrossEncoder) and a tiny three-class classifier (transformers), saved."""
+    from engine.models import FastClassifier, FastCrossEncoder
+
+    folder = tmp_path_factory.mktemp("scorers")
+    FastCrossEncoder.from_pretrained(str(tiny("bert")), device="cpu").save_pretrained(str(folder / "reranker"))
+    FastClassifier.from_pretrained(str(tiny("bert")), labels=["admin", "games", "web"],
+                                   device="cpu").save_pretrained_merged(str(folder / "classifier"))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def scorer_onnx(scorers, tmp_path_factory):
+    """Each scorer's fp32 ONNX export, made once."""
+    made = {}
+
+    def exported(kind):
+        if kind not in made:
+            made[kind] = export(scorers / kind, "onnx", "fp32", tmp_path_factory.mktemp(kind) / "onnx")
+        return made[kind]
+
+    return exported
+
+
+def _run_onnxruntime_lines(result, tmp_path) -> str:
+    """The Export tab's onnxruntime lines for `result`, run where the user has the folder under its shown name."""
+    import shutil
+    import subprocess
+    import sys
+
+    from engine.export.serving import serving_snippets
+
+    shutil.copytree(result.path, tmp_path / "served" / "my-model")
+    lines = serving_snippets(result.report["task"], result.path, "my-model", "merged")["python"]
+    code = "# plain onnxruntime" + lines.split("# plain onnxruntime")[1]
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path / "served", capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+@pytest.mark.parametrize("kind", ["reranker", "classifier"])
+def test_a_reranker_or_classifier_exports_to_onnx_with_its_head_and_its_scores_match(scorer_onnx, tmp_path, kind):
+    result = scorer_onnx(kind)
+
+    report = _saved_report(result)
+    assert report["task"] == kind and report["passed"], report["problems"]
+    assert report["score_correlation"] >= 0.999 and report["score_max_diff"] < 1e-3 and report["agreement"] == 1.0
+    assert report["texts"] == 200
+    printed = _run_onnxruntime_lines(result, tmp_path)
+    if kind == "classifier":
+        assert printed.strip().strip("[]'") in ("admin", "games", "web")
+    else:
+        assert 0 < float(printed.strip().strip("[]")) < 1  # a sigmoid score
+
+
+def test_a_damaged_reranker_file_fails_its_check(scorers, scorer_onnx, tmp_path):
+    import shutil
+
+    copy = shutil.copytree(scorer_onnx("reranker").path, tmp_path / "copy")
+    file = copy / "onnx" / "model.onnx"
+    file.write_bytes(file.read_bytes()[:1000])
+
+    broken = verify(scorers / "reranker", copy, "onnx", "fp32")
+
+    assert not broken.passed and "damaged or incomplete" in broken.report["problems"][0]
+
+
+def test_gguf_of_a_reranker_is_refused_with_onnx_named(scorers, tmp_path):
+    with pytest.raises(ExportError, match="GGUF export of reranker models") as caught:
+        export(scorers / "reranker", "gguf", "f16", tmp_path)
+    assert "ONNX" in caught.value.fix

@@ -110,8 +110,8 @@ def _session(file: Path):
     try:
         return onnxruntime.InferenceSession(str(file), providers=["CPUExecutionProvider"])
     except Exception as error:  # onnxruntime says what is wrong with the file; the user needs that and a way on
-        raise ExportError(f"onnxruntime could not load {Path(file).name}: {error}",
-                          "the file is damaged or incomplete; export it again") from error
+        raise ExportError(f"onnxruntime could not load {Path(file).name}, which is damaged or incomplete: {error}",
+                          "export it again") from error
 
 
 def scores(folder: Path, file: Path, inputs: list, max_length: int) -> np.ndarray:

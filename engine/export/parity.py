@@ -158,7 +158,7 @@ def failed(reason: str, quantize: str, texts: HeldOut | HeldOutInputs) -> dict:
 def max_length(model, kind: str) -> int:
     """The tokens a reranker or classifier reads of an input, which the exported side is given too."""
     if kind == "reranker":
-        return model.max_length
+        return model.max_seq_length
     return min(model.tokenizer.model_max_length, model.config.max_position_embeddings)
 
 
