@@ -93,12 +93,13 @@ def export(model_dir, format: str, quantize: str | None = None, output=None,
     name = (run_dir or Path(str(model_dir))).name
     output = Path(output) if output is not None else (
         run_dir / "export" / f"{format}-{quantize}" if run_dir else Path(f"{name}-{format}-{quantize}"))
-    texts = parity.held_out(run_dir, kind)
-    report(f"writing {format} {quantize}", 0.1)
     if format == "gguf":
         from engine.export import gguf
 
-        gguf.llama_cpp_arch(model)  # refuse before anything is written
+        gguf.llama_cpp_arch(model)  # refuse before anything is read or written
+    texts = parity.held_out(run_dir, kind)
+    report(f"writing {format} {quantize}", 0.1)
+    if format == "gguf":
         path = output if output.suffix == ".gguf" else output / f"{name}-{quantize}.gguf"
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic.removed_on_failure(path, path.parent):
