@@ -28,10 +28,11 @@ def llama_runtime():
 def tiny(tmp_path_factory):
     built = {}
 
-    def folder(family):
-        if family not in built:
-            built[family] = build_tiny_model(family, tmp_path_factory.mktemp(family) / family)
-        return built[family]
+    def folder(family, vocabulary="wordpiece"):
+        if (family, vocabulary) not in built:
+            built[family, vocabulary] = build_tiny_model(family, tmp_path_factory.mktemp(family) / family,
+                                                         vocabulary=vocabulary)
+        return built[family, vocabulary]
 
     return folder
 
@@ -67,12 +68,18 @@ def test_minilm_onnx_matches_the_model_in_onnxruntime(tmp_path, quantize, file):
     assert report["cosine_min"] >= {"fp32": 0.999, "int8": 0.99}[quantize]
 
 
-@pytest.mark.parametrize("family", ["bert", "xlm-roberta"])
-def test_tiny_model_gguf_matches_in_llama_cpp(llama_runtime, tiny, tmp_path, family):
-    result = export(tiny(family), "gguf", "f16", tmp_path / "out.gguf")
+@pytest.mark.parametrize("family, vocabulary, arch", [("bert", "wordpiece", "bert"), ("xlm-roberta", "wordpiece", "bert"),
+                                                     ("qwen3", "bpe", "qwen3")])
+def test_tiny_model_gguf_matches_in_llama_cpp(llama_runtime, tiny, tmp_path, family, vocabulary, arch):
+    result = export(tiny(family, vocabulary), "gguf", "f16", tmp_path / "out.gguf")
 
     assert result.passed, result.report["problems"]
     assert result.report["cosine_min"] >= 0.999
+    metadata = gguf_export.read_metadata(result.path)
+    assert metadata["general.architecture"] == arch
+    if family == "qwen3":  # Qwen3-Embedding's shape: a byte-level BPE split as Qwen's, pooled by the last token
+        assert metadata["tokenizer.ggml.model"] == "gpt2" and metadata["tokenizer.ggml.pre"] == "qwen2"
+        assert metadata["qwen3.pooling_type"] == 3 and metadata[gguf_export.PROMPT_KEY.format(name="query")]
 
 
 @pytest.mark.parametrize("family", ["mpnet", "distilbert"])
