@@ -68,8 +68,9 @@ def test_minilm_onnx_matches_the_model_in_onnxruntime(tmp_path, quantize, file):
     assert report["cosine_min"] >= {"fp32": 0.999, "int8": 0.99}[quantize]
 
 
-@pytest.mark.parametrize("family, vocabulary, arch", [("bert", "wordpiece", "bert"), ("xlm-roberta", "wordpiece", "bert"),
-                                                     ("qwen3", "bpe", "qwen3")])
+@pytest.mark.parametrize("family, vocabulary, arch", [
+    ("bert", "wordpiece", "bert"), ("xlm-roberta", "wordpiece", "bert"), ("qwen3", "bpe", "qwen3"),
+    ("modernbert", "wordpiece", "modern-bert")])
 def test_tiny_model_gguf_matches_in_llama_cpp(llama_runtime, tiny, tmp_path, family, vocabulary, arch):
     result = export(tiny(family, vocabulary), "gguf", "f16", tmp_path / "out.gguf")
 

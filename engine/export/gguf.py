@@ -302,4 +302,38 @@ def _rope_theta(config) -> float:
     return float(parameters.get("rope_theta") or getattr(config, "rope_theta", 10000.0))
 
 
-WRITERS = {"bert": _bert, "qwen3": _qwen3}  # llama.cpp architecture -> writer(writer, model, model_dir, quantize) -> context length
+def _modernbert(writer, model, model_dir: Path, quantize: str) -> int:
+    """ModernBERT: llama.cpp's modern-bert graph, with its global layers every `global_attn_every_n_layers` (the
+    first among them) and local attention over `local_attention` tokens between, each with its own rotary base."""
+    from gguf import RopeScalingType
+
+    _refuse_extra_modules(model)
+    config = model[0].auto_model.config
+    every = config.global_attn_every_n_layers
+    pattern = ["full_attention" if layer % every == 0 else "sliding_attention" for layer in range(config.num_hidden_layers)]
+    if list(config.layer_types) != pattern:
+        raise ExportError("the model mixes its global and local attention layers otherwise than every "
+                          f"{every}th layer, which llama.cpp's modern-bert graph cannot", "export to ONNX instead")
+    if config.hidden_activation != "gelu":
+        raise ExportError(f"llama.cpp's modern-bert graph uses GELU, and this model uses {config.hidden_activation!r}",
+                          "export to ONNX instead")
+    context = _context_length(model, config)
+    writer.add_context_length(context)
+    writer.add_embedding_length(config.hidden_size)
+    writer.add_feed_forward_length(config.intermediate_size)
+    writer.add_block_count(config.num_hidden_layers)
+    writer.add_head_count(config.num_attention_heads)
+    writer.add_layer_norm_eps(config.norm_eps)
+    writer.add_causal_attention(False)
+    writer.add_sliding_window(config.local_attention)
+    writer.add_sliding_window_pattern(every)
+    writer.add_rope_freq_base(float(config.rope_parameters["full_attention"]["rope_theta"]))
+    writer.add_rope_freq_base_swa(float(config.rope_parameters["sliding_attention"]["rope_theta"]))
+    writer.add_rope_scaling_type(RopeScalingType.NONE)
+    _vocab(writer, model, model_dir, config.vocab_size)
+    state = {name: tensor.detach().float().cpu().numpy() for name, tensor in model[0].auto_model.state_dict().items()}
+    _add_mapped_tensors(writer, "modern-bert", state, config.num_hidden_layers, quantize)
+    return context
+
+
+WRITERS = {"bert": _bert, "qwen3": _qwen3, "modern-bert": _modernbert}  # llama.cpp architecture -> writer(writer, model, model_dir, quantize) -> context length
