@@ -1,4 +1,5 @@
-"""Getting a run's model out: a zip to download, a copy in an allowed folder, or a push to the Hub.
+"""Getting a run's model out: a zip to download, a copy in an allowed folder, a push to the Hub, or a GGUF / ONNX
+export checked against the trained model (engine.export) with the lines that serve it.
 
 Each carries the model card the worker saved with the model (sentence-transformers' card with the
 run's settings and before / after metrics), its usage snippet naming where that copy is loaded from.
@@ -11,10 +12,12 @@ the registry, events or logs, and is blanked out of any error text shown to the 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from engine.hub import name_model_in_card, point_adapter_at_hub_base, push_folder
@@ -137,3 +140,147 @@ def push_model(run: Run, kind: str, repo_id: str, token: str | None, private: bo
         if isinstance(problem, HfHubHTTPError) and problem.response is not None and problem.response.status_code == 401:
             raise RuntimeError(TOKEN_REFUSED.format(repo_id=repo_id)) from None
         raise RuntimeError(redact(f"push to {repo_id} failed: {problem}", token)) from None
+
+
+# (label, "format:quantization") for the Export tab; GGUF is for embedding models (engine.export refuses others)
+CONVERSIONS = [("GGUF f16 (llama.cpp, Ollama)", "gguf:f16"), ("GGUF q8_0 (half the size)", "gguf:q8_0"),
+               ("ONNX fp32 (onnxruntime)", "onnx:fp32"), ("ONNX int8 (smaller, faster on a CPU)", "onnx:int8")]
+RUNTIME_MISSING = ("the llama.cpp runtime that checks a GGUF file could not be installed on the machine this studio "
+                   "runs on (it comes from the npm registry and runs in node). Ask whoever runs this studio to install "
+                   "node and npm there, or export to ONNX, which needs neither.")
+
+
+@dataclass
+class Conversion:
+    """A finished GGUF or ONNX export of a run: what the parity check found, the file to download, and the lines
+    that serve it."""
+
+    report: dict  # parity.json
+    download: Path  # in the downloads folder: the .gguf file, or the ONNX folder as a zip
+    snippets: dict  # {"shell": ..., "python": ...}
+
+
+def run_task(run: Run) -> str:
+    """The run's task (engine.tasks: embedding, reranker, classifier)."""
+    config = Path(run.run_dir) / "config.json"
+    return (json.loads(config.read_text()).get("task") if config.is_file() else None) or "embedding"
+
+
+def conversions_for(task: str) -> list[tuple[str, str]]:
+    return CONVERSIONS if task == "embedding" else [c for c in CONVERSIONS if c[1].startswith("onnx")]
+
+
+def _download_name(run: Run, format: str, quantize: str) -> str:
+    return f"lacker-{run.id}-{format}-{quantize}"
+
+
+def convert(run: Run, choice: str, settings: Settings, progress=None) -> Conversion:
+    """Export the run's merged model as `choice` ("gguf:q8_0", ...) into RUN/export/, check it (parity.json), and
+    put it in the downloads folder. ValueError (engine.export.ExportError among them) says what went wrong in the
+    page's words."""
+    from engine.export import ExportError, export, llama_cpp
+
+    format, _, quantize = choice.partition(":")
+    model_folder(run, "merged")
+    if format == "gguf":
+        try:
+            llama_cpp.install()  # once, seconds: the runtime the parity check embeds with
+        except ExportError:
+            raise ValueError(RUNTIME_MISSING) from None
+    output = Path(run.run_dir) / "export" / f"{format}-{quantize}"
+    try:
+        result = export(run.run_dir, format, quantize, output, progress=progress)
+    except ExportError as problem:
+        raise ValueError(f"{problem}: {problem.fix}") from None
+    name = _download_name(run, format, quantize)
+    settings.downloads_dir.mkdir(parents=True, exist_ok=True)
+    if format == "gguf":
+        download = settings.downloads_dir / f"{name}.gguf"
+        shutil.copyfile(result.path, download)
+    else:
+        download = settings.downloads_dir / f"{name}.zip"
+        with tempfile.TemporaryDirectory(prefix="lacker-export-") as staging:
+            shutil.copytree(result.path, Path(staging) / name)
+            archive = shutil.make_archive(str(Path(staging) / name), "zip", root_dir=staging, base_dir=name)
+            shutil.move(archive, download)
+    return Conversion(result.report, download, serving(run, result.path, served_name(run, choice)))
+
+
+def serving(run: Run, exported: Path | None, shown_name: str = "") -> dict:
+    """The lines that serve the run's export (`exported`, named `shown_name` as downloaded), or only its merged
+    model (TEI) when there is no export yet."""
+    from engine.export.serving import serving_snippets, tei_snippet
+
+    merged = f"lacker-{run.id}-merged"
+    if exported is None:
+        return {"shell": tei_snippet(run_task(run), merged), "python": ""}
+    return serving_snippets(run_task(run), exported, shown_name, merged)
+
+
+def served_name(run: Run, choice: str) -> str:
+    """What the user's copy of an export is called once downloaded (and unzipped)."""
+    format, _, quantize = choice.partition(":")
+    return _download_name(run, format, quantize) + (".gguf" if format == "gguf" else "")
+
+
+def done_conversions(run: Run) -> list[tuple[str, dict]]:
+    """("format:quantization", parity.json) of the run's exports so far, in CONVERSIONS' order."""
+    done = []
+    for _, choice in CONVERSIONS:
+        report = Path(run.run_dir) / "export" / choice.replace(":", "-") / "parity.json"
+        if report.is_file():
+            done.append((choice, json.loads(report.read_text())))
+    return done
+
+
+def exported_path(run: Run, choice: str) -> Path | None:
+    """The run's export as `choice`, if it was made: the .gguf file or the ONNX folder."""
+    folder = Path(run.run_dir) / "export" / choice.replace(":", "-")
+    if choice.startswith("gguf"):
+        return next(iter(sorted(folder.glob("*.gguf"))), None)
+    return folder if (folder / "parity.json").is_file() else None
+
+
+def _label(choice: str) -> str:
+    return next(label for label, value in CONVERSIONS if value == choice).split(" (")[0]
+
+
+def _measures(report: dict) -> tuple[str, str]:
+    """(how close the file is to the model, the held-out metrics of both) in a few words."""
+    if report.get("score_correlation") is not None:
+        metrics = report["metrics"]
+        return (f"score correlation {report['score_correlation']:.4f}, largest difference "
+                f"{report['score_max_diff']:.4f}, same choice {report['agreement']:.0%}",
+                ", ".join(f"{name} {value:.3f} → {metrics['exported'][name]:.3f}"
+                          for name, value in metrics["pytorch"].items()))
+    if report.get("cosine_min") is not None:
+        retrieval = report["retrieval"]
+        return (f"cosine min {report['cosine_min']:.4f} / mean {report['cosine_mean']:.4f}",
+                f"NDCG@10 {retrieval['pytorch']['ndcg@10']:.3f} → {retrieval['exported']['ndcg@10']:.3f}")
+    return "not measured: the file did not run", ""
+
+
+def parity_markdown(choice: str, report: dict) -> str:
+    """The parity check of one export, for the page: verdict, size, how close, the metrics of both, what differs."""
+    closeness, metrics = _measures(report)
+    verdict = "✅ parity passed" if report["passed"] else "❌ parity FAILED"
+    lines = [f"**{_label(choice)}: {verdict}** ({report['size_bytes'] / 1e6:.1f} MB)",
+             f"- {closeness} over {report['texts']} held-out texts from {report['texts_from']} "
+             f"(threshold {report['threshold']})"]
+    if metrics:
+        lines.append(f"- held-out metrics, PyTorch → exported: {metrics}")
+    lines += [f"- **what differs:** {problem}" for problem in report["problems"]]
+    return "\n".join(lines)
+
+
+def conversions_table(run: Run) -> str:
+    """Every GGUF / ONNX export of the run so far: format, size, parity."""
+    done = done_conversions(run)
+    if not done:
+        return "No GGUF or ONNX export of this run yet."
+    rows = ["| Format | Size | Parity | Closeness | Held-out metrics (PyTorch → exported) |", "|---|---|---|---|---|"]
+    for choice, report in done:
+        closeness, metrics = _measures(report)
+        rows.append(f"| {_label(choice)} | {report['size_bytes'] / 1e6:.1f} MB | "
+                    f"{'passed' if report['passed'] else 'FAILED'} | {closeness} | {metrics} |")
+    return "\n".join(rows)

@@ -28,10 +28,11 @@ def llama_runtime():
 def tiny(tmp_path_factory):
     built = {}
 
-    def folder(family):
-        if family not in built:
-            built[family] = build_tiny_model(family, tmp_path_factory.mktemp(family) / family)
-        return built[family]
+    def folder(family, vocabulary="wordpiece"):
+        if (family, vocabulary) not in built:
+            built[family, vocabulary] = build_tiny_model(family, tmp_path_factory.mktemp(family) / family,
+                                                         vocabulary=vocabulary)
+        return built[family, vocabulary]
 
     return folder
 
@@ -67,12 +68,19 @@ def test_minilm_onnx_matches_the_model_in_onnxruntime(tmp_path, quantize, file):
     assert report["cosine_min"] >= {"fp32": 0.999, "int8": 0.99}[quantize]
 
 
-@pytest.mark.parametrize("family", ["bert", "xlm-roberta"])
-def test_tiny_model_gguf_matches_in_llama_cpp(llama_runtime, tiny, tmp_path, family):
-    result = export(tiny(family), "gguf", "f16", tmp_path / "out.gguf")
+@pytest.mark.parametrize("family, vocabulary, arch", [
+    ("bert", "wordpiece", "bert"), ("xlm-roberta", "wordpiece", "bert"), ("qwen3", "bpe", "qwen3"),
+    ("modernbert", "wordpiece", "modern-bert")])
+def test_tiny_model_gguf_matches_in_llama_cpp(llama_runtime, tiny, tmp_path, family, vocabulary, arch):
+    result = export(tiny(family, vocabulary), "gguf", "f16", tmp_path / "out.gguf")
 
     assert result.passed, result.report["problems"]
     assert result.report["cosine_min"] >= 0.999
+    metadata = gguf_export.read_metadata(result.path)
+    assert metadata["general.architecture"] == arch
+    if family == "qwen3":  # Qwen3-Embedding's shape: a byte-level BPE split as Qwen's, pooled by the last token
+        assert metadata["tokenizer.ggml.model"] == "gpt2" and metadata["tokenizer.ggml.pre"] == "qwen2"
+        assert metadata["qwen3.pooling_type"] == 3 and metadata[gguf_export.PROMPT_KEY.format(name="query")]
 
 
 @pytest.mark.parametrize("family", ["mpnet", "distilbert"])
@@ -136,3 +144,77 @@ def test_unknown_quantization_is_refused_with_the_choices(tiny):
     with pytest.raises(ExportError, match="no quantization 'q4_0'") as caught:
         export(tiny("bert"), "gguf", "q4_0")
     assert "f16, q8_0" in caught.value.fix
+
+
+@pytest.fixture(scope="module")
+def scorers(tiny, tmp_path_factory):
+    """A tiny reranker (sentence-transformers CrossEncoder) and a tiny three-class classifier (transformers), saved."""
+    from engine.models import FastClassifier, FastCrossEncoder
+
+    folder = tmp_path_factory.mktemp("scorers")
+    FastCrossEncoder.from_pretrained(str(tiny("bert")), device="cpu").save_pretrained(str(folder / "reranker"))
+    FastClassifier.from_pretrained(str(tiny("bert")), labels=["admin", "games", "web"],
+                                   device="cpu").save_pretrained_merged(str(folder / "classifier"))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def scorer_onnx(scorers, tmp_path_factory):
+    """Each scorer's fp32 ONNX export, made once."""
+    made = {}
+
+    def exported(kind):
+        if kind not in made:
+            made[kind] = export(scorers / kind, "onnx", "fp32", tmp_path_factory.mktemp(kind) / "onnx")
+        return made[kind]
+
+    return exported
+
+
+def _run_onnxruntime_lines(result, tmp_path) -> str:
+    """The Export tab's onnxruntime lines for `result`, run where the user has the folder under its shown name."""
+    import shutil
+    import subprocess
+    import sys
+
+    from engine.export.serving import serving_snippets
+
+    shutil.copytree(result.path, tmp_path / "served" / "my-model")
+    lines = serving_snippets(result.report["task"], result.path, "my-model", "merged")["python"]
+    code = "# plain onnxruntime" + lines.split("# plain onnxruntime")[1]
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path / "served", capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+@pytest.mark.parametrize("kind", ["reranker", "classifier"])
+def test_a_reranker_or_classifier_exports_to_onnx_with_its_head_and_its_scores_match(scorer_onnx, tmp_path, kind):
+    result = scorer_onnx(kind)
+
+    report = _saved_report(result)
+    assert report["task"] == kind and report["passed"], report["problems"]
+    assert report["score_correlation"] >= 0.999 and report["score_max_diff"] < 1e-3 and report["agreement"] == 1.0
+    assert report["texts"] == 200
+    printed = _run_onnxruntime_lines(result, tmp_path)
+    if kind == "classifier":
+        assert printed.strip().strip("[]'") in ("admin", "games", "web")
+    else:
+        assert 0 < float(printed.strip().strip("[]")) < 1  # a sigmoid score
+
+
+def test_a_damaged_reranker_file_fails_its_check(scorers, scorer_onnx, tmp_path):
+    import shutil
+
+    copy = shutil.copytree(scorer_onnx("reranker").path, tmp_path / "copy")
+    file = copy / "onnx" / "model.onnx"
+    file.write_bytes(file.read_bytes()[:1000])
+
+    broken = verify(scorers / "reranker", copy, "onnx", "fp32")
+
+    assert not broken.passed and "damaged or incomplete" in broken.report["problems"][0]
+
+
+def test_gguf_of_a_reranker_is_refused_with_onnx_named(scorers, tmp_path):
+    with pytest.raises(ExportError, match="GGUF export of reranker models") as caught:
+        export(scorers / "reranker", "gguf", "f16", tmp_path)
+    assert "ONNX" in caught.value.fix

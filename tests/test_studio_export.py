@@ -99,3 +99,72 @@ def test_saving_outside_the_allowed_folders_names_the_folders_that_are(run, home
     copy = save_model(run, "merged", str(operator / "mine"), settings)
     assert (copy / "modules.json").exists()
     assert (copy / "README.md").read_text() == f'model = SentenceTransformer("{copy}")\n'
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A finished embedding run of a tiny BERT on the bundled sample (its held-out split checks the exports)."""
+    import json
+
+    from engine.data import SAMPLE_DIR
+    from engine.models import FastSentenceTransformer
+    from tests.tiny_models import build_tiny_model
+
+    home = tmp_path_factory.mktemp("runs")
+    run_dir = home / "run-tiny"
+    base = build_tiny_model("bert", tmp_path_factory.mktemp("base") / "bert")
+    FastSentenceTransformer.from_pretrained(str(base), device="cpu").save_pretrained(str(run_dir / "merged"))
+    (run_dir / "config.json").write_text(json.dumps({"data": str(SAMPLE_DIR / "train.jsonl"),
+                                                     "output_dir": str(run_dir), "eval_size": 0.1}))
+    (run_dir / "events.jsonl").write_text("")
+    run = Run(id="run-tiny", created=time.time(), status="completed", model="tiny-bert", data="train.jsonl",
+              method="lora", run_dir=str(run_dir))
+    return run, Settings.from_env({"LACKER_HOME": str(home)})
+
+
+def test_a_gguf_and_an_onnx_export_of_a_run_show_parity_size_and_serving_lines(tiny_run, tmp_path):
+    import zipfile
+
+    from studio.exporting import conversions_table, convert, parity_markdown
+
+    run, settings = tiny_run
+    steps = []
+    gguf = convert(run, "gguf:q8_0", settings, progress=lambda message, fraction: steps.append(message))
+    assert gguf.report["passed"] and gguf.report["texts_from"] == "the run's held-out split (run-tiny)"
+    assert gguf.download == settings.downloads_dir / "lacker-run-tiny-gguf-q8_0.gguf" and gguf.download.stat().st_size
+    assert "checking the gguf file in llama.cpp" in steps
+    shown = parity_markdown("gguf:q8_0", gguf.report)
+    assert "GGUF q8_0: ✅ parity passed" in shown and "cosine min" in shown and "NDCG@10" in shown
+    assert "ollama create lacker-run-tiny-gguf-q8_0 -f Modelfile" in gguf.snippets["shell"]
+    assert "llama-server -m lacker-run-tiny-gguf-q8_0.gguf --embedding --pooling mean -c 64" in gguf.snippets["shell"]
+    assert '-v "$PWD/lacker-run-tiny-merged:/data"' in gguf.snippets["shell"]  # TEI serves the merged folder
+    assert str(settings.home) not in gguf.snippets["shell"] + gguf.snippets["python"]  # no server paths
+
+    onnx = convert(run, "onnx:int8", settings)
+    with zipfile.ZipFile(onnx.download) as zipped:
+        zipped.extractall(tmp_path)
+    assert (tmp_path / "lacker-run-tiny-onnx-int8" / "onnx" / "model_qint8.onnx").is_file()
+    assert 'SentenceTransformer(\'lacker-run-tiny-onnx-int8\', backend="onnx"' in onnx.snippets["python"]
+    table = conversions_table(run)
+    assert "| GGUF q8_0 |" in table and "| ONNX int8 |" in table and table.count("passed") == 2
+
+
+def test_gguf_of_an_architecture_llama_cpp_does_not_run_is_refused_in_the_pages_words(tmp_path):
+    import json
+
+    from engine.models import FastSentenceTransformer
+    from studio.exporting import convert
+    from tests.tiny_models import build_tiny_model
+
+    run_dir = tmp_path / "runs" / "run-mpnet"
+    base = build_tiny_model("mpnet", tmp_path / "mpnet")
+    FastSentenceTransformer.from_pretrained(str(base), device="cpu").save_pretrained(str(run_dir / "merged"))
+    (run_dir / "config.json").write_text(json.dumps({"data": "pairs.csv", "output_dir": str(run_dir)}))
+    (run_dir / "events.jsonl").write_text("")
+    run = Run(id="run-mpnet", created=time.time(), status="completed", model="tiny-mpnet", data="pairs.csv",
+              method="lora", run_dir=str(run_dir))
+
+    with pytest.raises(ValueError) as refused:
+        convert(run, "gguf:f16", Settings.from_env({"LACKER_HOME": str(tmp_path / "runs")}))
+    assert "llama.cpp does not run mpnet models" in str(refused.value) and "export to ONNX" in str(refused.value)
+    assert "--format" not in str(refused.value)

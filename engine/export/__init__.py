@@ -8,8 +8,12 @@
 | onnx   | fp32, int8               | the model folder with onnx/model*.onnx          | onnxruntime            |
 
 `model_dir` is a run folder (its merged/ model is exported and its held-out split checks it), a saved model
-folder or a hub id. Every export ends with the parity check (engine.export.parity), written as parity.json beside
-the file; a file that fails it is kept, and the report says what differs.
+folder or a hub id, of any task (`model_kind`): an embedding model (sentence-transformers), a reranker
+(sentence-transformers CrossEncoder) or a classifier (transformers AutoModelForSequenceClassification). Rerankers and
+classifiers export to ONNX with their head (the file gives `logits`); GGUF is for embedding models. Every export
+ends with the parity check (engine.export.parity), written as parity.json beside the file: embeddings compared by
+cosine, a reranker's scores and a classifier's logits by correlation. A file that fails it is kept, and the report
+says what differs.
 
 Example::
 
@@ -26,6 +30,7 @@ from pathlib import Path
 from typing import Callable
 
 FORMATS = {"gguf": ("f16", "q8_0"), "onnx": ("fp32", "int8")}
+KINDS = ("embedding", "reranker", "classifier")  # the tasks' names (engine.tasks), which a run's config.json holds
 
 Progress = Callable[[str, "float | None"], None]
 
@@ -80,16 +85,21 @@ def export(model_dir, format: str, quantize: str | None = None, output=None,
                           f"pick one of: {', '.join(FORMATS[format])}")
     report("loading the model", 0.0)
     model_folder, run_dir = _model_folder(model_dir)
-    model = _reference_model(model_folder)
+    kind = model_kind(model_folder, run_dir)
+    if format == "gguf" and kind != "embedding":
+        raise ExportError(f"GGUF export of {kind} models is not written yet (llama.cpp runs embedding models "
+                          "from the GGUF files this exports)", f"export the {kind} to ONNX instead")
+    model = _reference_model(model_folder, kind)
     name = (run_dir or Path(str(model_dir))).name
     output = Path(output) if output is not None else (
         run_dir / "export" / f"{format}-{quantize}" if run_dir else Path(f"{name}-{format}-{quantize}"))
-    texts = parity.held_out_texts(run_dir)
-    report(f"writing {format} {quantize}", 0.1)
     if format == "gguf":
         from engine.export import gguf
 
-        gguf.llama_cpp_arch(model)  # refuse before anything is written
+        gguf.llama_cpp_arch(model)  # refuse before anything is read or written
+    texts = parity.held_out(run_dir, kind)
+    report(f"writing {format} {quantize}", 0.1)
+    if format == "gguf":
         path = output if output.suffix == ".gguf" else output / f"{name}-{quantize}.gguf"
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic.removed_on_failure(path, path.parent):
@@ -98,10 +108,10 @@ def export(model_dir, format: str, quantize: str | None = None, output=None,
         from engine.export import onnx
 
         with atomic.folder(output) as partial:
-            onnx.write(model, model_folder, partial, quantize)
+            onnx.write(model, model_folder, partial, quantize, kind)
         path = output
     report(f"checking the {format} file in {'llama.cpp' if format == 'gguf' else 'onnxruntime'}", 0.6)
-    return verify(model, path, format, quantize, texts)
+    return verify(model, path, format, quantize, texts, kind)
 
 
 def export_model(model, format: str, quantize: str | None = None, output=None,
@@ -141,23 +151,31 @@ def push_to_hub(model, repo_id: str, format: str, quantize: str | None = None, t
                                commit_message=f"Upload {format} {result.quantize} from Lacker Studio")
 
 
-def verify(model, path, format: str, quantize: str, texts=None) -> ExportResult:
-    """Run the parity check on an exported `path` against `model` (a SentenceTransformer or what `export`
-    takes as `model_dir`) and write parity.json beside it. A file its runtime cannot load fails the check."""
+def verify(model, path, format: str, quantize: str, texts=None, kind: str = "embedding") -> ExportResult:
+    """Run the parity check on an exported `path` against `model` (the loaded reference model of `kind`, or what
+    `export` takes as `model_dir`) and write parity.json beside it. A file its runtime cannot load fails the check."""
     from engine.export import parity
 
-    if not hasattr(model, "encode"):
+    if isinstance(model, (str, Path)):
         model_folder, run_dir = _model_folder(model)
-        model = _reference_model(model_folder)
-        texts = texts or parity.held_out_texts(run_dir)
-    texts = texts or parity.held_out_texts(None)
+        kind = model_kind(model_folder, run_dir)
+        model = _reference_model(model_folder, kind)
+        texts = texts or parity.held_out(run_dir, kind)
+    texts = texts or parity.held_out(None, kind)
     path = Path(path)
     try:
-        queries, documents, problems = _embed_exported(model, path, format, texts)
-        result = parity.check(model, texts, queries, documents, quantize, problems)
+        if kind == "embedding":
+            queries, documents, problems = _embed_exported(model, path, format, texts)
+            result = parity.check(model, texts, queries, documents, quantize, problems)
+        else:
+            from engine.export import onnx
+
+            exported = onnx.scores(path, onnx_file(path), texts.inputs, parity.max_length(model, kind))
+            result = parity.check_scores(kind, texts, parity.reference_scores(model, kind, texts), exported,
+                                         quantize, parity.class_names(model, kind))
     except ExportError as error:
         result = parity.failed(str(error), quantize, texts)
-    result.update(format=format, file=str(path), size_bytes=parity.file_size(path))
+    result.update(task=kind, format=format, file=str(path), size_bytes=parity.file_size(path))
     parity.write(result, path.parent if format == "gguf" else path)
     return ExportResult(format, quantize, path, result)
 
@@ -186,11 +204,18 @@ def _embed_exported(model, path: Path, format: str, texts):
     prompted = (parity.prompted(prompts.get("query"), texts.queries)
                 + parity.prompted(prompts.get("document"), texts.documents))
     if format == "gguf":
-        vectors = llama_cpp.embed(path, prompted)
+        vectors = llama_cpp.embed(path, prompted, llama_cpp.end_token(metadata))
     else:
-        file = next((path / f for f in onnx.FILES.values() if (path / f).exists()), path / onnx.FILES["fp32"])
-        vectors = onnx.embed(model, path, file, prompted)
+        vectors = onnx.embed(model, path, onnx_file(path), prompted)
     return vectors[:len(texts.queries)], vectors[len(texts.queries):], problems
+
+
+def onnx_file(folder: Path) -> Path:
+    """The ONNX file an exported folder holds (fp32 first)."""
+    from engine.export import onnx
+
+    folder = Path(folder)
+    return next((folder / f for f in onnx.FILES.values() if (folder / f).exists()), folder / onnx.FILES["fp32"])
 
 
 def _model_folder(model_dir) -> tuple[Path, Path | None]:
@@ -206,10 +231,32 @@ def _model_folder(model_dir) -> tuple[Path, Path | None]:
     return resolve_model(model_dir), None
 
 
-def _reference_model(folder: Path):
-    """The PyTorch model the export is checked against: fp32 on the CPU, adapters merged."""
+def model_kind(folder: Path, run_dir: Path | None = None) -> str:
+    """Which of KINDS the model in `folder` is: the run's task, else what the folder's files say (a
+    sentence-transformers CrossEncoder's config, a sentence-transformers modules.json, a transformers
+    sequence-classification head). A plain encoder is exported as an embedding model, as sentence-transformers
+    loads one."""
+    import json
+
+    from engine.models.cross_encoder import has_trained_head
+
+    if run_dir is not None:
+        return json.loads((run_dir / "config.json").read_text()).get("task") or "embedding"
+    folder = Path(folder)
+    st_config = folder / "config_sentence_transformers.json"
+    if st_config.is_file() and json.loads(st_config.read_text()).get("model_type") == "CrossEncoder":
+        return "reranker"
+    if (folder / "modules.json").is_file():
+        return "embedding"
+    return "classifier" if has_trained_head(folder) else "embedding"
+
+
+def _reference_model(folder: Path, kind: str = "embedding"):
+    """The PyTorch model the export is checked against: the task's own model class, fp32 on the CPU, adapters
+    merged."""
     import torch
 
-    from engine.models import FastSentenceTransformer
+    from engine.models import FastClassifier, FastCrossEncoder, FastSentenceTransformer
 
-    return FastSentenceTransformer.from_pretrained(str(folder), dtype=torch.float32, device="cpu", for_inference=True)
+    loader = {"embedding": FastSentenceTransformer, "reranker": FastCrossEncoder, "classifier": FastClassifier}[kind]
+    return loader.from_pretrained(str(folder), dtype=torch.float32, device="cpu", for_inference=True)

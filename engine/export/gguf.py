@@ -35,14 +35,14 @@ def llama_cpp_arch(model) -> str:
     model_type = model[0].auto_model.config.model_type
     if family is None:
         raise ExportError(f"GGUF export does not know the {model_type!r} architecture",
-                          "export to ONNX instead (format onnx), which runs any architecture")
+                          "export to ONNX instead, which runs any architecture")
     if family.gguf_arch is None:
         raise ExportError(f"llama.cpp does not run {family.name} models, so there is no GGUF for this one",
-                          "export to ONNX instead (format onnx): it runs in onnxruntime and in "
+                          "export to ONNX instead: it runs in onnxruntime and in "
                           "SentenceTransformer(path, backend='onnx')")
     if family.gguf_arch not in WRITERS:
         raise ExportError(f"GGUF export of {family.name} models is not written yet",
-                          "export to ONNX instead (format onnx)")
+                          "export to ONNX instead")
     return family.gguf_arch
 
 
@@ -92,10 +92,10 @@ def _pooling_mode(model) -> str:
     mode = pooling.get_config_dict().get("pooling_mode") if pooling is not None else None
     if mode not in POOLING_TYPES:
         raise ExportError(f"llama.cpp pools embeddings by mean, CLS or last token, not {mode!r}",
-                          "export to ONNX instead (format onnx)")
+                          "export to ONNX instead")
     if not pooling.get_config_dict().get("include_prompt", True):
         raise ExportError("the model leaves its prompt out of the pooling, which llama.cpp cannot do",
-                          "export to ONNX instead (format onnx)")
+                          "export to ONNX instead")
     return mode
 
 
@@ -104,7 +104,7 @@ def _refuse_extra_modules(model, allowed=("Transformer", "Pooling", "Normalize")
     if extra:
         raise ExportError(f"the model has {', '.join(extra)} layers after pooling, which llama.cpp's "
                           f"{model[0].auto_model.config.model_type} graph has no place for",
-                          "export to ONNX instead (format onnx), which keeps every layer")
+                          "export to ONNX instead, which keeps every layer")
 
 
 def _tensor_type(name: str, array: np.ndarray, quantize: str):
@@ -143,7 +143,7 @@ def _add_mapped_tensors(writer, arch: str, state: dict, n_blocks: int, quantize:
         name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
         if name is None:
             raise ExportError(f"GGUF has no place for the weight {hf_name!r} of this {arch} model",
-                              "export to ONNX instead (format onnx), which keeps every weight")
+                              "export to ONNX instead, which keeps every weight")
         _add_tensor(writer, name, tensor, quantize)
 
 
@@ -180,13 +180,9 @@ def _bert(writer, model, model_dir: Path, quantize: str) -> int:
     _refuse_extra_modules(model)
     hf = model[0].auto_model
     config = hf.config
-    tokenizer = model.tokenizer
-    if type(tokenizer).__name__ not in ("BertTokenizer", "BertTokenizerFast"):
-        raise ExportError(f"GGUF export of {type(tokenizer).__name__} vocabularies (SentencePiece, as "
-                          "XLM-RoBERTa uses) is not written yet", "export to ONNX instead (format onnx)")
     if config.hidden_act != "gelu":
         raise ExportError(f"llama.cpp's bert graph uses GELU, and this model uses {config.hidden_act!r}",
-                          "export to ONNX instead (format onnx)")
+                          "export to ONNX instead")
     # Positions past max_seq_length are never used by sentence-transformers; llama.cpp sizes its context
     # from the position table, so both stop at the same length.
     context = min(model.max_seq_length or config.max_position_embeddings, config.max_position_embeddings)
@@ -197,7 +193,7 @@ def _bert(writer, model, model_dir: Path, quantize: str) -> int:
     writer.add_layer_norm_eps(config.layer_norm_eps)
     writer.add_causal_attention(False)
     writer.add_token_type_count(config.type_vocab_size)
-    _wordpiece_vocab(writer, tokenizer, model_dir, config.vocab_size)
+    _vocab(writer, model, model_dir, config.vocab_size)
     state = {name: tensor.detach().float().cpu().numpy() for name, tensor in hf.state_dict().items()}
     # XLM-RoBERTa numbers positions from padding_idx + 1; llama.cpp's bert graph numbers them from 0
     first = config.pad_token_id + 1 if config.model_type in ("xlm-roberta", "roberta") else 0
@@ -210,4 +206,134 @@ def _bert(writer, model, model_dir: Path, quantize: str) -> int:
     return context
 
 
-WRITERS = {"bert": _bert}  # llama.cpp architecture -> writer(writer, model, model_dir, quantize) -> context length
+# The split before byte-level BPE that Qwen2 and Qwen3 tokenizers make (their tokenizer.json's Split regex), which
+# llama.cpp knows as the "qwen2" pre-tokenizer
+QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"
+               r"|\s+(?!\S)|\s+")
+
+
+def _vocab(writer, model, model_dir: Path, n_vocab: int) -> None:
+    """The model's vocabulary as llama.cpp reads it: WordPiece as its "bert" tokenizer, byte-level BPE as "gpt2";
+    SentencePiece vocabularies are refused."""
+    spec = json.loads((model_dir / "tokenizer.json").read_text())
+    kind = spec["model"]["type"]
+    if kind == "WordPiece":
+        return _wordpiece_vocab(writer, model.tokenizer, model_dir, n_vocab)
+    if kind == "BPE" and _bpe_pre_tokenizer(spec.get("pre_tokenizer")):
+        return _bpe_vocab(writer, model.tokenizer, model_dir, n_vocab, spec)
+    raise ExportError(f"GGUF export of this {kind} vocabulary ({type(model.tokenizer).__name__}: SentencePiece, as "
+                      "XLM-RoBERTa and Gemma use, or a byte-level BPE split otherwise than GPT-2's or Qwen's) is "
+                      "not written yet", "export to ONNX instead")
+
+
+def _bpe_pre_tokenizer(pre: dict | None) -> str | None:
+    """llama.cpp's name for how the vocabulary splits text before BPE, or None where it is not one we know."""
+    pre = pre or {}
+    if pre.get("type") == "ByteLevel" and pre.get("use_regex", True):
+        return "gpt-2"
+    steps = pre.get("pretokenizers") or []
+    if (pre.get("type") == "Sequence" and len(steps) == 2 and steps[0].get("type") == "Split"
+            and steps[0].get("pattern", {}).get("Regex") == QWEN2_SPLIT and steps[1].get("type") == "ByteLevel"
+            and not steps[1].get("use_regex", True)):
+        return "qwen2"
+    return None
+
+
+def _bpe_vocab(writer, tokenizer, model_dir: Path, n_vocab: int, spec: dict) -> None:
+    """A byte-level BPE vocabulary as llama.cpp's "gpt2" tokenizer reads it: tokens, merges, which tokens are special,
+    and the special tokens the tokenizer adds (tokenizer.json's post-processor, read by the gguf package)."""
+    import gguf
+
+    by_id = {index: token for token, index in tokenizer.get_vocab().items()}
+    added = {token["id"]: token for token in spec.get("added_tokens", [])}
+    tokens, types = [], []
+    for index in range(n_vocab):
+        if index not in by_id:
+            tokens.append(f"[PAD{index}]")
+            types.append(gguf.TokenType.UNUSED)
+            continue
+        tokens.append(by_id[index])
+        if index in added:
+            types.append(gguf.TokenType.CONTROL if added[index].get("special") else gguf.TokenType.USER_DEFINED)
+        else:
+            types.append(gguf.TokenType.NORMAL)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre(_bpe_pre_tokenizer(spec.get("pre_tokenizer")))
+    writer.add_token_list(tokens)
+    writer.add_token_types(types)
+    gguf.SpecialVocab(model_dir, load_merges=True, n_vocab=n_vocab).add_to_gguf(writer, quiet=True)
+
+
+def _context_length(model, config) -> int:
+    """llama.cpp embeds no more tokens than sentence-transformers does: the model's max_seq_length."""
+    return min(model.max_seq_length or config.max_position_embeddings, config.max_position_embeddings)
+
+
+def _qwen3(writer, model, model_dir: Path, quantize: str) -> int:
+    """Qwen3 (Qwen3-Embedding): a causal decoder pooled by its last token, which llama.cpp's qwen3 graph runs."""
+    _refuse_extra_modules(model)
+    config = model[0].auto_model.config
+    if config.hidden_act != "silu":
+        raise ExportError(f"llama.cpp's qwen3 graph uses SiLU, and this model uses {config.hidden_act!r}",
+                          "export to ONNX instead")
+    if (getattr(config, "rope_parameters", None) or {}).get("rope_type", "default") != "default":
+        raise ExportError("the model scales its rotary positions, which this GGUF export does not write yet",
+                          "export to ONNX instead")
+    context = _context_length(model, config)
+    writer.add_context_length(context)
+    writer.add_embedding_length(config.hidden_size)
+    writer.add_feed_forward_length(config.intermediate_size)
+    writer.add_block_count(config.num_hidden_layers)
+    writer.add_head_count(config.num_attention_heads)
+    writer.add_head_count_kv(config.num_key_value_heads)
+    writer.add_key_length(config.head_dim)
+    writer.add_value_length(config.head_dim)
+    writer.add_rope_freq_base(_rope_theta(config))
+    writer.add_layer_norm_rms_eps(config.rms_norm_eps)
+    _vocab(writer, model, model_dir, config.vocab_size)
+    state = {name: tensor.detach().float().cpu().numpy() for name, tensor in model[0].auto_model.state_dict().items()}
+    _add_mapped_tensors(writer, "qwen3", state, config.num_hidden_layers, quantize, skip=("rotary_emb.",))
+    return context
+
+
+def _rope_theta(config) -> float:
+    """transformers 5 keeps the rotary base in rope_parameters; older configs in rope_theta."""
+    parameters = getattr(config, "rope_parameters", None) or {}
+    return float(parameters.get("rope_theta") or getattr(config, "rope_theta", 10000.0))
+
+
+def _modernbert(writer, model, model_dir: Path, quantize: str) -> int:
+    """ModernBERT: llama.cpp's modern-bert graph, with its global layers every `global_attn_every_n_layers` (the
+    first among them) and local attention over `local_attention` tokens between, each with its own rotary base."""
+    from gguf import RopeScalingType
+
+    _refuse_extra_modules(model)
+    config = model[0].auto_model.config
+    every = config.global_attn_every_n_layers
+    pattern = ["full_attention" if layer % every == 0 else "sliding_attention" for layer in range(config.num_hidden_layers)]
+    if list(config.layer_types) != pattern:
+        raise ExportError("the model mixes its global and local attention layers otherwise than every "
+                          f"{every}th layer, which llama.cpp's modern-bert graph cannot", "export to ONNX instead")
+    if config.hidden_activation != "gelu":
+        raise ExportError(f"llama.cpp's modern-bert graph uses GELU, and this model uses {config.hidden_activation!r}",
+                          "export to ONNX instead")
+    context = _context_length(model, config)
+    writer.add_context_length(context)
+    writer.add_embedding_length(config.hidden_size)
+    writer.add_feed_forward_length(config.intermediate_size)
+    writer.add_block_count(config.num_hidden_layers)
+    writer.add_head_count(config.num_attention_heads)
+    writer.add_layer_norm_eps(config.norm_eps)
+    writer.add_causal_attention(False)
+    writer.add_sliding_window(config.local_attention)
+    writer.add_sliding_window_pattern(every)
+    writer.add_rope_freq_base(float(config.rope_parameters["full_attention"]["rope_theta"]))
+    writer.add_rope_freq_base_swa(float(config.rope_parameters["sliding_attention"]["rope_theta"]))
+    writer.add_rope_scaling_type(RopeScalingType.NONE)
+    _vocab(writer, model, model_dir, config.vocab_size)
+    state = {name: tensor.detach().float().cpu().numpy() for name, tensor in model[0].auto_model.state_dict().items()}
+    _add_mapped_tensors(writer, "modern-bert", state, config.num_hidden_layers, quantize)
+    return context
+
+
+WRITERS = {"bert": _bert, "qwen3": _qwen3, "modern-bert": _modernbert}  # llama.cpp architecture -> writer(writer, model, model_dir, quantize) -> context length

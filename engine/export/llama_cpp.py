@@ -66,9 +66,21 @@ def install() -> Path:
     return folder
 
 
-def embed(gguf_path: Path, texts: list[str]) -> np.ndarray:
+def end_token(metadata: dict) -> int | None:
+    """The token llama.cpp appends to every text of a file with this metadata that node-llama-cpp does not: llama.cpp
+    (llama-server, Ollama) appends the end-of-text token of a BPE or SentencePiece vocabulary whenever the file says
+    add_eos_token, as Qwen3-Embedding's does; node-llama-cpp only when the vocabulary has a beginning token too."""
+    if metadata.get("tokenizer.ggml.model") in ("bert", "t5") or not metadata.get("tokenizer.ggml.add_eos_token"):
+        return None  # WordPiece and Unigram: node-llama-cpp adds the end token as llama.cpp does
+    if metadata.get("tokenizer.ggml.bos_token_id") is not None and metadata.get("tokenizer.ggml.add_bos_token", True):
+        return None
+    return metadata.get("tokenizer.ggml.eos_token_id")
+
+
+def embed(gguf_path: Path, texts: list[str], append: int | None = None) -> np.ndarray:
     """The embeddings llama.cpp computes for `texts` from the GGUF file, as llama.cpp pools them (the file's
-    pooling type) and without normalization: (len(texts), dim) float32."""
+    pooling type) and without normalization: (len(texts), dim) float32. `append`: a token to end every text with
+    (end_token)."""
     reason = missing()
     if reason:
         raise ExportError(reason, INSTALL_HINT)
@@ -77,7 +89,8 @@ def embed(gguf_path: Path, texts: list[str]) -> np.ndarray:
         texts_in.write_text(json.dumps(texts))
         threads = os.environ.get("LACKER_LLAMA_CPP_THREADS") or "1"
         done = subprocess.run(["node", str(SCRIPT), str(runtime_dir()), str(gguf_path), threads, str(texts_in),
-                               str(vectors_out)], capture_output=True, text=True)
+                               str(vectors_out), "" if append is None else str(append)],
+                              capture_output=True, text=True)
         if done.returncode != 0 or not vectors_out.exists():
             raise ExportError(f"llama.cpp could not run {Path(gguf_path).name}: "
                               f"{(done.stderr or done.stdout).strip()[-800:]}",

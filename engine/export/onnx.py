@@ -1,10 +1,11 @@
 """ONNX exports in the layout sentence-transformers' ONNX backend loads: the model's own folder with the
 transformer as `onnx/model.onnx` (fp32) or `onnx/model_qint8.onnx` (int8 weights per channel, activations
-quantized on the fly), taking
-input_ids, attention_mask (and token_type_ids where the tokenizer makes them) and giving last_hidden_state, as
-optimum's feature-extraction export does. Load one with
+quantized on the fly), taking input_ids, attention_mask (and token_type_ids where the tokenizer makes them) and
+giving what optimum's export of that task gives: last_hidden_state for an embedding model (feature-extraction),
+logits for a reranker or classifier, its head included (text-classification). Load one with
 
     SentenceTransformer(folder, backend="onnx", model_kwargs={"file_name": "onnx/model_qint8.onnx"})
+    CrossEncoder(folder, backend="onnx")
 
 Why not sentence-transformers' own exporters (`backend="onnx"` export, export_dynamic_quantized_onnx_model): they
 run through optimum-onnx, whose newest release (0.1.0) needs transformers < 4.58, and this project pins 5.17. So the
@@ -27,27 +28,37 @@ from engine.export import ExportError
 QUANTIZATIONS = ("fp32", "int8")
 FILES = {"fp32": "onnx/model.onnx", "int8": "onnx/model_qint8.onnx"}
 OUTPUT = "last_hidden_state"
+SCORES = "logits"
 
 
-def write(model, model_dir: Path, folder: Path, quantize: str) -> Path:
-    """The model's folder copied to `folder`, with the transformer as FILES[quantize]; returns that file's path."""
+def _transformer(model, kind: str):
+    """(the transformers model that goes into the file, its tokenizer, the output the file gives) for a model of
+    engine.export.KINDS: a SentenceTransformer, a CrossEncoder or an AutoModelForSequenceClassification."""
+    if kind == "embedding":
+        return model[0].auto_model, model.tokenizer, OUTPUT
+    return (model.model if kind == "reranker" else model), model.tokenizer, SCORES
+
+
+def write(model, model_dir: Path, folder: Path, quantize: str, kind: str = "embedding") -> Path:
+    """The model's folder copied to `folder`, with the transformer (and a reranker's or classifier's head) as
+    FILES[quantize]; returns that file's path."""
     if quantize not in QUANTIZATIONS:
         raise ExportError(f"ONNX quantization {quantize!r} is not offered", f"pick one of: {', '.join(QUANTIZATIONS)}")
     folder = Path(folder)
     shutil.copytree(model_dir, folder, dirs_exist_ok=True, ignore=shutil.ignore_patterns("onnx", "parity.json"))
     target = folder / FILES[quantize]
     target.parent.mkdir(parents=True, exist_ok=True)
-    hf = model[0].auto_model
-    names = _input_names(model.tokenizer)
-    sample = model.tokenizer(["an example", "a longer example sentence"], padding=True, return_tensors="pt")
+    hf, tokenizer, output = _transformer(model, kind)
+    names = _input_names(tokenizer)
+    sample = tokenizer(["an example", "a longer example sentence"], padding=True, return_tensors="pt")
     attention = hf.config._attn_implementation
     hf.set_attn_implementation("eager")  # traces to plain ONNX ops that onnxruntime runs everywhere
     try:
         fp32 = target if quantize == "fp32" else target.with_name("model.fp32.onnx")
         dynamic = {0: torch.export.Dim.DYNAMIC, 1: torch.export.Dim.DYNAMIC}
         with torch.no_grad():
-            torch.onnx.export(_LastHiddenState(hf, names).eval(), (tuple(sample[name] for name in names),), str(fp32),
-                              input_names=list(names), output_names=[OUTPUT],
+            torch.onnx.export(_Traced(hf, names, output).eval(), (tuple(sample[name] for name in names),), str(fp32),
+                              input_names=list(names), output_names=[output],
                               dynamic_shapes=((dynamic,) * len(names),), dynamo=True, external_data=False)
     finally:
         hf.set_attn_implementation(attention)
@@ -74,16 +85,18 @@ def _quantize_int8(fp32: Path, target: Path) -> None:
                      nodes_to_exclude=down_projections)
 
 
-class _LastHiddenState(torch.nn.Module):
-    """The transformer as a function of its tokenizer's tensors, in `names` order (what torch.onnx.export traces)."""
+class _Traced(torch.nn.Module):
+    """The transformer as a function of its tokenizer's tensors, in `names` order, giving its `output` (what
+    torch.onnx.export traces)."""
 
-    def __init__(self, hf, names: tuple[str, ...]):
+    def __init__(self, hf, names: tuple[str, ...], output: str):
         super().__init__()
         self.hf = hf
         self.names = names
+        self.output = output
 
     def forward(self, inputs):
-        return self.hf(**dict(zip(self.names, inputs)), return_dict=True).last_hidden_state
+        return getattr(self.hf(**dict(zip(self.names, inputs)), return_dict=True), self.output)
 
 
 def _input_names(tokenizer) -> tuple[str, ...]:
@@ -91,18 +104,47 @@ def _input_names(tokenizer) -> tuple[str, ...]:
     return tuple(name for name in ("input_ids", "attention_mask", "token_type_ids") if name in made)
 
 
+def _session(file: Path):
+    import onnxruntime
+
+    try:
+        return onnxruntime.InferenceSession(str(file), providers=["CPUExecutionProvider"])
+    except Exception as error:  # onnxruntime says what is wrong with the file; the user needs that and a way on
+        raise ExportError(f"onnxruntime could not load {Path(file).name}, which is damaged or incomplete: {error}",
+                          "export it again") from error
+
+
+def scores(folder: Path, file: Path, inputs: list, max_length: int) -> np.ndarray:
+    """A reranker's or classifier's logits for `inputs` (texts, or (text, text) pairs) from the ONNX file in
+    onnxruntime, tokenized by the exported folder's tokenizer as the PyTorch model tokenizes them:
+    (len(inputs), num_labels)."""
+    from transformers import AutoTokenizer
+
+    session = _session(file)
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    names = [i.name for i in session.get_inputs()]
+    logits = []
+    for start in range(0, len(inputs), 32):
+        batch = tokenize(tokenizer, inputs[start:start + 32], max_length, "np")
+        logits.append(session.run([SCORES], {name: batch[name].astype(np.int64) for name in names})[0])
+    return np.concatenate(logits).astype(np.float32)
+
+
+def tokenize(tokenizer, inputs: list, max_length: int, tensors: str):
+    """Texts, or (text, text) pairs as one sequence of both, padded and truncated to `max_length` tokens."""
+    if inputs and isinstance(inputs[0], (tuple, list)):
+        first, second = [a for a, _ in inputs], [b for _, b in inputs]
+        return tokenizer(first, second, padding=True, truncation=True, max_length=max_length, return_tensors=tensors)
+    return tokenizer(list(inputs), padding=True, truncation=True, max_length=max_length, return_tensors=tensors)
+
+
 def embed(model, folder: Path, file: Path, texts: list[str]) -> np.ndarray:
     """Embeddings of `texts` (prompts already applied) from the ONNX file in onnxruntime, pooled, passed through
     the layers after pooling and normalized as the exported folder's modules.json says: (len(texts), dim)."""
-    import onnxruntime
     from transformers import AutoTokenizer
 
     folder = Path(folder)
-    try:
-        session = onnxruntime.InferenceSession(str(file), providers=["CPUExecutionProvider"])
-    except Exception as error:  # onnxruntime says what is wrong with the file; the user needs that and a way on
-        raise ExportError(f"onnxruntime could not load {Path(file).name}: {error}",
-                          "the file is damaged or incomplete; export it again") from error
+    session = _session(file)
     tokenizer = AutoTokenizer.from_pretrained(str(folder))
     settings = json.loads((folder / "sentence_bert_config.json").read_text()) \
         if (folder / "sentence_bert_config.json").exists() else {}

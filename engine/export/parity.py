@@ -1,13 +1,19 @@
 """The parity check run after every export: held-out texts embedded by the PyTorch model and by the exported file
 in its own runtime (llama.cpp for GGUF, onnxruntime for ONNX), compared text by text and as retrieval.
 
-Texts: up to MAX_TEXTS, half queries (with the model's query prompt) and half their documents (with the document
-prompt), from the run's held-out split when the export starts from a run folder, else from the bundled sample's test
-split. The exported side takes its prompts from the exported file itself, so a prompt lost on the way shows.
-
-A check passes when the lowest cosine of any text is at least THRESHOLDS[quantization]. When it fails, the exported
-vectors are compared with what the PyTorch model gives when pooled otherwise, without its query prompt, or
+Embedding models: up to MAX_TEXTS texts, half queries (with the model's query prompt) and half their documents (with
+the document prompt), from the run's held-out split when the export starts from a run folder, else from the bundled
+sample's test split. The exported side takes its prompts from the exported file itself, so a prompt lost on the way
+shows. A check passes when the lowest cosine of any text is at least THRESHOLDS[quantization]. When it fails, the
+exported vectors are compared with what the PyTorch model gives when pooled otherwise, without its query prompt, or
 without the layers after pooling, and the report names the difference that explains them.
+
+Rerankers and classifiers: up to MAX_TEXTS inputs scored by both (a reranker's (query, document) pairs, each held-out
+query with its own document and the next queries' documents, CANDIDATES in all; a classifier's held-out texts),
+the raw logits compared. A check passes when the Pearson correlation of all logits is at least
+THRESHOLDS[quantization]; the report gives the largest difference, how often both pick the same document or class,
+and the held-out metrics of both (a reranker's MRR and recall@1 over each query's candidates, a classifier's
+accuracy where the labels are known).
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 MAX_TEXTS = 200
+CANDIDATES = 4  # documents a held-out query's reranking parity scores: its own and the next queries'
 THRESHOLDS = {"f16": 0.999, "fp32": 0.999, "q8_0": 0.99, "int8": 0.99}
 RETRIEVAL_METRICS = ("ndcg@10", "mrr@10", "recall@1", "recall@10")
 
@@ -32,21 +39,71 @@ class HeldOut:
     source: str
 
 
+@dataclass
+class HeldOutInputs:
+    """What a reranker or classifier scores: `inputs[i]` a text or a (text, text) pair. A reranker's pairs come in
+    groups of CANDIDATES, a query's own document first; `labels[i]` is a classifier's true class (None: unknown)."""
+
+    inputs: list
+    source: str
+    labels: list | None = None
+
+
 def held_out_texts(run_dir: Path | None, limit: int = MAX_TEXTS) -> HeldOut:
     """The run's held-out (query, document) pairs when `run_dir` is a run folder, else the bundled sample's."""
+    pairs = limit // 2
+    rows, source = _held_out_rows(run_dir)
+    queries, documents = _query_documents(rows)
+    return HeldOut(queries[:pairs], documents[:pairs], source)
+
+
+def held_out(run_dir: Path | None, kind: str) -> HeldOut | HeldOutInputs:
+    """What the parity check of a model of `kind` (engine.export.KINDS) scores."""
+    if kind == "embedding":
+        return held_out_texts(run_dir)
+    rows, source = _held_out_rows(run_dir)
+    if kind == "reranker":
+        queries, documents = _query_documents(rows)
+        queries, documents = queries[:MAX_TEXTS // CANDIDATES], documents[:MAX_TEXTS // CANDIDATES]
+        if len(queries) < CANDIDATES:
+            from engine.export import ExportError
+
+            raise ExportError(f"the parity check needs {CANDIDATES} held-out queries to rerank, and {source} has "
+                              f"{len(queries)}", "train the run with a larger held-out split (eval size)")
+        pairs = [(query, documents[(i + offset) % len(documents)])
+                 for i, query in enumerate(queries) for offset in range(CANDIDATES)]
+        return HeldOutInputs(pairs, source)
+    if "text" not in rows:  # no run: the sample's queries, whose classes nobody knows
+        return HeldOutInputs(_query_documents(rows)[0][:MAX_TEXTS], source)
+    rows = rows.head(MAX_TEXTS)
+    inputs = list(zip(rows["text"], rows["text_pair"])) if "text_pair" in rows else rows["text"].tolist()
+    return HeldOutInputs(inputs, source, [str(label) for label in rows["label"]] if "label" in rows else None)
+
+
+def _held_out_rows(run_dir: Path | None):
+    """(the run's held-out rows, columns named by role, as the run split them; or the bundled sample's test split,
+    and where they come from)."""
     from engine import data as data_layer
 
-    pairs = limit // 2
     config_path = run_dir / "config.json" if run_dir is not None else None
     if config_path is not None and config_path.exists():
         from engine.config import TrainConfig
+        from engine.tasks import task_module
         from engine.train import _read_split
 
-        _, held_out, _ = _read_split(TrainConfig.from_dict(json.loads(config_path.read_text())), _Quiet())
-        rows = held_out.drop_duplicates("anchor").head(pairs)
-        return HeldOut(rows["anchor"].tolist(), rows["positive"].tolist(), f"the run's held-out split ({run_dir.name})")
-    rows = data_layer.load_sample("test").drop_duplicates("query").head(pairs)
-    return HeldOut(rows["query"].tolist(), rows["document"].tolist(), "the bundled sample's test split")
+        config = TrainConfig.from_dict(json.loads(config_path.read_text()))
+        _, rows, _ = _read_split(config, task_module(config.task), _Quiet())
+        return rows, f"the run's held-out split ({run_dir.name})"
+    return data_layer.load_sample("test").rename(columns={"query": "anchor", "document": "positive"}), \
+        "the bundled sample's test split"
+
+
+def _query_documents(rows) -> tuple[list[str], list[str]]:
+    """Distinct queries and each one's relevant document (a labelled table's rows labelled 1)."""
+    if "label" in rows:
+        rows = rows[rows["label"].astype(float) == 1]
+    rows = rows.drop_duplicates("anchor")
+    return rows["anchor"].tolist(), rows["positive"].tolist()
 
 
 class _Quiet:
@@ -89,11 +146,106 @@ def check(model, texts: HeldOut, exported_queries: np.ndarray, exported_document
     }
 
 
-def failed(reason: str, quantize: str, texts: HeldOut) -> dict:
+def failed(reason: str, quantize: str, texts: HeldOut | HeldOutInputs) -> dict:
     """The report of a file its runtime could not load or run."""
+    count = len(texts.inputs) if isinstance(texts, HeldOutInputs) else len(texts.queries) + len(texts.documents)
+    measured = {"score_correlation": None, "score_max_diff": None, "agreement": None, "metrics": None} \
+        if isinstance(texts, HeldOutInputs) else {"cosine_min": None, "cosine_mean": None, "retrieval": None}
     return {"passed": False, "problems": [reason], "threshold": THRESHOLDS[quantize], "quantization": quantize,
-            "texts": len(texts.queries) + len(texts.documents), "texts_from": texts.source,
-            "cosine_min": None, "cosine_mean": None, "worst_text": None, "retrieval": None}
+            "texts": count, "texts_from": texts.source, "worst_text": None, **measured}
+
+
+def max_length(model, kind: str) -> int:
+    """The tokens a reranker or classifier reads of an input, which the exported side is given too."""
+    if kind == "reranker":
+        return model.max_seq_length
+    return min(model.tokenizer.model_max_length, model.config.max_position_embeddings)
+
+
+def class_names(model, kind: str) -> list[str] | None:
+    """A classifier's classes in its head's order (None for a reranker)."""
+    return [model.config.id2label[i] for i in range(model.config.num_labels)] if kind == "classifier" else None
+
+
+def reference_scores(model, kind: str, texts: HeldOutInputs) -> np.ndarray:
+    """The PyTorch model's raw logits for `texts.inputs`: (len(inputs), num_labels)."""
+    import torch
+
+    if kind == "reranker":
+        scores = model.predict(texts.inputs, batch_size=32, activation_fn=torch.nn.Identity(), convert_to_numpy=True,
+                               show_progress_bar=False)
+        return np.asarray(scores, dtype=np.float32).reshape(len(texts.inputs), -1)
+    from engine.export.onnx import tokenize
+
+    logits = []
+    with torch.no_grad():
+        for start in range(0, len(texts.inputs), 32):
+            batch = tokenize(model.tokenizer, texts.inputs[start:start + 32], max_length(model, kind), "pt")
+            logits.append(model(**batch.to(model.device)).logits.float().cpu().numpy())
+    return np.concatenate(logits)
+
+
+def check_scores(kind: str, texts: HeldOutInputs, reference: np.ndarray, exported: np.ndarray, quantize: str,
+                 classes: list[str] | None = None) -> dict:
+    """Compare a reranker's or classifier's exported logits with the PyTorch model's; the report parity.json holds."""
+    threshold = THRESHOLDS[quantize]
+    if reference.shape != exported.shape:
+        return failed(f"the exported file gives {exported.shape[-1]} scores an input and the model "
+                      f"{reference.shape[-1]}: the file lost or changed the model's head", quantize, texts)
+    difference = np.abs(reference - exported).max(axis=-1)
+    correlation = _correlation(reference.ravel(), exported.ravel())
+    worst = int(np.argmax(difference))
+    problems = []
+    if correlation < threshold:
+        problems.append(f"the exported file's scores differ from the model's (correlation {correlation:.4f} < "
+                        f"{threshold}, largest difference {difference.max():.4f}): the file is damaged, or the "
+                        "quantization loses too much for this model")
+    if kind == "reranker":
+        reference_groups, exported_groups = _by_query(reference), _by_query(exported)
+        agreement = float(np.mean(reference_groups.argmax(1) == exported_groups.argmax(1)))
+        metrics = {"pytorch": _reranking(reference_groups), "exported": _reranking(exported_groups)}
+    else:
+        agreement = float(np.mean(reference.argmax(1) == exported.argmax(1)))
+        metrics = {"pytorch": _classification(reference, texts.labels, classes),
+                   "exported": _classification(exported, texts.labels, classes)}
+    worst_input = texts.inputs[worst]
+    return {
+        "passed": not problems,
+        "problems": problems,
+        "threshold": threshold,
+        "quantization": quantize,
+        "texts": len(texts.inputs),
+        "texts_from": texts.source,
+        "score_correlation": round(correlation, 6),
+        "score_max_diff": round(float(difference.max()), 6),
+        "agreement": round(agreement, 4),
+        "worst_text": (" | ".join(worst_input) if isinstance(worst_input, tuple) else worst_input)[:200],
+        "metrics": metrics,
+    }
+
+
+def _correlation(a: np.ndarray, b: np.ndarray) -> float:
+    if a.std() == 0 or b.std() == 0:  # constant scores (an untrained head on tiny inputs): equal or not
+        return 1.0 if np.allclose(a, b, atol=1e-5) else 0.0
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+def _by_query(scores: np.ndarray) -> np.ndarray:
+    """A reranker's scores with a query's candidates a row."""
+    return scores[:, 0].reshape(-1, CANDIDATES)
+
+
+def _reranking(groups: np.ndarray) -> dict[str, float]:
+    """Each query's own document (column 0) ranked among its candidates."""
+    rank = (groups > groups[:, :1]).sum(axis=1) + 1
+    return {"mrr": round(float(np.mean(1 / rank)), 4), "recall@1": round(float(np.mean(rank == 1)), 4)}
+
+
+def _classification(logits: np.ndarray, labels: list | None, classes: list[str] | None) -> dict[str, float]:
+    if not labels or not classes:
+        return {}
+    predicted = [classes[i] for i in logits.argmax(1)]
+    return {"accuracy": round(float(np.mean([p == t for p, t in zip(predicted, labels)])), 4)}
 
 
 def write(report: dict, folder: Path) -> Path:
@@ -107,12 +259,22 @@ def write(report: dict, folder: Path) -> Path:
 
 def describe(report: dict) -> str:
     """One or two lines for a terminal or a page."""
-    if report["cosine_min"] is None:
+    verdict = "passed" if report["passed"] else "FAILED"
+    if "score_correlation" in report:
+        if report["score_correlation"] is None:
+            return "parity FAILED: " + "; ".join(report["problems"])
+        metrics = "; ".join(f"{name} PyTorch {value:.3f}, exported {report['metrics']['exported'][name]:.3f}"
+                            for name, value in report["metrics"]["pytorch"].items())
+        head = (f"parity {verdict}: score correlation {report['score_correlation']:.4f} over {report['texts']} "
+                f"held-out inputs (threshold {report['threshold']}), largest difference "
+                f"{report['score_max_diff']:.4f}, same choice {report['agreement']:.0%}" + (f"; {metrics}" if metrics else ""))
+    elif report["cosine_min"] is None:
         return "parity FAILED: " + "; ".join(report["problems"])
-    head = (f"parity {'passed' if report['passed'] else 'FAILED'}: cosine min {report['cosine_min']:.4f} / "
-            f"mean {report['cosine_mean']:.4f} over {report['texts']} held-out texts (threshold "
-            f"{report['threshold']}); ndcg@10 PyTorch {report['retrieval']['pytorch']['ndcg@10']:.3f}, exported "
-            f"{report['retrieval']['exported']['ndcg@10']:.3f}")
+    else:
+        head = (f"parity {verdict}: cosine min {report['cosine_min']:.4f} / mean {report['cosine_mean']:.4f} over "
+                f"{report['texts']} held-out texts (threshold {report['threshold']}); ndcg@10 PyTorch "
+                f"{report['retrieval']['pytorch']['ndcg@10']:.3f}, exported "
+                f"{report['retrieval']['exported']['ndcg@10']:.3f}")
     return head + "".join(f"\n  {problem}" for problem in report["problems"])
 
 

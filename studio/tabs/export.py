@@ -1,13 +1,19 @@
 """Export tab: download the merged model or the adapter as a zip, copy it to a folder, push it to
-the Hub with a model card, and the Python that loads it. Each button has its own message box right
-under it, so what went wrong is said where the user looked."""
+the Hub with a model card, and the Python that loads it; or export it as GGUF (llama.cpp, Ollama) or ONNX,
+checked against the trained model in that format's runtime, with its parity result, a download and the lines
+that serve it. Each button has its own message box right under it, so what went wrong is said where the user
+looked."""
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import gradio as gr
 
 from studio.commands import load_snippet
-from studio.exporting import push_model, save_model, zip_model
+from studio.exporting import (conversions_for, conversions_table, convert, exported_path, parity_markdown,
+                              push_model, run_task, save_model, served_name, serving, zip_model)
 from studio.tabs.compare import comparable_runs
 from studio.ui import error_box, hide_error, show_error
 
@@ -41,6 +47,19 @@ def build(studio, ui) -> None:
             push_error = error_box("export-push-error")
             pushed_md = gr.Markdown(elem_id="export-push-result")
     snippet = gr.Code(label="Load the result", language="python", elem_id="export-snippet")
+    gr.Markdown("### GGUF and ONNX, checked against the trained model")
+    with gr.Row():
+        with gr.Column():
+            conversion = gr.Radio(conversions_for("embedding"), value="gguf:q8_0", label="Format",
+                                  elem_id="export-format")
+            convert_btn = gr.Button("Export and check", variant="primary", elem_id="export-convert")
+            convert_error = error_box("export-convert-error")
+            parity_md = gr.Markdown(elem_id="export-parity")
+            converted = gr.File(label="Download the export", interactive=False, elem_id="export-file")
+        with gr.Column():
+            conversions_md = gr.Markdown(elem_id="export-formats")
+    serve_shell = gr.Code(label="Serve it", language="shell", elem_id="export-serve")
+    serve_python = gr.Code(label="Load it in Python", language="python", elem_id="export-serve-python")
 
     def describe(run_id, what):
         try:
@@ -76,6 +95,34 @@ def build(studio, ui) -> None:
             return "", show_error(str(problem))
         return f"Pushed: [{url}]({url})", hide_error()
 
+    def show_conversions(run_id, choice):
+        """The run's exports so far, the format choices its task has, and the lines that serve the chosen one."""
+        try:
+            run = studio.store.get(run_id)
+        except KeyError:
+            return gr.update(), "", "", "", ""
+        choices = conversions_for(run_task(run))
+        if choice not in [value for _, value in choices]:
+            choice = choices[-1][1]
+        exported = exported_path(run, choice)
+        lines = serving(run, exported, served_name(run, choice))
+        report = Path(run.run_dir) / "export" / choice.replace(":", "-") / "parity.json"
+        shown = parity_markdown(choice, json.loads(report.read_text())) if report.is_file() else ""
+        return (gr.update(choices=choices, value=choice), conversions_table(run), shown, lines["shell"],
+                lines["python"])
+
+    def convert_run(run_id, choice, progress=gr.Progress()):
+        if not run_id:
+            return "", None, gr.update(), gr.update(), gr.update(), show_error("pick a finished run first")
+        try:
+            run = studio.store.get(run_id)
+            done = convert(run, choice, studio.settings,
+                           progress=lambda message, fraction: progress(fraction or 0.0, desc=message))
+        except (OSError, ValueError, RuntimeError) as problem:
+            return "", None, gr.update(), gr.update(), gr.update(), show_error(str(problem))
+        return (parity_markdown(choice, done.report), str(done.download), conversions_table(run),
+                done.snippets["shell"], done.snippets["python"], hide_error())
+
     def refresh_runs(current):
         choices = comparable_runs(studio)
         ids = [c[1] for c in choices]
@@ -83,6 +130,12 @@ def build(studio, ui) -> None:
 
     for trigger in (run_pick.change, kind.change):
         trigger(describe, [run_pick, kind], snippet, api_visibility="private")
+    shown = [conversion, conversions_md, parity_md, serve_shell, serve_python]
+    run_pick.change(show_conversions, [run_pick, conversion], shown, api_visibility="private")
+    conversion.input(show_conversions, [run_pick, conversion], shown, api_visibility="private")
+    convert_btn.click(convert_run, [run_pick, conversion],
+                      [parity_md, converted, conversions_md, serve_shell, serve_python, convert_error],
+                      api_name="export_convert")
     zip_btn.click(build_zip, [run_pick, kind], [download, zip_error], api_name="export_zip")
     save_btn.click(save, [run_pick, kind, destination], [saved_md, save_error], api_name="export_save")
     push_btn.click(push, [run_pick, kind, repo_id, private, token], [pushed_md, push_error], api_name="push_to_hub")

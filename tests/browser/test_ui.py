@@ -1,6 +1,7 @@
 """The studio in Debian's Chromium: the sample from loading to an exported model (on the way, Compare's
 example pick, marked answers and a click on an improved query), a run that finishes with no page open, a
-reload that finds the running job, Stop, a corrupt upload, Export's messages beside its buttons, and the Runs tab.
+reload that finds the running job, Stop, a corrupt upload, Export's messages beside its buttons, a GGUF export with
+its parity result, and the Runs tab.
 
 Screenshots are taken only when asked: LACKER_SCREENSHOTS=1 writes each tab's to assets/screenshots/<tab>.png
 (the README's), LACKER_SCREENSHOTS=DIR writes them to DIR; unset, the tests write nothing into the repository."""
@@ -267,6 +268,48 @@ def test_export_says_what_went_wrong_beside_the_button_pressed(page, studio_app)
     assert "Errno" not in pushed.inner_text()
     assert 0 <= below(page, "#export-push-error", "#export-push") < 60
     assert "token" not in saved.inner_text()  # each button keeps its own message
+
+
+def test_export_gguf_from_the_tab_shows_its_parity_result(page, studio_app, tmp_path):
+    """A run registered as finished whose merged/ is a tiny BERT from a config, held out from the bundled sample:
+    its GGUF is written, embedded in llama.cpp and compared with the PyTorch model from the tab."""
+    import json
+
+    from engine.data import SAMPLE_DIR
+    from engine.models import FastSentenceTransformer
+    from studio.store import Run, RunStore
+    from tiny_models import build_tiny_model
+
+    run_dir = studio_app.home / "export-gguf"
+    base = build_tiny_model("bert", tmp_path / "bert")
+    FastSentenceTransformer.from_pretrained(str(base), device="cpu").save_pretrained(str(run_dir / "merged"))
+    (run_dir / "config.json").write_text(json.dumps({"data": str(SAMPLE_DIR / "train.jsonl"),
+                                                     "output_dir": str(run_dir), "eval_size": 0.1}))
+    (run_dir / "events.jsonl").write_text("")
+    RunStore(studio_app.home / "runs.sqlite").add(Run(
+        id="export-gguf", created=time.time() - 10 ** 6, status="completed", model="tiny-bert",
+        data="train.jsonl", method="lora", run_dir=str(run_dir)))
+
+    open_tab(page, "Export")
+    page.locator("#export-run input").click()
+    page.get_by_role("option", name="export-gguf").click()
+    page.locator("#export-formats").get_by_text("No GGUF or ONNX export of this run yet").wait_for()
+    page.locator("#export-format").get_by_text("GGUF q8_0").click()
+    page.locator("#export-convert").click()
+    parity = page.locator("#export-parity")
+    parity.get_by_text("parity passed").wait_for(timeout=RUN_TIMEOUT * 1000)
+    assert "GGUF q8_0" in parity.inner_text() and "cosine min" in parity.inner_text()
+    assert "| GGUF q8_0 |" not in page.locator("#export-formats").inner_text()  # a table, rendered
+    assert "GGUF q8_0" in page.locator("#export-formats").inner_text()
+    serve = page.locator("#export-serve").inner_text()
+    assert "ollama create export-gguf" not in serve and "ollama create lacker-export-gguf-gguf-q8_0" in serve
+    assert "--pooling mean" in serve
+    link = page.locator("#export-file a").first
+    with page.expect_download() as download_info:
+        link.click()
+    saved = tmp_path / "model.gguf"
+    download_info.value.save_as(saved)
+    assert saved.read_bytes()[:4] == b"GGUF"
 
 
 def test_runs_tab_lists_every_run_and_overlays_two_curves(page, studio_app):
