@@ -21,7 +21,7 @@ from engine.tasks import task_module
 from studio import api, hardware
 from engine.config import command_line
 from engine.families import CURATED_MODELS
-from studio.data_sources import RUN_SOURCE, DataSource, read_source, shown_eval_data, write_run_data
+from studio.data_sources import RUN_SOURCE, DataSource, read_source, shown_data, shown_eval_data, write_run_data
 from studio.events import progress_of
 from studio.login import ClientAddress, LoginThrottle
 from studio.runner import Runner
@@ -81,7 +81,7 @@ class Studio:
                                        config["seed"], config["task"])
             shown = {**config, "data_config": source.config, "data_split": source.split}
             (run_dir / "command.txt").write_text(command_line(
-                shown, source.label, str(run_dir), eval_data=shown_eval_data(source, overrides)) + "\n")
+                shown, shown_data(source, overrides), str(run_dir), eval_data=shown_eval_data(source, overrides)) + "\n")
             # config.json names the run's copies of the data; Open in Train shows what the user picked.
             atomic.write_text(run_dir / RUN_SOURCE, json.dumps({"source": source.to_dict(), "columns": config["columns"]}))
             return overrides

@@ -36,10 +36,12 @@ class DataSource:
     location: str = ""  # the sample's folder (a value of SAMPLE_NAMES), the file's path, or the dataset id
     config: str | None = None
     split: str | None = None
+    rows: int | None = None  # a sample's first rows only (a preset that must finish in a minute); None: all
 
     @property
     def label(self) -> str:
-        """How a user names this source, and what `lacker train --data` takes."""
+        """How a user names this source, and what `lacker train --data` takes (for a sample's first rows, a run
+        writes those rows to a file of its own: `shown_data`)."""
         if self.kind == "sample":
             return _shown_path(self.sample_file("train"))
         return self.location
@@ -48,13 +50,18 @@ class DataSource:
     def name(self) -> str:
         """How the page names this source: a file by its base name (the studio's folders are not the user's
         business), a dataset by its id."""
-        return Path(self.location).name if self.kind == "file" else self.label
+        if self.kind == "file":
+            return Path(self.location).name
+        return self.label + (f" (its first {self.rows:,} rows)" if self.rows else "")
 
     @property
     def card_name(self) -> str:
         """How the model card names this source (the run trains on its copy in the run folder, whose name says
         nothing): a file by its base name, a dataset by its id, a sample by its folder."""
-        return f"{self.location} (a sample bundled with Lacker Studio)" if self.kind == "sample" else self.name
+        if self.kind != "sample":
+            return self.name
+        first = f"the first {self.rows:,} training rows of " if self.rows else ""
+        return f"{first}{self.location} (a sample bundled with Lacker Studio)"
 
     @property
     def eval_label(self) -> str | None:
@@ -133,7 +140,8 @@ def read_source(source: DataSource, settings: Settings):
 @lru_cache(maxsize=4)
 def _read_cached(source: DataSource, mtime: float | None, max_bytes: int | None):
     if source.kind == "sample":
-        return data_layer.read_table(source.sample_file("train"))
+        table = data_layer.read_table(source.sample_file("train"))
+        return table.head(source.rows) if source.rows else table
     return data_layer.read_table(source.location, config=source.config, split=source.split, max_bytes=max_bytes)
 
 
@@ -179,6 +187,7 @@ def held_out_split(source: DataSource, settings: Settings, eval_size: float, tas
 
 
 SOURCE_EVAL = "eval-source.jsonl"  # a sample run's held-out part, in the sample's column names
+SOURCE_TRAIN = "train-source.jsonl"  # the rows a run on a sample's first rows trains on, in the sample's column names
 
 
 def write_run_data(run_dir: Path, source: DataSource, settings: Settings, mapping: dict, eval_size: float,
@@ -209,6 +218,9 @@ def write_run_data(run_dir: Path, source: DataSource, settings: Settings, mappin
         # the same rows in the sample's own column names: what the run's shell command holds out (its --columns
         # name those)
         in_source.to_json(folder / SOURCE_EVAL, orient="records", lines=True, force_ascii=False)
+        if source.rows:
+            read_source(source, settings).to_json(folder / SOURCE_TRAIN, orient="records", lines=True,
+                                                  force_ascii=False)
     table.to_json(folder / "train.jsonl", orient="records", lines=True, force_ascii=False)
     held_out.to_json(folder / "eval.jsonl", orient="records", lines=True, force_ascii=False)
     columns = {role: role for role in ("anchor", "positive", "score", "label", "text", "text_pair")
@@ -218,6 +230,12 @@ def write_run_data(run_dir: Path, source: DataSource, settings: Settings, mappin
         columns["negative"] = negatives
     return {"data": str(folder / "train.jsonl"), "eval_data": str(folder / "eval.jsonl"),
             "data_config": None, "data_split": None, "columns": columns}
+
+
+def shown_data(source: DataSource, overrides: dict) -> str:
+    """The training file a shell command names for a run: the source as the user named it, or the run's copy of a
+    sample's first rows."""
+    return str(Path(overrides["data"]).parent / SOURCE_TRAIN) if source.rows else source.label
 
 
 def shown_eval_data(source: DataSource, overrides: dict) -> str | None:

@@ -1,5 +1,6 @@
 """Runs tab: every run in the registry with its task, opening one in Train / Compare / Export (its task and settings
-with it), resuming a failed or stopped one from its last checkpoint, and overlaying curves. A line above the table says when the registry cannot be written."""
+with it), resuming a failed or stopped one from its last checkpoint, and overlaying curves. A line above the table
+says when the registry cannot be written."""
 
 from __future__ import annotations
 
