@@ -238,3 +238,10 @@ def test_the_embedding_preset_still_trains_the_demo_sample(studio):
     fn = studio.handlers["demo_preset"]
     shown = by_label(fn, fn.fn("embedding"))
     assert DEMO_SAMPLE.location in shown["data-source"] and shown["anchor (query)"]["value"] == "query"
+
+
+def test_the_api_guesses_the_tasks_columns_and_reports_the_task(studio):
+    run = call(studio, "start_run", {"task": "classifier", "max_steps": 5, "evaluate": False}, "sections")
+    assert run["task"] == "classifier"
+    assert studio.source_of(studio.store.get(run["run_id"]))[1] == {"text": "text", "label": "section"}
+    assert next(r for r in call(studio, "list_runs") if r["run_id"] == run["run_id"])["task"] == "classifier"
