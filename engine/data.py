@@ -32,6 +32,7 @@ import pandas as pd
 
 from engine.bundled import ASSETS_DIR
 from engine.tasks import all_roles
+from engine.tasks.classifier import ROLES as CLASSIFIER_ROLES
 from engine.tasks.embedding import LOSSES  # the embedding task's losses per data shape (pairs, triplets, ...)
 
 ROLES = ("anchor", "positive", "negative", "score", "label")
@@ -53,6 +54,17 @@ ROLE_NAMES = {
                  "body", "content", "context", "output", "target", "text"),
     "score": ("score", "similarity", "similarity_score", "relevance", "relevance_score", "sim", "rating"),
     "label": ("label", "labels", "class", "is_match", "is_relevant", "relevant"),
+}
+# A classifier's roles (engine.tasks.classifier), label first: "description" is the text beside a "category", and
+# "text_pair" (which reads as "pair") the second text of a pair. "title" and "question" come last: a short title
+# beside a longer description is not the text to classify.
+CLASSIFIER_ROLE_NAMES = {
+    "label": ("label", "labels", "category", "section", "class", "topic", "intent", "sentiment", "genre", "tag"),
+    "text": ("text", "sentence", "description", "sentence1", "sentence_1", "sentence_a", "text1", "text_1", "text_a",
+             "premise", "content", "body", "document", "review", "comment", "message", "utterance", "question",
+             "title"),
+    "text_pair": ("pair", "sentence2", "sentence_2", "sentence_b", "text2", "text_2", "text_b",
+                  "hypothesis"),
 }
 FILLER_WORDS = ("text", "str", "string", "column", "col", "field")
 SHORT_PAIR = ("q", "a")  # one-letter names say something only as this pair
@@ -343,26 +355,24 @@ def _name_key(name) -> str:
     return "_".join(kept)
 
 
-def column_guess(columns) -> ColumnGuess:
-    """Guess role -> column from common names (`columns`: names, or a DataFrame to look at dtypes too).
+def column_guess(columns, task: str = "embedding") -> ColumnGuess:
+    """Guess role -> column for `task` from common names (`columns`: names, or a DataFrame to look at dtypes too).
 
-    Names match ROLE_NAMES by their words (see `_name_key`). Negatives are every column named negative*, neg*,
-    hard_negative*, in table order. A table of exactly two columns whose names say nothing (text columns, when
-    a DataFrame is given) is taken in order, anchor first, the way sentence-transformers reads columns; in any
-    other table an unknown name is left for the user to map: position alone is no evidence.
+    Names match ROLE_NAMES (a classifier's: CLASSIFIER_ROLE_NAMES) by their words (see `_name_key`). For the pair
+    tasks, negatives are every column named negative*, neg*, hard_negative*, in table order, and a table of exactly
+    two columns whose names say nothing (text columns, when a DataFrame is given) is taken in order, anchor first,
+    the way sentence-transformers reads columns; in any other table an unknown name is left for the user to map:
+    position alone is no evidence.
     """
     names = list(columns.columns if isinstance(columns, pd.DataFrame) else columns)
     keys = {name: _name_key(name) for name in names}
+    if task == "classifier":
+        mapping, reasons = _by_name(keys, CLASSIFIER_ROLE_NAMES)
+        roles = [role for role in CLASSIFIER_ROLES if role in mapping]
+        return ColumnGuess({role: mapping[role] for role in roles}, {role: reasons[role] for role in roles})
     if not set(SHORT_PAIR) <= set(keys.values()):
         keys = {name: key for name, key in keys.items() if key not in SHORT_PAIR}
-    mapping: dict = {}
-    reasons: dict = {}
-    for role in ("anchor", "positive", "score", "label"):
-        found = next((name for candidate in ROLE_NAMES[role] for name in keys
-                      if keys[name] == candidate and name not in mapping.values()), None)
-        if found is not None:
-            mapping[role] = found
-            reasons[role] = "its name" if keys[found] == str(found) else f'reads as "{keys[found]}"'
+    mapping, reasons = _by_name(keys, ROLE_NAMES)
     negatives = [name for name in names if name not in mapping.values()
                  and _name_key(name).startswith(NEGATIVE_PREFIXES)]
     if negatives:
@@ -378,9 +388,23 @@ def column_guess(columns) -> ColumnGuess:
     return ColumnGuess({role: mapping[role] for role in roles}, {role: reasons[role] for role in roles})
 
 
-def guess_columns(columns) -> dict:
-    """role -> column, as `column_guess` picks them."""
-    return column_guess(columns).mapping
+def _by_name(keys: dict, role_names: dict) -> tuple[dict, dict]:
+    """(role -> column, role -> reason): for each role of `role_names` in turn, the first of its names that some
+    column (name -> key) reads as, a column taking one role only."""
+    mapping: dict = {}
+    reasons: dict = {}
+    for role, candidates in role_names.items():
+        found = next((name for candidate in candidates for name in keys
+                      if keys[name] == candidate and name not in mapping.values()), None)
+        if found is not None:
+            mapping[role] = found
+            reasons[role] = "its name" if keys[found] == str(found) else f'reads as "{keys[found]}"'
+    return mapping, reasons
+
+
+def guess_columns(columns, task: str = "embedding") -> dict:
+    """role -> column, as `column_guess` picks them for `task`."""
+    return column_guess(columns, task).mapping
 
 
 def parse_column_spec(spec: str) -> dict:

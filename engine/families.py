@@ -186,9 +186,13 @@ FAMILIES: tuple[Family, ...] = (
 _BY_MODEL_TYPE = {model_type: family for family in FAMILIES for model_type in family.model_types}
 
 
+EMBEDDING, RERANKER, CLASSIFIER = "embedding", "reranker", "classifier"  # engine.tasks' names
+
+
 @dataclass(frozen=True)
 class CuratedModel:
-    """A model the studio offers by name. `params_m` is millions of parameters; `dim` the embedding size."""
+    """A model the studio offers by name. `params_m` is millions of parameters; `dim` the hidden (embedding) size;
+    `tasks` the tasks (engine.tasks' names) it is offered for; `task_notes` what is particular to one of them."""
 
     model_id: str
     family: str
@@ -197,10 +201,15 @@ class CuratedModel:
     layers: int
     max_seq_length: int
     note: str = ""
+    tasks: tuple[str, ...] = (EMBEDDING,)
+    task_notes: dict = field(default_factory=dict)
 
 
+_NEW_HEAD = "a bi-encoder checkpoint: the cross-encoder gets a new score head, trained from scratch"
 CURATED_MODELS: tuple[CuratedModel, ...] = (
-    CuratedModel("sentence-transformers/all-MiniLM-L6-v2", "bert", 22.7, 384, 6, 256, "bundled; works offline"),
+    CuratedModel("sentence-transformers/all-MiniLM-L6-v2", "bert", 22.7, 384, 6, 256, "bundled; works offline",
+                 tasks=(EMBEDDING, RERANKER, CLASSIFIER),
+                 task_notes={RERANKER: _NEW_HEAD, CLASSIFIER: "a new classification head over its encoder"}),
     CuratedModel("BAAI/bge-large-en-v1.5", "bert", 335, 1024, 24, 512),
     CuratedModel("intfloat/e5-large-v2", "bert", 335, 1024, 24, 512),
     CuratedModel("mixedbread-ai/mxbai-embed-large-v1", "bert", 335, 1024, 24, 512),
@@ -209,12 +218,22 @@ CURATED_MODELS: tuple[CuratedModel, ...] = (
     CuratedModel("Snowflake/snowflake-arctic-embed-l-v2.0", "xlm-roberta", 568, 1024, 24, 8192, "multilingual"),
     CuratedModel("sentence-transformers/all-mpnet-base-v2", "mpnet", 109, 768, 12, 384),
     CuratedModel("sentence-transformers/multi-qa-distilbert-cos-v1", "distilbert", 66, 768, 6, 512),
-    CuratedModel("answerdotai/ModernBERT-base", "modernbert", 149, 768, 22, 8192),
-    CuratedModel("answerdotai/ModernBERT-large", "modernbert", 395, 1024, 28, 8192),
+    CuratedModel("answerdotai/ModernBERT-base", "modernbert", 149, 768, 22, 8192, tasks=(EMBEDDING, CLASSIFIER)),
+    CuratedModel("answerdotai/ModernBERT-large", "modernbert", 395, 1024, 28, 8192, tasks=(EMBEDDING, CLASSIFIER)),
     CuratedModel("Alibaba-NLP/gte-modernbert-base", "modernbert", 149, 768, 22, 8192),
     CuratedModel("Qwen/Qwen3-Embedding-0.6B", "qwen3", 596, 1024, 28, 32768, "instruction prompts"),
     CuratedModel("google/embeddinggemma-300m", "gemma3", 308, 768, 24, 2048, "task prompts"),
+    CuratedModel("BAAI/bge-reranker-v2-m3", "xlm-roberta", 568, 1024, 24, 8192,
+                 "multilingual; keeps its trained score head", tasks=(RERANKER,)),
+    CuratedModel("cross-encoder/ms-marco-MiniLM-L6-v2", "bert", 22.7, 384, 6, 512,
+                 "trained on MS MARCO; keeps its score head", tasks=(RERANKER,)),
 )
+
+
+def curated_for(task: str) -> tuple[CuratedModel, ...]:
+    """The curated models offered for `task`, the bundled model first."""
+    return tuple(m for m in CURATED_MODELS if task in m.tasks)
+
 
 DEFAULT_MODEL = CURATED_MODELS[0].model_id
 

@@ -21,7 +21,8 @@ DEFAULTS = api_defaults()  # every setting of engine.config.TrainConfig but the 
 
 def run_record(studio, run: Run) -> dict:
     progress = progress_of(run.run_dir)
-    return {"run_id": run.id, "status": run.status, "stage": progress.status, "model": run.model, "data": run.data,
+    return {"run_id": run.id, "status": run.status, "stage": progress.status, "task": run.config.get("task") or "embedding",
+            "model": run.model, "data": run.data,
             "method": run.method, "step": progress.step, "total_steps": progress.total_steps,
             "loss_points": len(progress.losses), "queue_position": studio.runner.queue_position(run.id),
             "duration": run.duration, "metrics": run.metrics, "error": run.error, "hint": run.hint,
@@ -33,8 +34,9 @@ def register(studio) -> None:
 
     def start_run(config: dict, data: str) -> dict:
         """Queue a run. `config`: worker config keys (defaults fill the rest; paths other than "model" are the
-        studio's to set); `data`: "sample", an allowed local file or a Hugging Face dataset id. "model" is a Hub id
-        or a model folder inside the allowed folders. Columns default to the engine's guess."""
+        studio's to set; "task" is embedding, reranker or classifier); `data`: "sample", "demo", "sections", an allowed
+        local file or a Hugging Face dataset id. "model" is a Hub id or a model folder inside the allowed folders.
+        Columns default to the engine's guess for the task."""
         unknown = sorted(set(config) - set(DEFAULTS))
         if unknown:
             raise gr.Error(f"unknown setting{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}; "
@@ -44,7 +46,7 @@ def register(studio) -> None:
             full["model"] = studio.settings.check_model_name(str(full["model"] or ""))
             source = source_from_text(data, studio.settings, full["data_config"], full["data_split"])
             if not full["columns"]:
-                full["columns"] = data_layer.guess_columns(read_source(source, studio.settings))
+                full["columns"] = data_layer.guess_columns(read_source(source, studio.settings), full["task"])
             run = studio.start_run(full, source)
         except (ValueError, OSError) as problem:
             raise gr.Error(str(problem))

@@ -17,11 +17,11 @@ import gradio as gr
 from starlette.middleware import Middleware
 
 from engine import atomic
-from engine import data as data_layer
+from engine.tasks import task_module
 from studio import api, hardware
 from engine.config import command_line
 from engine.families import CURATED_MODELS
-from studio.data_sources import RUN_SOURCE, DataSource, read_source, shown_eval_data, write_run_data
+from studio.data_sources import RUN_SOURCE, DataSource, read_source, shown_data, shown_eval_data, write_run_data
 from studio.events import progress_of
 from studio.login import ClientAddress, LoginThrottle
 from studio.runner import Runner
@@ -74,14 +74,14 @@ class Studio:
         config = {key: value for key, value in checked.items() if key not in STUDIO_PATHS}
         config["model"] = self.settings.check_model_name(config["model"])  # the form and the API alike
         table = read_source(source, self.settings)
-        data_layer.validate(table, config["columns"], source.name, loss=config["loss"])
+        task_module(config["task"]).validate(table, config["columns"] or {}, source.name, loss=config["loss"])
 
         def write_data(run_dir: Path) -> dict:
             overrides = write_run_data(run_dir, source, self.settings, config["columns"], config["eval_size"],
-                                       config["seed"])
+                                       config["seed"], config["task"])
             shown = {**config, "data_config": source.config, "data_split": source.split}
             (run_dir / "command.txt").write_text(command_line(
-                shown, source.label, str(run_dir), eval_data=shown_eval_data(source, overrides)) + "\n")
+                shown, shown_data(source, overrides), str(run_dir), eval_data=shown_eval_data(source, overrides)) + "\n")
             # config.json names the run's copies of the data; Open in Train shows what the user picked.
             atomic.write_text(run_dir / RUN_SOURCE, json.dumps({"source": source.to_dict(), "columns": config["columns"]}))
             return overrides
@@ -114,10 +114,12 @@ class Studio:
             if run.resumed_from or not (progress.elapsed and progress.step) or run.duration is None or not params_m:
                 continue
             cfg = run.config
+            task = cfg.get("task") or "embedding"
             work = hardware.step_work(params_m, cfg.get("batch_size") or 1, cfg.get("max_seq_length"),
-                                      bool(cfg.get("gradient_checkpointing")))
+                                      bool(cfg.get("gradient_checkpointing")), task)
             samples.append(hardware.StepSample(progress.elapsed / progress.step, work,
-                                               max(0.0, run.duration - progress.elapsed), bool(cfg.get("evaluate"))))
+                                               max(0.0, run.duration - progress.elapsed), bool(cfg.get("evaluate")),
+                                               task))
             if len(samples) == hardware.SAMPLES_USED:
                 break
         return samples
@@ -136,8 +138,8 @@ def model_params_m(name: str) -> float | None:
 def build_app(studio: Studio) -> gr.Blocks:
     with gr.Blocks(title="Lacker Studio") as demo:
         ui = types.SimpleNamespace(demo=demo)
-        gr.Markdown("# Lacker Studio\nFine-tune an embedding model on your own pairs, watch it train, "
-                    "and see its search results beside the base model's.")
+        gr.Markdown("# Lacker Studio\nFine-tune an embedding model, a reranker or a classifier on your own data, "
+                    "watch it train, and see it beside the base model.")
         # A callable value is worked out again on every page load: the same figure before and after a reload.
         gr.Markdown(lambda: hardware.device_notice(studio.step_samples()), elem_id="device-notice",
                     elem_classes=[] if hardware.gpu_name() else ["lacker-notice"])

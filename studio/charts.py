@@ -1,5 +1,5 @@
-"""Plotly figures: the loss curve (raw, smoothed, eval points), run overlays, text-length histograms
-and what training did to the held-out queries' similarity to their own documents."""
+"""Plotly figures: the loss curve (raw, smoothed, eval points), run overlays, text-length histograms, a
+classifier's rows per label and what training did to the held-out queries' similarity to their own documents."""
 
 from __future__ import annotations
 
@@ -69,6 +69,15 @@ def length_histogram(text_lengths: dict[str, list[int]]) -> go.Figure:
     fig.update_xaxes(title_text="characters")
     fig.update_yaxes(title_text="rows")
     return _layout(fig, "Text lengths by role")
+
+
+def label_distribution(labels: dict[str, int]) -> go.Figure:
+    """Rows per class (a classifier's labels, most common first), so an imbalance shows before training."""
+    fig = go.Figure(go.Bar(x=[str(label) for label in labels], y=list(labels.values()), marker_color="rgb(99,110,250)",
+                           text=list(labels.values()), textposition="outside"))
+    fig.update_xaxes(title_text="label", type="category")
+    fig.update_yaxes(title_text="rows")
+    return _layout(fig, f"Rows per label ({len(labels)} labels)")
 
 
 MARGIN_BINS = 30

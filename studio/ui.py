@@ -1,4 +1,4 @@
-"""Small pieces every tab uses: inline error boxes and human-readable numbers."""
+"""Small pieces every tab uses: inline error boxes, human-readable numbers and the metric each task is judged by."""
 
 from __future__ import annotations
 
@@ -34,3 +34,13 @@ def duration(seconds: float | None) -> str:
     hours, rest = divmod(seconds, 3600)
     minutes, secs = divmod(rest, 60)
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+# The metric a task's before / after is told by (engine.tasks' evaluations name them so), and how the page names it.
+HEADLINE_METRICS = {"embedding": ("ndcg@10", "NDCG@10"), "reranker": ("ndcg@10", "NDCG@10"),
+                    "classifier": ("accuracy", "accuracy")}
+
+
+def headline_metric(task: str | None) -> tuple[str, str]:
+    """(metrics key, page name) of the metric that says whether a run of `task` beat its base."""
+    return HEADLINE_METRICS.get(task or "embedding", HEADLINE_METRICS["embedding"])

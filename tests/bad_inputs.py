@@ -4,7 +4,8 @@ words the message must hold (the problem, and the row and column where there is 
 
     python tests/bad_inputs.py OUT_DIR     # write every case's file into OUT_DIR, to try them by hand
 
-tests/test_bad_inputs.py runs each case through the CLI, the studio's Data tab and the studio's start_run API.
+tests/test_bad_inputs.py runs each case through the CLI, the studio's Data tab and the studio's start_run API (the
+reranker's own cases, `reranker_cases`, go through the CLI in tests/test_reranker.py).
 """
 
 from __future__ import annotations
@@ -288,8 +289,8 @@ RERANKER = {"task": "reranker"}
 
 
 def reranker_cases() -> list[BadInput]:
-    """Data a reranker refuses (run settings task=reranker) beyond what every task refuses (`cases`). Kept apart
-    from `cases`, which tests/test_bad_inputs.py also sends through the studio, whose reranker flow comes later."""
+    """Data a reranker refuses (run settings task=reranker) beyond what every task refuses (`cases`):
+    tests/test_reranker.py sends them through the CLI, tests/test_bad_inputs.py through the studio."""
     good = qa_rows()
     unrelated = [f"unrelated text {i}" for i in range(ROWS)]
     return [

@@ -19,16 +19,16 @@ import pandas as pd
 import pytest
 from gradio_client import Client, handle_file
 
-from bad_inputs import BadInput, cases
+from bad_inputs import BadInput, cases, reranker_cases
 from engine import cli
 from studio.app import build_app
-from studio.tabs.data import NONE
+from studio.tabs.data import NONE, ROLES
 from studio_helpers import StudioProcess, make_studio
 
 CASES = cases()
 CASES_BY_NAME = {case.name: case for case in CASES}
-# The studio's Data tab and start_run take the embedding task's roles only, until its tabs adapt to the task.
-STUDIO_CASES = [case for case in CASES if "task" not in case.settings]
+# Every task's cases through the studio; the reranker's own go through the CLI in tests/test_reranker.py.
+STUDIO_CASES = CASES + reranker_cases()
 REPO = Path(__file__).resolve().parent.parent
 # A few of every kind, as real `lacker train` processes and through a real studio server over HTTP.
 IN_REAL_PROCESSES = ("tsv-named-csv", "json-deeply-nested", "nul-byte-in-csv", "score-a-billion")
@@ -68,7 +68,7 @@ def studio(tmp_path_factory):
 def corpus(studio):
     """Each case's file, inside the studio's home so that start_run may read it."""
     folder = studio.settings.home / "corpus"
-    return {case.name: case.write(folder) for case in CASES}
+    return {case.name: case.write(folder) for case in STUDIO_CASES}
 
 
 def call(studio, api_name: str, *args):
@@ -87,21 +87,28 @@ def page_text(outputs) -> str:
 
 
 def dropdown_values(mapping: dict) -> list:
-    """The Data tab's role dropdowns (anchor, positive, negative, score, label) set to `mapping`."""
+    """The Data tab's role dropdowns (studio.tabs.data.ROLES: anchor, positive, negative, score, label, text,
+    text_pair) set to `mapping`."""
     negatives = mapping.get("negative") or []
-    return [mapping.get("anchor"), mapping.get("positive"), [negatives] if isinstance(negatives, str) else negatives,
-            mapping.get("score") or NONE, mapping.get("label") or NONE]
+    values = {"negative": [negatives] if isinstance(negatives, str) else negatives}
+    return [values.get(role, mapping.get(role) or (NONE if role in ("score", "label", "text_pair") else None))
+            for role in ROLES]
 
 
-def start_from_the_page(studio, source: dict, roles: list, **settings):
-    """The Train tab's Start with its form as the page first shows it, the data and roles of the Data tab, and
-    `settings` in the fields labelled for them."""
+def role_values(outputs) -> list:
+    """The role dropdowns' values as a Data tab load set them (they follow the source, its text and the preview)."""
+    return [update["value"] for update in outputs[3:3 + len(ROLES)]]
+
+
+def start_from_the_page(studio, source: dict, roles: list, task: str = "embedding", **settings):
+    """The Train tab's Start with its form as the page first shows it, the task, the data and roles of the Data
+    tab, and `settings` in the fields labelled for them."""
     block_fn = studio.handlers["start_training"]
     labels = {"loss": "Loss (default from the column roles)"}
     values = [component.value for component in block_fn.inputs]
     for key, value in settings.items():
         values[next(i for i, c in enumerate(block_fn.inputs) if getattr(c, "label", None) == labels[key])] = value
-    values[1], values[2:7] = source, roles
+    values[0], values[2], values[3:3 + len(ROLES)] = task, source, roles  # the task, the model, the data, its roles
     return block_fn.fn(*values)
 
 
@@ -141,16 +148,17 @@ def test_lacker_train_in_its_own_process_names_the_problem(name, corpus, tmp_pat
 @pytest.mark.parametrize("case", STUDIO_CASES, ids=[case.name for case in STUDIO_CASES])
 def test_the_data_tab_names_the_problem(case, corpus, studio):
     runs_before = len(studio.store.list())
-    outputs = call(studio, "upload_data", str(corpus[case.name]))
+    task = case.settings.get("task", "embedding")  # picked on the Model tab before the upload
+    outputs = call(studio, "upload_data", str(corpus[case.name]), task)
     source = outputs[0] if isinstance(outputs[0], dict) and "kind" in outputs[0] else None
     shown = page_text(outputs)
-    if source and (case.mapping or case.settings):
-        guessed = [update["value"] for update in outputs[3:8]]  # the role dropdowns as the upload set them
-        roles = dropdown_values(case.mapping) if case.mapping else guessed
+    settings = {key: value for key, value in case.settings.items() if key != "task"}
+    if source and (case.mapping or settings):
+        roles = dropdown_values(case.mapping) if case.mapping else role_values(outputs)  # as the upload set them
         if case.mapping:
-            shown = page_text(call(studio, "remap", source, *roles))
-        if case.settings:
-            _run_id, error, _command = start_from_the_page(studio, source, roles, **case.settings)
+            shown = page_text(call(studio, "remap", source, task, *roles))
+        if settings or task != "embedding":
+            _run_id, error, _command = start_from_the_page(studio, source, roles, task, **settings)
             shown = page_text(error)
     assert_names_the_problem(case, shown)
     assert "--" not in shown, "a command-line flag on the page"
@@ -171,8 +179,8 @@ def test_the_start_run_api_names_the_problem(case, corpus, studio):
 
 def test_the_studio_still_answers_after_the_corpus(studio, corpus):
     for case in STUDIO_CASES:
-        call(studio, "upload_data", str(corpus[case.name]))
-    _state, source, *_rest, error = call(studio, "use_sample")
+        call(studio, "upload_data", str(corpus[case.name]), case.settings.get("task", "embedding"))
+    _state, source, *_rest, error = call(studio, "use_sample", "embedding")
     assert "4,000 rows" in source and not error["visible"]
     assert isinstance(call(studio, "list_runs"), list)
 
@@ -216,8 +224,8 @@ def test_the_cli_the_api_and_the_data_tab_prepare_the_same_rows(studio, tmp_path
     path.write_text(LABELLED, encoding="utf-8")
     mapping = {"anchor": "Question Text", "positive": "Answer Text", "label": "Label"}
 
-    outputs = call(studio, "upload_data", str(path))
-    roles = [update["value"] for update in outputs[3:8]]
+    outputs = call(studio, "upload_data", str(path), "embedding")
+    roles = role_values(outputs)
     assert roles == dropdown_values(mapping), "the Data tab guesses every role, the label included"
     page_run_id, error, _command = start_from_the_page(studio, outputs[0], roles)
     assert not error["visible"], error["value"]
@@ -243,14 +251,15 @@ def test_the_data_tab_maps_question_text_and_answer_text_and_shows_them_first(st
     path.write_text("ticket_id,answer_text,section,question_text\n" + "".join(
         f"{i},reset it from settings page {i},billing,how do I reset thing {i}?\n" for i in range(20)))
 
-    outputs = call(studio, "upload_data", str(path))
-    state, source, preview, anchor, positive, *_roles, summary, _histogram, error = outputs
+    outputs = call(studio, "upload_data", str(path), "embedding")
+    state, source, preview, anchor, positive, *_roles, summary, _histogram, _labels, error = outputs
     assert (anchor["value"], positive["value"]) == ("question_text", "answer_text")
     assert 'question_text (reads as "question")' in source and 'answer_text (reads as "answer")' in source
     assert not error["visible"] and "20 rows" in summary
     assert preview.columns.tolist()[:2] == ["question_text", "answer_text"]
     assert str(studio.settings.home) not in source, "the page names the file, not where the server keeps it"
 
-    *_shown, error, preview = call(studio, "remap", state, "answer_text", "question_text", [], NONE, NONE)
+    *_shown, error, preview = call(studio, "remap", state, "embedding", "answer_text", "question_text", [], NONE, NONE,
+                                   None, NONE)
     assert not error["visible"]
     assert preview.columns.tolist()[:2] == ["answer_text", "question_text"]

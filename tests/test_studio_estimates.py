@@ -113,3 +113,16 @@ def test_the_demo_preset_says_what_it_set(studio):
     note = preset_note(studio, SAMPLE.to_dict(), MINILM)
     for said in ("all-MiniLM-L6-v2", SAMPLE.name, f"{DEMO_PRESET['max_steps']} steps", "expected "):
         assert said in note
+
+
+def test_the_estimate_follows_the_task(studio):
+    """A cross-encoder reads a pair as one sequence where a bi-encoder embeds two texts, but first mines its
+    negatives; a classifier reads one text."""
+    def seconds(task):
+        return hardware.estimate(400, hardware.step_work(22.7, 32, 128, task=task), True, task=task).seconds
+
+    assert seconds("classifier") < 0.7 * seconds("embedding")
+    assert seconds("classifier") < seconds("reranker") < seconds("embedding")
+    measured = [hardware.StepSample(1.0, hardware.step_work(22.7, 32, 128), 90.0, True, task="reranker")]
+    assert hardware.estimate(10, hardware.step_work(22.7, 32, 128), True, measured, task="embedding").seconds == \
+        pytest.approx(10 + hardware.DEFAULT_OVERHEAD_SECONDS[True])  # a reranker's mining is not an embedding's

@@ -1,5 +1,6 @@
-"""Runs tab: every run in the registry, opening one in Train / Compare / Export, resuming a failed or stopped one
-from its last checkpoint, and overlaying curves. A line above the table says when the registry cannot be written."""
+"""Runs tab: every run in the registry with its task, opening one in Train / Compare / Export (its task and settings
+with it), resuming a failed or stopped one from its last checkpoint, and overlaying curves. A line above the table
+says when the registry cannot be written."""
 
 from __future__ import annotations
 
@@ -11,10 +12,10 @@ import gradio as gr
 from studio import charts
 from studio.events import progress_of
 from studio.tabs.compare import comparable_runs
-from studio.ui import duration, error_box, hide_error, show_error
+from studio.ui import duration, error_box, headline_metric, hide_error, show_error
 
-HEADERS = ["run", "status", "model", "data", "method", "steps", "duration", "NDCG@10 base", "NDCG@10 trained", "started",
-           "resumed from"]
+HEADERS = ["run", "status", "task", "model", "data", "method", "steps", "duration", "metric", "base", "trained",
+           "started", "resumed from"]
 REGISTRY_CHECK_SECONDS = 5.0
 
 
@@ -22,13 +23,15 @@ def runs_table(studio) -> list[list]:
     rows = []
     for run in studio.store.list():
         progress = progress_of(run.run_dir)
-        base = ((run.metrics or {}).get("base") or {}).get("ndcg@10")
-        trained = ((run.metrics or {}).get("trained") or {}).get("ndcg@10")
+        task = run.config.get("task") or "embedding"
+        key, name = headline_metric(task)
+        base = ((run.metrics or {}).get("base") or {}).get(key)
+        trained = ((run.metrics or {}).get("trained") or {}).get(key)
         status = run.status
         if status == "queued":
             status = f"queued (place {studio.runner.queue_position(run.id)})"
-        rows.append([run.id, status, run.model.split("/")[-1], Path(run.data).name, run.method,
-                     f"{progress.step}/{progress.total_steps or '?'}", duration(run.duration),
+        rows.append([run.id, status, task, run.model.split("/")[-1], Path(run.data).name, run.method,
+                     f"{progress.step}/{progress.total_steps or '?'}", duration(run.duration), name,
                      None if base is None else round(base, 4), None if trained is None else round(trained, 4),
                      time.strftime("%Y-%m-%d %H:%M", time.localtime(run.created)), run.resumed_from or ""])
     return rows
