@@ -1,5 +1,6 @@
 """Plotly figures: the loss curve (raw, smoothed, eval points), run overlays, text-length histograms, a
-classifier's rows per label and what training did to the held-out queries' similarity to their own documents."""
+classifier's rows per label, what training did to the held-out queries' similarity to their own documents, and a
+classifier's confusion matrices before and after."""
 
 from __future__ import annotations
 
@@ -111,3 +112,34 @@ def similarity_margins_figure(view: dict) -> go.Figure:
                        "document than to any other</sub>")
     fig.update_layout(height=440, margin=dict(t=80))
     return fig
+
+
+def confusion_matrices_figure(metrics: dict) -> go.Figure:
+    """The base and the fine-tuned classifier's confusion matrices side by side, one colour scale: a row per true
+    label, a column per predicted one, so a good model's counts sit on the diagonal. `metrics` is the run's
+    {"base": {...}, "trained": {...}}, each with the task's "confusion_matrix" {"labels", "matrix"}."""
+    sides = [(name, label) for name, label in (("base", "base model"), ("trained", "fine-tuned"))
+             if "confusion_matrix" in (metrics.get(name) or {})]
+    fig = make_subplots(rows=1, cols=len(sides), horizontal_spacing=0.12,
+                        subplot_titles=[f"{label}: {_right(metrics[name]['confusion_matrix'])}" for name, label in sides])
+    highest = max((max(map(max, metrics[name]["confusion_matrix"]["matrix"]), default=0) for name, _ in sides), default=0)
+    for column, (name, label) in enumerate(sides, start=1):
+        known = metrics[name]["confusion_matrix"]
+        fig.add_trace(go.Heatmap(z=known["matrix"], x=known["labels"], y=known["labels"], zmin=0, zmax=max(highest, 1),
+                                 colorscale="Blues", showscale=column == len(sides), text=known["matrix"],
+                                 texttemplate="%{text}", name=label,
+                                 hovertemplate="true %{y}, predicted %{x}: %{z} texts<extra>" + label + "</extra>"),
+                      row=1, col=column)
+        fig.update_xaxes(title_text="predicted", row=1, col=column)
+        fig.update_yaxes(title_text="true label" if column == 1 else None, autorange="reversed", row=1, col=column)
+    fig = _layout(fig, "Confusion matrices on the held-out texts<br><sub>a row per true label; counts on the "
+                       "diagonal are right</sub>")
+    classes = len(metrics[sides[0][0]]["confusion_matrix"]["labels"]) if sides else 0
+    fig.update_layout(height=max(420, 120 + 40 * classes), margin=dict(t=100))
+    return fig
+
+
+def _right(confusion: dict) -> str:
+    matrix = confusion["matrix"]
+    total = sum(map(sum, matrix))
+    return f"{sum(matrix[i][i] for i in range(len(matrix)))} of {total} right"

@@ -138,3 +138,31 @@ class StudioProcess:
         except Exception:
             self.process.kill()
         self._log.close()
+
+
+def register_finished_run(home, run_id: str, config: dict, train_rows, held_out) -> "Run":
+    """A finished run of any task in the registry of a studio at `home`, as the studio would have started it:
+    RUN_DIR/data/{train,eval}.jsonl with the columns named by role, then `engine.train` on them (in this process,
+    so no worker or monitor is needed). `config` holds the run's settings except its paths and columns."""
+    import json
+    from pathlib import Path
+
+    from engine.config import TrainConfig
+    from engine.train import train
+    from studio.store import COMPLETED, Run, RunStore
+
+    run_dir = Path(home) / run_id
+    (run_dir / "data").mkdir(parents=True)
+    for name, rows in (("train", train_rows), ("eval", held_out)):
+        rows.to_json(run_dir / "data" / f"{name}.jsonl", orient="records", lines=True, force_ascii=False)
+    roles = {column: column for column in train_rows.columns}
+    settings = TrainConfig.from_dict({**config, "data": str(run_dir / "data" / "train.jsonl"),
+                                      "eval_data": str(run_dir / "data" / "eval.jsonl"), "columns": roles,
+                                      "output_dir": str(run_dir)})
+    started = time.time()
+    train(settings)
+    metrics = run_dir / "metrics.json"
+    run = Run(id=run_id, created=time.time(), status=COMPLETED, model=settings.model, data=settings.data,
+              method=settings.method, run_dir=str(run_dir), config=settings.to_json(), started=started,
+              finished=time.time(), metrics=json.loads(metrics.read_text()) if metrics.exists() else None)
+    return RunStore(Path(home) / "runs.sqlite").add(run)

@@ -346,25 +346,15 @@ class ClassificationEvaluation:
 
     def predict(self, model) -> list[str]:
         """The label `model` gives each held-out text."""
-        import torch
-
-        was_training = model.training
-        model.eval()
-        predicted = []
-        try:
-            with torch.no_grad():
-                for start in range(0, len(self.texts), self.batch_size):
-                    texts = self.texts[start:start + self.batch_size]
-                    pairs = self.pairs[start:start + self.batch_size] if self.pairs else None
-                    inputs = model.tokenizer(texts, pairs, padding=True, truncation=True, return_tensors="pt")
-                    logits = model(**inputs.to(model.device)).logits
-                    predicted += [model.config.id2label[int(i)] for i in logits.argmax(-1)]
-        finally:
-            model.train(was_training)
-        return predicted
+        probabilities = class_probabilities(model, self.texts, self.pairs, self.batch_size)
+        return [model.config.id2label[int(i)] for i in probabilities.argmax(-1)]
 
     def measure(self, model) -> dict:
         return self.scores(model, self.predict(model))
+
+    def majority_class(self) -> str:
+        """The held-out split's most common label: the base of a model without its own head."""
+        return Counter(self.labels).most_common(1)[0][0]
 
     def measure_base(self, model) -> dict:
         """The checkpoint's own head where it kept one, else the majority class; `notes` says what the held-out
@@ -372,7 +362,7 @@ class ClassificationEvaluation:
         notes = {"notes": self.held_out_notes(model)} if self.held_out_notes(model) else {}
         if getattr(model, "_lacker_own_head", False):
             return {**self.measure(model), "baseline": "the checkpoint's own classification head", **notes}
-        majority = Counter(self.labels).most_common(1)[0][0]
+        majority = self.majority_class()
         return {**self.scores(model, [majority] * len(self.labels)), "baseline": f"majority class '{majority}'",
                 **notes}
 
@@ -405,6 +395,26 @@ class ClassificationEvaluation:
         """Our metric names from what the trainer's evaluation logged ("eval_accuracy" -> "accuracy")."""
         return {key.removeprefix("eval_"): value for key, value in raw.items()
                 if key.removeprefix("eval_") in ("accuracy", "macro_f1", "weighted_f1")}
+
+
+def class_probabilities(model, texts: list[str], pairs: list[str] | None = None, batch_size: int = 64):
+    """A (texts, classes) numpy array: each text's (or text pair's) softmax probabilities under `model`, in its class
+    order (`model.config.id2label`)."""
+    import torch
+
+    was_training = model.training
+    model.eval()
+    batches = []
+    try:
+        with torch.no_grad():
+            for start in range(0, len(texts), batch_size):
+                chunk = pairs[start:start + batch_size] if pairs else None
+                inputs = model.tokenizer(texts[start:start + batch_size], chunk, padding=True, truncation=True,
+                                         return_tensors="pt")
+                batches.append(model(**inputs.to(model.device)).logits.float().softmax(-1).cpu())
+    finally:
+        model.train(was_training)
+    return torch.cat(batches).numpy() if batches else torch.empty(0, model.config.num_labels).numpy()
 
 
 def held_out_evaluation(held_out, shape: str, config, extra_corpus=()) -> ClassificationEvaluation:

@@ -22,7 +22,8 @@ sequence, the head read from its tokens); the other losses keep CrossEncoderTrai
 Evaluation reranks a first-stage retrieval: each held-out query's candidates are the retriever's (the same bi-encoder)
 top 20 among the held-out documents, and CrossEncoderRerankingEvaluator gives MRR@10 and NDCG@10 of the reranked
 order and of the retriever's (`retriever_*`). The base is the untrained cross-encoder where the checkpoint has a
-trained head, else the retriever's order (a new head ranks at random).
+trained head, else the retriever's order (a new head ranks at random). `side_by_side` is one query's view of the
+same: the retriever's candidates and both cross-encoders' orders of them (the studio's Compare tab).
 Importing this module does not import torch.
 """
 
@@ -293,6 +294,7 @@ class RerankingEvaluation:
 
     def __post_init__(self):
         self._evaluator = None
+        self._corpus_embeddings = None
 
     def __bool__(self) -> bool:
         return bool(self.queries)
@@ -301,20 +303,25 @@ class RerankingEvaluation:
         return (f"reranking evaluation: {len(self.queries)} queries, each reranking the retriever's top "
                 f"{CANDIDATES} of {len(self.corpus)} documents")
 
-    def evaluator(self):
-        from sentence_transformers.cross_encoder.evaluation import CrossEncoderRerankingEvaluator
+    def retrieve(self, queries: list[str]) -> list[list[tuple[str, float]]]:
+        """Each query's candidates: the retriever's top CANDIDATES of `corpus` (encoded once) with their cosine
+        similarity, best first. A held-out query gets the candidates its evaluation reranks."""
         from sentence_transformers.util import semantic_search
 
+        model = retriever(self.retriever_name)
+        if self._corpus_embeddings is None:
+            self._corpus_embeddings = model.encode_document(self.corpus, batch_size=64, convert_to_tensor=True,
+                                                            normalize_embeddings=True)
+        embedded = model.encode_query(queries, batch_size=64, convert_to_tensor=True, normalize_embeddings=True)
+        hits = semantic_search(embedded, self._corpus_embeddings, top_k=min(CANDIDATES, len(self.corpus)))
+        return [[(self.corpus[hit["corpus_id"]], float(hit["score"])) for hit in found] for found in hits]
+
+    def evaluator(self):
+        from sentence_transformers.cross_encoder.evaluation import CrossEncoderRerankingEvaluator
+
         if self._evaluator is None:
-            model = retriever(self.retriever_name)
-            corpus = model.encode_document(self.corpus, batch_size=64, convert_to_tensor=True,
-                                           normalize_embeddings=True)
-            queries = model.encode_query(self.queries, batch_size=64, convert_to_tensor=True,
-                                         normalize_embeddings=True)
-            hits = semantic_search(queries, corpus, top_k=min(CANDIDATES, len(self.corpus)))
-            samples = [{"query": query, "positive": positive,
-                        "documents": [self.corpus[hit["corpus_id"]] for hit in found]}
-                       for query, positive, found in zip(self.queries, self.relevant, hits)]
+            samples = [{"query": query, "positive": positive, "documents": [document for document, _ in found]}
+                       for query, positive, found in zip(self.queries, self.relevant, self.retrieve(self.queries))]
             # always_rerank_positives=False: a positive the retriever missed stays missed, as in a real search.
             self._evaluator = CrossEncoderRerankingEvaluator(samples, at_k=AT_K, always_rerank_positives=False,
                                                              name="held-out", batch_size=64, write_csv=False)
@@ -334,6 +341,10 @@ class RerankingEvaluation:
         """The untrained cross-encoder where its head was trained, else the retriever's order."""
         if not getattr(model, "_lacker_new_head", False):
             return self.measure(model)
+        return self.retriever_order_metrics()
+
+    def retriever_order_metrics(self) -> dict[str, float]:
+        """MRR@10 and NDCG@10 of the retriever's own order (also as retriever_*): the base of a new head."""
         import numpy as np
 
         evaluator = self.evaluator()
@@ -360,6 +371,43 @@ class RerankingEvaluation:
                 elif key.endswith(f"held-out_base_{name}"):
                     metrics[f"retriever_{name}"] = float(value)
         return metrics
+
+
+def rerank(model, query: str, documents: list[str]) -> list[tuple[str, float]]:
+    """`documents` in `model`'s order for `query`, best first, each with its score (`CrossEncoder.predict`)."""
+    import numpy as np
+
+    scores = model.predict([(query, document) for document in documents], batch_size=64, convert_to_numpy=True,
+                           show_progress_bar=False)
+    return [(documents[i], float(scores[i])) for i in np.argsort(-scores, kind="stable")]
+
+
+def side_by_side(evaluation: RerankingEvaluation, base, trained, query: str, relevant=()) -> dict:
+    """The retriever's candidates for `query` and their orders under the `base` and `trained` cross-encoders (base
+    None: the base is the retriever's order, as where the checkpoint had no trained head). {"retriever", "base",
+    "trained"}: hits best first, each {rank, document, score, relevant}; a reranked hit also has `before`, its rank
+    in the order it improves on (the base's, or the retriever's for the base itself or where the base is the
+    retriever's), and rank_change = before - rank (positive: moved up). "missed": the `relevant` documents the
+    retriever left out of the candidates, which no reranker can bring back."""
+    relevant = set(relevant)
+    (candidates,) = evaluation.retrieve([query])
+
+    def hits(order, previous=None):
+        ranked = [{"rank": rank, "document": document, "score": score, "relevant": document in relevant}
+                  for rank, (document, score) in enumerate(order, start=1)]
+        if previous is not None:
+            before = {hit["document"]: hit["rank"] for hit in previous}
+            for hit in ranked:
+                hit["before"] = before[hit["document"]]
+                hit["rank_change"] = hit["before"] - hit["rank"]
+        return ranked
+
+    documents = [document for document, _ in candidates]
+    first = hits(candidates)
+    reranked = None if base is None else hits(rerank(base, query, documents), first)
+    return {"query": query, "retriever": first, "base": reranked,
+            "trained": hits(rerank(trained, query, documents), reranked or first),
+            "missed": sorted(relevant - set(documents))}
 
 
 def held_out_evaluation(held_out, shape: str, config, extra_corpus=()) -> RerankingEvaluation:
