@@ -268,3 +268,20 @@ def test_a_stopped_scoring_loop_resumes_from_its_state_as_if_never_stopped(tiny,
     resumed.fit(on_steps=done.extend)
     assert [r[0] for r in done] == [1, 2, 3, 4, 5, 6]
     assert [r[1] for r in done] == pytest.approx([r[1] for r in straight], rel=1e-5)
+
+
+def test_the_task_speed_rows_train_stock_and_ours_on_the_same_batches(tmp_path):
+    """bench.speed --tasks (bench/speed_tasks.py) on the CPU: both rows of a task run, and their loss curves agree
+    (same batches, dropout off), so the GPU rows compare like with like."""
+    from bench import speed
+
+    speed.main(["--tasks", "--device", "cpu", "--steps", "5", "--only", "reranker:tiny-bert:64:8:stock,ours",
+                "classifier:tiny-bert:64:8:stock,ours", "--json", str(tmp_path / "rows.json"),
+                "--out", str(tmp_path / "rows.md")])
+    rows = json.loads((tmp_path / "rows.json").read_text())
+    assert [(r["task"], r["method"], r["error"]) for r in rows] == [
+        ("reranker", "stock", ""), ("reranker", "ours", ""), ("classifier", "stock", ""), ("classifier", "ours", "")]
+    for stock, ours in (rows[:2], rows[2:]):
+        assert "packed varlen attention" in ours["enabled"]
+        assert [loss for _, loss in ours["losses"]] == pytest.approx([loss for _, loss in stock["losses"]], rel=1e-3)
+    assert "| reranker | tiny-bert | 64 | 8 | 5 | ours |" in (tmp_path / "rows.md").read_text()
