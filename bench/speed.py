@@ -8,6 +8,7 @@
     CUDA_VISIBLE_DEVICES=$k python -m bench.speed --shard $((k+1))/4 --json part$k.json   # k = 0..3, one a card
     python -m bench.speed --from-json part*.json      # the parts' rows as one report
     python -m bench.speed --gpus 1,2,4 --only bert-base:512:32:stock,ours   # data parallel: the batch is each GPU's
+    python -m bench.speed --tasks              # rerankers and classifiers against their stock trainers (bench.speed_tasks)
 
 Every run: the same random-weight checkpoint (bench.models), the same real text pairs (Debian
 package synopsis -> long description), the same seed, batch, sequence length and LoRA settings
@@ -735,6 +736,10 @@ def main(argv: list[str] | None = None) -> None:
                         "GPU counts under torchrun (the row's batch on each GPU) and report pairs/s and scaling efficiency")
     parser.add_argument("--unsloth-child", metavar="SPEC", help=argparse.SUPPRESS)  # run_in_unsloth_process's child
     parser.add_argument("--rank-json", metavar="FILE", help=argparse.SUPPRESS)  # a rank of a --gpus run: rank 0 writes
+    if "--tasks" in (sys.argv[1:] if argv is None else argv):  # rerankers and classifiers: bench.speed_tasks
+        from bench import speed_tasks
+
+        return speed_tasks.main([a for a in (sys.argv[1:] if argv is None else argv) if a != "--tasks"])
     args = parser.parse_args(argv)
     if args.plot is None:  # a report written elsewhere must not overwrite the committed chart
         out = Path(args.out)

@@ -109,12 +109,13 @@ class TrainConfig:
                                                   "long sequences, about a third slower")
     fast: bool = setting(True, "use the GPU fast path (packed attention, fused kernels) where it applies",
                          flag="--no-fast")
-    # "auto": the packed loop (engine.loop) for in-batch-negative losses wherever the fast path is on (GPU: CUDA
-    # graphs; CPU: eager, packed through PyTorch's attention); "on" even with the fast path off; "off" always
-    # sentence-transformers' trainer.
+    # "auto": the packed loop (engine.loop) for the losses it runs (embeddings' in-batch negatives, a reranker's
+    # BinaryCrossEntropyLoss, a classifier's cross-entropy) wherever the fast path is on (GPU: CUDA graphs; CPU:
+    # eager, packed through PyTorch's attention); "on" even with the fast path off; "off" always the task's stock
+    # trainer.
     gpus: int = setting(1, "GPUs to train on, data parallel (torchrun starts a process a GPU); --batch-size is "
                            "each GPU's, so the global batch is gpus x batch_size", minimum=1, maximum=1024)
-    loop: str = setting("auto", "the packed training loop: auto, on, or off (sentence-transformers' trainer)",
+    loop: str = setting("auto", "the packed training loop: auto, on, or off (the stock trainer)",
                         choices=LOOP_MODES)
     merged_dtype: str = setting("auto", "dtype of the saved merged model: auto (float32 after training on a CPU, "
                                 "16-bit on a GPU), float32, float16 or bfloat16", choices=MERGED_DTYPES)

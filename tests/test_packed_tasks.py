@@ -268,3 +268,74 @@ def test_a_stopped_scoring_loop_resumes_from_its_state_as_if_never_stopped(tiny,
     resumed.fit(on_steps=done.extend)
     assert [r[0] for r in done] == [1, 2, 3, 4, 5, 6]
     assert [r[1] for r in done] == pytest.approx([r[1] for r in straight], rel=1e-5)
+
+
+def test_the_task_speed_rows_train_stock_and_ours_on_the_same_batches(tmp_path):
+    """bench.speed --tasks (bench/speed_tasks.py) on the CPU: both rows of a task run, and their loss curves agree
+    (same batches, dropout off), so the GPU rows compare like with like."""
+    from bench import speed
+
+    speed.main(["--tasks", "--device", "cpu", "--steps", "5", "--only", "reranker:tiny-bert:64:8:stock,ours",
+                "classifier:tiny-bert:64:8:stock,ours", "--json", str(tmp_path / "rows.json"),
+                "--out", str(tmp_path / "rows.md")])
+    rows = json.loads((tmp_path / "rows.json").read_text())
+    assert [(r["task"], r["method"], r["error"]) for r in rows] == [
+        ("reranker", "stock", ""), ("reranker", "ours", ""), ("classifier", "stock", ""), ("classifier", "ours", "")]
+    for stock, ours in (rows[:2], rows[2:]):
+        assert "packed varlen attention" in ours["enabled"]
+        assert [loss for _, loss in ours["losses"]] == pytest.approx([loss for _, loss in stock["losses"]], rel=1e-3)
+    assert "| reranker | tiny-bert | 64 | 8 | 5 | ours |" in (tmp_path / "rows.md").read_text()
+
+
+RANK_SCRIPT = '''
+import sys
+import torch
+from engine import distributed
+from engine.loop.scoring import ScoringTrainer
+from test_packed_tasks import QUERIES, DOCUMENTS, RELEVANCE, cross_encoder
+
+world = distributed.setup()
+model = cross_encoder(sys.argv[1], "bert", packed=True)
+trainer = ScoringTrainer(model, lambda q, d: model.preprocess(list(zip(q, d))), QUERIES, DOCUMENTS, RELEVANCE,
+                         loss="BinaryCrossEntropyLoss", pos_weight=2.0, batch_size=4, learning_rate=5e-3, steps=5,
+                         warmup_ratio=0.2)
+records = []
+trainer.fit(on_steps=records.extend)
+if world.main:
+    torch.save({"losses": [r[1] for r in records],
+                "weights": {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}},
+               sys.argv[2])
+distributed.teardown()
+'''
+
+
+def test_two_ranks_of_the_scoring_loop_train_as_one_process_at_twice_the_batch(tiny, tmp_path):
+    """torchrun, gloo on the CPU: each rank packs half of every batch; the summed gradients and losses are one
+    process's at the global batch (what `lacker train --gpus 2` gives a reranker)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from engine.distributed import World
+
+    tests = Path(__file__).parent
+    (tmp_path / "ranks.py").write_text(RANK_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tests.parent), str(tests), os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+                           str(tmp_path / "ranks.py"), str(tiny("bert")), str(tmp_path / "ranks.pt")],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ranks = torch.load(tmp_path / "ranks.pt", weights_only=True)
+
+    model = cross_encoder(tiny("bert"), "bert", packed=True)
+    alone = ScoringTrainer(model, lambda q, d: model.preprocess(list(zip(q, d))), QUERIES, DOCUMENTS, RELEVANCE,
+                           loss="BinaryCrossEntropyLoss", pos_weight=2.0, batch_size=8, learning_rate=5e-3, steps=5,
+                           warmup_ratio=0.2, world=World())
+    records = []
+    alone.fit(on_steps=records.extend)
+    assert ranks["losses"] == pytest.approx([r[1] for r in records], rel=1e-4)
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            torch.testing.assert_close(ranks["weights"][name], p.detach(), rtol=1e-4, atol=1e-5)

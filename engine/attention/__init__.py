@@ -1,4 +1,5 @@
-"""Padding-free (packed) attention for a loaded SentenceTransformer.
+"""Padding-free (packed) attention for a loaded SentenceTransformer (and the switch-over that lets the packed loop
+score a CrossEncoder's or a classifier's rows packed, `enable`).
 
 sentence-transformers 6 already knows how to train and encode without padding: its `Transformer`
 module can flatten a batch into one token stream (`DataCollatorWithFlattening`: position ids that
@@ -249,11 +250,14 @@ def disable(st_model) -> None:
     that needs masks)."""
     from engine.kernels.patching import remove_patches
 
-    transformer = st_model[0]
-    transformer.can_flatten_inputs = False
-    remove_patches(transformer.model)
-    if getattr(transformer.model.config, "_attn_implementation", None) == ATTN_IMPLEMENTATION:
-        _set_attn_implementation(transformer.model, "sdpa")
+    hf_model = scoring_model(st_model)
+    if hf_model is None:
+        transformer = st_model[0]
+        transformer.can_flatten_inputs = False
+        hf_model = transformer.model
+    remove_patches(hf_model)
+    if getattr(hf_model.config, "_attn_implementation", None) == ATTN_IMPLEMENTATION:
+        _set_attn_implementation(hf_model, "sdpa")
 
 
 __all__ = ["ATTN_IMPLEMENTATION", "enable", "disable", "register", "packed_attention_forward", "scoring_model",

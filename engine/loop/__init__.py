@@ -59,6 +59,8 @@ from .batches import BUCKET, Batch, TokenStore, no_duplicate_batches
 from .checkpoint import is_loop_checkpoint
 from .loss import CACHED_MINI_BATCH, LOSSES
 from .trainer import READ_EVERY, READ_SECONDS, PackedTrainer, linear_schedule, loop_unavailable
+from .scoring import SCORING_LOSSES, ScoringTrainer
 
 __all__ = ["BUCKET", "Batch", "CACHED_MINI_BATCH", "LOSSES", "PackedTrainer", "READ_EVERY", "READ_SECONDS",
-           "TokenStore", "is_loop_checkpoint", "linear_schedule", "loop_unavailable", "no_duplicate_batches"]
+           "SCORING_LOSSES", "ScoringTrainer", "TokenStore", "is_loop_checkpoint", "linear_schedule",
+           "loop_unavailable", "no_duplicate_batches"]

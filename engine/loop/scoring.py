@@ -1,12 +1,11 @@
 """`ScoringTrainer`: the packed loop for models that score a row, a reranker (sentence-transformers CrossEncoder)
 or a classifier (transformers AutoModelForSequenceClassification), with the stock trainers' losses:
 
-    loss                     | rows                                 | logits | as the stock trainer computes it
-    -------------------------|--------------------------------------|--------|----------------------------------------
-    BinaryCrossEntropyLoss   | (query, document) pairs + relevance  | 1      | sentence-transformers' BinaryCrossEntropyLoss
-                             |   (1/0 or 0..1), pos_weight optional |        |   (BCEWithLogitsLoss, mean over the batch)
-    CrossEntropyLoss         | texts (or text pairs) + class ids,   | N      | engine.tasks.classifier.ClassificationLoss
-                             |   class weights optional             |        |   (summed, divided by the batch's rows)
+    loss                    rows                                       logits  the stock value it equals
+    BinaryCrossEntropyLoss  (query, document) + relevance (1/0, 0..1)  1       sentence-transformers' loss
+                            pos_weight optional                                (BCEWithLogitsLoss, batch mean)
+    CrossEntropyLoss        text (or text pair) + class id             N       engine.tasks.classifier's loss
+                            class weights optional                             (summed, over the batch's rows)
 
 Each row is ONE packed sequence (engine.loop.pairs, token type ids where the model reads them) through varlen
 attention (engine.attention.enable switches the model to it); the logits come from the model's own head modules
