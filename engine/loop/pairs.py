@@ -9,6 +9,7 @@ The stream is `engine.loop.batches`' (position ids restarting per sequence, cu_s
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from types import SimpleNamespace
 
@@ -58,6 +59,21 @@ class PairTokens:
         self.types = (np.concatenate(types) if types else np.zeros(0, np.int64)) if kept_types else None
         self.lengths = np.asarray(lengths, dtype=np.int64)
         self.starts = np.concatenate([[0], np.cumsum(self.lengths)[:-1]]).astype(np.int64)
+        self.texts = texts
+
+    # TokenStore's producer interface, for a store whose rows are all tokenized up front: nothing is ever pending.
+    def ensure(self, ids) -> None:
+        pass
+
+    def tokenize_ahead(self, order, stop) -> None:
+        pass
+
+    def finish(self) -> None:
+        pass
+
+    @contextlib.contextmanager
+    def tokenizer_free(self):
+        yield
 
 
 class PairPacker(BatchPacker):

@@ -82,6 +82,7 @@ class ScoringTrainer(PackedTrainer):
                                  max_seq_length=getattr(tokenizer, "model_max_length", None), batch_size=batch_size,
                                  bucketed=self.cuda if bucketed is None else bucketed,
                                  position_offset=first_position(self.hf), pin=self.cuda, world=self.world)
+        self.store, self.row_texts = store, self.packer.row_texts  # what PackedTrainer.fit's producer reads
         self.packed, self.max_length = True, self.packer.max_length
         self.pos_weight = None if pos_weight is None else torch.tensor(float(pos_weight), device=self.device)
         self.class_weights = None if not class_weights else torch.tensor(class_weights, dtype=torch.float32,
