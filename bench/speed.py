@@ -734,6 +734,8 @@ def main(argv: list[str] | None = None) -> None:
                         "with a failed or missing method runs again whole). One file per --gradient-checkpointing setting")
     parser.add_argument("--gpus", default=None, metavar="N,N,...", help="data parallel: run each row on each of these "
                         "GPU counts under torchrun (the row's batch on each GPU) and report pairs/s and scaling efficiency")
+    parser.add_argument("--time-to-model", action="store_true", help="also bench.time_to_model's rows (command to "
+                        "saved model, stock and ours each a whole process), as a section of the report")
     parser.add_argument("--unsloth-child", metavar="SPEC", help=argparse.SUPPRESS)  # run_in_unsloth_process's child
     parser.add_argument("--rank-json", metavar="FILE", help=argparse.SUPPRESS)  # a rank of a --gpus run: rank 0 writes
     if "--tasks" in (sys.argv[1:] if argv is None else argv):  # rerankers and classifiers: bench.speed_tasks
@@ -841,6 +843,12 @@ def main(argv: list[str] | None = None) -> None:
         print("matplotlib not installed: no plot")
     rel_plot = os.path.relpath(plot, Path(args.out).parent) if plot else None
     write_report(results, Path(args.out), device, command, rel_plot)
+    if args.time_to_model:
+        from bench import time_to_model
+
+        lines = time_to_model.report_lines(time_to_model.run_rows(time_to_model.rows_for(device)), command)
+        with Path(args.out).open("a") as report:
+            report.write("\n" + "\n".join(lines) + "\n")
     print(Path(args.out).read_text())
 
 
