@@ -103,7 +103,8 @@ def test_an_embedding_gemma_with_its_dense_layers_matches_in_llama_cpp(llama_run
     assert result.report["cosine_min"] >= 0.999
     metadata = gguf_export.read_metadata(result.path)
     assert metadata["general.architecture"] == "gemma-embedding"
-    assert metadata["gemma-embedding.dense_2_feat_out"] == 128 and metadata["gemma-embedding.attention.sliding_window"] == 8
+    assert metadata["gemma-embedding.dense_2_feat_out"] == 128
+    assert metadata["gemma-embedding.attention.sliding_window"] == 8  # the checkpoint's, not transformers' half
     assert metadata[gguf_export.PROMPT_KEY.format(name="query")] == "task: search result | query: "
 
 

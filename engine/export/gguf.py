@@ -310,7 +310,8 @@ def _modernbert(writer, model, model_dir: Path, quantize: str) -> int:
     _refuse_extra_modules(model)
     config = model[0].auto_model.config
     every = config.global_attn_every_n_layers
-    pattern = ["full_attention" if layer % every == 0 else "sliding_attention" for layer in range(config.num_hidden_layers)]
+    pattern = ["full_attention" if layer % every == 0 else "sliding_attention"
+               for layer in range(config.num_hidden_layers)]
     if list(config.layer_types) != pattern:
         raise ExportError("the model mixes its global and local attention layers otherwise than every "
                           f"{every}th layer, which llama.cpp's modern-bert graph cannot", "export to ONNX instead")
@@ -389,7 +390,8 @@ def _gemma_refusal(config, dense) -> str | None:
         return f"it has {config.num_hidden_layers} layers, so none of them global"
     if config.query_pre_attn_scalar != config.head_dim:
         return f"it scales queries by {config.query_pre_attn_scalar} ** -0.5 instead of head_dim ** -0.5"
-    if config.hidden_activation != "gelu_pytorch_tanh" or config.attn_logit_softcapping or config.final_logit_softcapping:
+    if (config.hidden_activation != "gelu_pytorch_tanh" or config.attn_logit_softcapping
+            or config.final_logit_softcapping):
         return "its activation or logit soft-capping differs from Gemma3's"
     if dense and (len(dense) != 2 or dense[0].linear.in_features != config.hidden_size
                   or dense[1].linear.out_features != config.hidden_size):
@@ -400,4 +402,5 @@ def _gemma_refusal(config, dense) -> str | None:
     return None
 
 
-WRITERS = {"bert": _bert, "qwen3": _qwen3, "modern-bert": _modernbert, "gemma-embedding": _gemma_embedding}  # llama.cpp architecture -> writer(writer, model, model_dir, quantize) -> context length
+# llama.cpp architecture (the family table's gguf_arch) -> writer(writer, model, model_dir, quantize) -> context length
+WRITERS = {"bert": _bert, "qwen3": _qwen3, "modern-bert": _modernbert, "gemma-embedding": _gemma_embedding}
