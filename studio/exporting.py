@@ -187,9 +187,8 @@ def convert(run: Run, choice: str, settings: Settings, progress=None) -> Convers
             llama_cpp.install()  # once, seconds: the runtime the parity check embeds with
         except ExportError:
             raise ValueError(RUNTIME_MISSING) from None
-    output = Path(run.run_dir) / "export" / f"{format}-{quantize}"
     try:
-        result = export(run.run_dir, format, quantize, output, progress=progress)
+        result = export(run.run_dir, format, quantize, conversion_folder(run, choice), progress=progress)
     except ExportError as problem:
         raise ValueError(f"{problem}: {problem.fix}") from None
     name = _download_name(run, format, quantize)
@@ -223,19 +222,26 @@ def served_name(run: Run, choice: str) -> str:
     return _download_name(run, format, quantize) + (".gguf" if format == "gguf" else "")
 
 
+def conversion_folder(run: Run, choice: str) -> Path:
+    """Where the run's export as `choice` goes: RUN/export/FORMAT-QUANTIZATION (engine.export's default)."""
+    return Path(run.run_dir) / "export" / choice.replace(":", "-")
+
+
+def conversion_report(run: Run, choice: str) -> dict | None:
+    """The parity.json of the run's export as `choice`, or None before there is one."""
+    report = conversion_folder(run, choice) / "parity.json"
+    return json.loads(report.read_text()) if report.is_file() else None
+
+
 def done_conversions(run: Run) -> list[tuple[str, dict]]:
     """("format:quantization", parity.json) of the run's exports so far, in CONVERSIONS' order."""
-    done = []
-    for _, choice in CONVERSIONS:
-        report = Path(run.run_dir) / "export" / choice.replace(":", "-") / "parity.json"
-        if report.is_file():
-            done.append((choice, json.loads(report.read_text())))
-    return done
+    reports = [(choice, conversion_report(run, choice)) for _, choice in CONVERSIONS]
+    return [(choice, report) for choice, report in reports if report is not None]
 
 
 def exported_path(run: Run, choice: str) -> Path | None:
     """The run's export as `choice`, if it was made: the .gguf file or the ONNX folder."""
-    folder = Path(run.run_dir) / "export" / choice.replace(":", "-")
+    folder = conversion_folder(run, choice)
     if choice.startswith("gguf"):
         return next(iter(sorted(folder.glob("*.gguf"))), None)
     return folder if (folder / "parity.json").is_file() else None

@@ -83,6 +83,31 @@ def test_tiny_model_gguf_matches_in_llama_cpp(llama_runtime, tiny, tmp_path, fam
         assert metadata["qwen3.pooling_type"] == 3 and metadata[gguf_export.PROMPT_KEY.format(name="query")]
 
 
+def test_an_embedding_gemma_with_its_dense_layers_matches_in_llama_cpp(llama_runtime, tmp_path):
+    """EmbeddingGemma's shape: Gemma3 attending both ways (a global layer every sixth, local ones between), mean
+    pooling, two Dense layers back to the hidden size, normalization, and its task prompts."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Dense, Normalize, Pooling, Transformer
+
+    base = build_tiny_model("gemma3", tmp_path / "gemma3", num_hidden_layers=6)
+    torch.manual_seed(0)
+    dense = [Dense(64, 128, bias=False, activation_function=torch.nn.Identity()),
+             Dense(128, 64, bias=False, activation_function=torch.nn.Identity())]
+    SentenceTransformer(modules=[Transformer(str(base)), Pooling(64, "mean"), *dense, Normalize()],
+                        device="cpu").save(str(tmp_path / "embedding-gemma"))
+
+    result = export(tmp_path / "embedding-gemma", "gguf", "f16", tmp_path / "out.gguf")
+
+    assert result.passed, result.report["problems"]
+    assert result.report["cosine_min"] >= 0.999
+    metadata = gguf_export.read_metadata(result.path)
+    assert metadata["general.architecture"] == "gemma-embedding"
+    assert metadata["gemma-embedding.dense_2_feat_out"] == 128
+    assert metadata["gemma-embedding.attention.sliding_window"] == 8  # the checkpoint's, not transformers' half
+    assert metadata[gguf_export.PROMPT_KEY.format(name="query")] == "task: search result | query: "
+
+
 @pytest.mark.parametrize("family", ["mpnet", "distilbert"])
 def test_gguf_of_an_architecture_llama_cpp_does_not_run_is_refused_with_onnx_named(tiny, tmp_path, family):
     with pytest.raises(ExportError, match=f"llama.cpp does not run {family}") as caught:

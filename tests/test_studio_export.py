@@ -123,6 +123,8 @@ def tiny_run(tmp_path_factory):
 
 
 def test_a_gguf_and_an_onnx_export_of_a_run_show_parity_size_and_serving_lines(tiny_run, tmp_path):
+    import subprocess
+    import sys
     import zipfile
 
     from studio.exporting import conversions_table, convert, parity_markdown
@@ -145,6 +147,9 @@ def test_a_gguf_and_an_onnx_export_of_a_run_show_parity_size_and_serving_lines(t
         zipped.extractall(tmp_path)
     assert (tmp_path / "lacker-run-tiny-onnx-int8" / "onnx" / "model_qint8.onnx").is_file()
     assert 'SentenceTransformer(\'lacker-run-tiny-onnx-int8\', backend="onnx"' in onnx.snippets["python"]
+    onnxruntime_lines = "# plain onnxruntime" + onnx.snippets["python"].split("# plain onnxruntime")[1]
+    ran = subprocess.run([sys.executable, "-c", onnxruntime_lines], cwd=tmp_path, capture_output=True, text=True)
+    assert ran.returncode == 0 and ran.stdout.strip() == "(1, 64)", ran.stderr[-2000:]  # as the unzipped folder runs
     table = conversions_table(run)
     assert "| GGUF q8_0 |" in table and "| ONNX int8 |" in table and table.count("passed") == 2
 

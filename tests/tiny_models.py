@@ -32,7 +32,7 @@ CONFIGS = {
     "gemma3": ("Gemma3TextConfig", dict(hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
                                         num_key_value_heads=2, head_dim=16, intermediate_size=FFN,
                                         max_position_embeddings=128, sliding_window=8, pad_token_id=0,
-                                        use_bidirectional_attention=True)),
+                                        use_bidirectional_attention=True, query_pre_attn_scalar=16)),
 }
 
 
@@ -66,15 +66,15 @@ def bpe_tokenizer(size: int = 2000):
     return PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token=end, pad_token=end)
 
 
-def build_tiny_model(family: str, folder: Path, seed: int = 0, vocabulary: str = "wordpiece") -> Path:
+def build_tiny_model(family: str, folder: Path, seed: int = 0, vocabulary: str = "wordpiece", **config) -> Path:
     """Save a tiny random `family` model with a tokenizer (`vocabulary`: "wordpiece", all-MiniLM-L6-v2's, or
-    "bpe", bpe_tokenizer's) to `folder` (no modules.json) and return it."""
+    "bpe", bpe_tokenizer's) to `folder` (no modules.json) and return it. `config`: values that replace CONFIGS'."""
     import torch
     import transformers
     from transformers import AutoModel, AutoTokenizer
 
     config_class, values = CONFIGS[family]
-    config = getattr(transformers, config_class)(vocab_size=VOCAB, **values)
+    config = getattr(transformers, config_class)(vocab_size=VOCAB, **{**values, **config})
     torch.manual_seed(seed)
     model = AutoModel.from_config(config)
     folder.mkdir(parents=True, exist_ok=True)

@@ -223,7 +223,8 @@ def _model_folder(model_dir) -> tuple[Path, Path | None]:
     from engine.resolve import resolve_model
 
     path = Path(model_dir)
-    if (path / "config.json").is_file() and (path / "events.jsonl").exists():
+    # a run folder: the studio's (config.json beside events.jsonl) or `lacker train --output`'s (no config.json)
+    if (path / "events.jsonl").exists() and ((path / "config.json").is_file() or (path / "merged").is_dir()):
         if not (path / "merged" / "config.json").is_file():
             raise ExportError(f"the run {path.name} has no merged model (it stopped before saving one)",
                               "resume the run until it finishes, then export")
@@ -240,7 +241,7 @@ def model_kind(folder: Path, run_dir: Path | None = None) -> str:
 
     from engine.models.cross_encoder import has_trained_head
 
-    if run_dir is not None:
+    if run_dir is not None and (run_dir / "config.json").is_file():
         return json.loads((run_dir / "config.json").read_text()).get("task") or "embedding"
     folder = Path(folder)
     st_config = folder / "config_sentence_transformers.json"

@@ -310,7 +310,8 @@ def _modernbert(writer, model, model_dir: Path, quantize: str) -> int:
     _refuse_extra_modules(model)
     config = model[0].auto_model.config
     every = config.global_attn_every_n_layers
-    pattern = ["full_attention" if layer % every == 0 else "sliding_attention" for layer in range(config.num_hidden_layers)]
+    pattern = ["full_attention" if layer % every == 0 else "sliding_attention"
+               for layer in range(config.num_hidden_layers)]
     if list(config.layer_types) != pattern:
         raise ExportError("the model mixes its global and local attention layers otherwise than every "
                           f"{every}th layer, which llama.cpp's modern-bert graph cannot", "export to ONNX instead")
@@ -336,4 +337,70 @@ def _modernbert(writer, model, model_dir: Path, quantize: str) -> int:
     return context
 
 
-WRITERS = {"bert": _bert, "qwen3": _qwen3, "modern-bert": _modernbert}  # llama.cpp architecture -> writer(writer, model, model_dir, quantize) -> context length
+GEMMA_GLOBAL_EVERY = 6  # llama.cpp's gemma graphs make every sixth layer global, whatever the file says
+
+
+def _gemma_embedding(writer, model, model_dir: Path, quantize: str) -> int:
+    """Gemma3 as EmbeddingGemma: llama.cpp's gemma-embedding graph (bidirectional, local attention between its
+    global layers), mean pooling and the two Dense layers after it, written as dense_2 / dense_3."""
+    _refuse_extra_modules(model, allowed=("Transformer", "Pooling", "Dense", "Normalize"))
+    config = model[0].auto_model.config
+    dense = [module for module in model if type(module).__name__ == "Dense"]
+    refusal = _gemma_refusal(config, dense)
+    if refusal:
+        raise ExportError(f"llama.cpp's gemma-embedding graph cannot run this model: {refusal}",
+                          "export to ONNX instead, which keeps every layer")
+    context = _context_length(model, config)
+    writer.add_context_length(context)
+    writer.add_embedding_length(config.hidden_size)
+    writer.add_feed_forward_length(config.intermediate_size)
+    writer.add_block_count(config.num_hidden_layers)
+    writer.add_head_count(config.num_attention_heads)
+    writer.add_head_count_kv(config.num_key_value_heads)
+    writer.add_key_length(config.head_dim)
+    writer.add_value_length(config.head_dim)
+    writer.add_layer_norm_rms_eps(config.rms_norm_eps)
+    writer.add_rope_freq_base(float(config.rope_parameters["full_attention"]["rope_theta"]))
+    writer.add_rope_freq_base_swa(float(config.rope_parameters["sliding_attention"]["rope_theta"]))
+    # transformers halves a bidirectional model's window when it loads it (config.sliding_window becomes
+    # window // 2 + 1, the distance either way); llama.cpp takes the window as the checkpoint states it
+    writer.add_sliding_window(json.loads((model_dir / "config.json").read_text())["sliding_window"])
+    writer.add_causal_attention(False)
+    for name, layer in zip(("dense_2", "dense_3"), dense):
+        writer.add_dense_features_dims(name, layer.linear.in_features, layer.linear.out_features)
+    _vocab(writer, model, model_dir, config.vocab_size)
+    # Gemma's RMSNorm scales by (1 + weight); llama.cpp's by the weight it reads
+    state = {name: tensor.detach().float().cpu().numpy() + (1.0 if name.endswith("norm.weight") else 0.0)
+             for name, tensor in model[0].auto_model.state_dict().items()}
+    _add_mapped_tensors(writer, "gemma-embedding", state, config.num_hidden_layers, quantize)
+    for name, layer in zip(("dense_2", "dense_3"), dense):
+        _add_tensor(writer, f"{name}.weight", layer.linear.weight.detach().float().cpu().numpy(), quantize)
+    return context
+
+
+def _gemma_refusal(config, dense) -> str | None:
+    """What of this Gemma3 model and its Dense layers the gemma-embedding graph has no place for, or None."""
+    pattern = ["full_attention" if (layer + 1) % GEMMA_GLOBAL_EVERY == 0 else "sliding_attention"
+               for layer in range(config.num_hidden_layers)]
+    if not getattr(config, "use_bidirectional_attention", False):
+        return "it attends causally, and EmbeddingGemma's graph attends both ways"
+    if list(config.layer_types) != pattern:
+        return f"its global attention layers are not every {GEMMA_GLOBAL_EVERY}th"
+    if config.num_hidden_layers < GEMMA_GLOBAL_EVERY:  # llama.cpp fails to allocate a graph with no global layer
+        return f"it has {config.num_hidden_layers} layers, so none of them global"
+    if config.query_pre_attn_scalar != config.head_dim:
+        return f"it scales queries by {config.query_pre_attn_scalar} ** -0.5 instead of head_dim ** -0.5"
+    if (config.hidden_activation != "gelu_pytorch_tanh" or config.attn_logit_softcapping
+            or config.final_logit_softcapping):
+        return "its activation or logit soft-capping differs from Gemma3's"
+    if dense and (len(dense) != 2 or dense[0].linear.in_features != config.hidden_size
+                  or dense[1].linear.out_features != config.hidden_size):
+        return "its Dense layers are not two that lead back to the hidden size, as EmbeddingGemma's"
+    for layer in dense:
+        if layer.linear.bias is not None or type(layer.activation_function).__name__ != "Identity":
+            return "its Dense layers have a bias or an activation, which llama.cpp does not apply"
+    return None
+
+
+# llama.cpp architecture (the family table's gguf_arch) -> writer(writer, model, model_dir, quantize) -> context length
+WRITERS = {"bert": _bert, "qwen3": _qwen3, "modern-bert": _modernbert, "gemma-embedding": _gemma_embedding}

@@ -45,7 +45,7 @@ def write(model, model_dir: Path, folder: Path, quantize: str, kind: str = "embe
     if quantize not in QUANTIZATIONS:
         raise ExportError(f"ONNX quantization {quantize!r} is not offered", f"pick one of: {', '.join(QUANTIZATIONS)}")
     folder = Path(folder)
-    shutil.copytree(model_dir, folder, dirs_exist_ok=True, ignore=shutil.ignore_patterns("onnx", "parity.json"))
+    shutil.copytree(model_dir, folder, dirs_exist_ok=True, ignore=_not_copied(Path(model_dir)))
     target = folder / FILES[quantize]
     target.parent.mkdir(parents=True, exist_ok=True)
     hf, tokenizer, output = _transformer(model, kind)
@@ -66,6 +66,19 @@ def write(model, model_dir: Path, folder: Path, quantize: str, kind: str = "embe
         _quantize_int8(fp32, target)
         fp32.unlink()
     return target
+
+
+def _not_copied(model_dir: Path):
+    """What of the model folder an ONNX folder leaves out: an earlier export, and the transformer's own weights,
+    which the ONNX file holds (the modules after it, a Dense layer's weights in their own folders, stay)."""
+    weights = {"model.safetensors", "model.safetensors.index.json", "pytorch_model.bin"}
+
+    def ignore(folder: str, names: list[str]) -> list[str]:
+        top = Path(folder) == model_dir
+        return [name for name in names if name in ("onnx", "parity.json")
+                or (top and (name in weights or name.startswith("model-0")))]
+
+    return ignore
 
 
 def _quantize_int8(fp32: Path, target: Path) -> None:

@@ -267,7 +267,8 @@ def describe(report: dict) -> str:
                             for name, value in report["metrics"]["pytorch"].items())
         head = (f"parity {verdict}: score correlation {report['score_correlation']:.4f} over {report['texts']} "
                 f"held-out inputs (threshold {report['threshold']}), largest difference "
-                f"{report['score_max_diff']:.4f}, same choice {report['agreement']:.0%}" + (f"; {metrics}" if metrics else ""))
+                f"{report['score_max_diff']:.4f}, same choice {report['agreement']:.0%}"
+                + (f"; {metrics}" if metrics else ""))
     elif report["cosine_min"] is None:
         return "parity FAILED: " + "; ".join(report["problems"])
     else:

@@ -51,9 +51,11 @@ def _gguf(path: Path, name: str) -> tuple[str, str]:
         f"printf 'FROM ./{name}\\n' > Modelfile\n"
         f"ollama create {model} -f Modelfile\n"
         f"{prompt_note}"
-        f"curl http://localhost:11434/api/embed -d {_json_for_shell({'model': model, 'input': [prompt + EXAMPLE_QUERY]})}\n\n"
+        "curl http://localhost:11434/api/embed -d "
+        f"{_json_for_shell({'model': model, 'input': [prompt + EXAMPLE_QUERY]})}\n\n"
         "# llama.cpp's server (OpenAI-style /v1/embeddings)\n"
-        f"llama-server -m {name} --embedding --pooling {pooling}" + (f" -c {context}" if context else "") + " --port 8080\n"
+        f"llama-server -m {name} --embedding --pooling {pooling}" + (f" -c {context}" if context else "")
+        + " --port 8080\n"
         "curl http://localhost:8080/v1/embeddings -H 'Content-Type: application/json' "
         f"-d {_json_for_shell({'input': [prompt + EXAMPLE_QUERY]})}"
     )
@@ -77,8 +79,8 @@ def _onnx(kind: str, folder: Path, name: str) -> str:
     file = _onnx_file(folder)
     kwargs = "" if file.endswith("/model.onnx") else f', model_kwargs={{"file_name": {file!r}}}'
     backend = ("# sentence-transformers' ONNX backend (pip install \"sentence-transformers[onnx]\"). It runs through\n"
-               "# optimum-onnx, and no release of optimum-onnx works with transformers 5 (which sentence-transformers 6\n"
-               "# needs) yet: until one does, the onnxruntime lines below run the same file.\n")
+               "# optimum-onnx, and no release of optimum-onnx works with transformers 5 (which\n"
+               "# sentence-transformers 6 needs) yet: until one does, the onnxruntime lines below run the same file.\n")
     if kind == "embedding":
         return (backend + "from sentence_transformers import SentenceTransformer\n\n"
                 f"model = SentenceTransformer({name!r}, backend=\"onnx\"{kwargs})\n"
@@ -128,7 +130,8 @@ def _onnxruntime_embedding(folder: Path, name: str, file: str) -> str:
               "lasttoken": "embeddings = hidden[:, -1]  # the last token (the tokenizer pads on the left)\n"}[pooling]
     normalize = any(m["type"].endswith("Normalize") for m in modules)
     return (_onnxruntime_head(name, file)
-            + f"batch = tokenizer([{(prompt + EXAMPLE_QUERY)!r}], padding=True, truncation=True, return_tensors=\"np\")\n"
+            + f"batch = tokenizer([{(prompt + EXAMPLE_QUERY)!r}], padding=True, truncation=True, "
+            "return_tensors=\"np\")\n"
             "hidden = session.run([\"last_hidden_state\"], {k: v for k, v in batch.items() if k in inputs})[0]\n"
             + pooled
             + ("embeddings /= np.linalg.norm(embeddings, axis=1, keepdims=True)\n" if normalize else "")

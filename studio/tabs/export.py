@@ -6,14 +6,11 @@ looked."""
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import gradio as gr
 
 from studio.commands import load_snippet
-from studio.exporting import (conversions_for, conversions_table, convert, exported_path, parity_markdown,
-                              push_model, run_task, save_model, served_name, serving, zip_model)
+from studio.exporting import (conversion_report, conversions_for, conversions_table, convert, exported_path,
+                              parity_markdown, push_model, run_task, save_model, served_name, serving, zip_model)
 from studio.tabs.compare import comparable_runs
 from studio.ui import error_box, hide_error, show_error
 
@@ -106,8 +103,8 @@ def build(studio, ui) -> None:
             choice = choices[-1][1]
         exported = exported_path(run, choice)
         lines = serving(run, exported, served_name(run, choice))
-        report = Path(run.run_dir) / "export" / choice.replace(":", "-") / "parity.json"
-        shown = parity_markdown(choice, json.loads(report.read_text())) if report.is_file() else ""
+        report = conversion_report(run, choice)
+        shown = parity_markdown(choice, report) if report else ""
         return (gr.update(choices=choices, value=choice), conversions_table(run), shown, lines["shell"],
                 lines["python"])
 
