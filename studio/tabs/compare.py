@@ -535,6 +535,7 @@ def _classifier_view(studio, run_pick, error) -> None:
     predictions = gr.Dataframe(headers=PREDICTION_HEADERS, label="Each class's probability", interactive=False,
                                elem_id="compare-predictions")
     newly_right = gr.Dataframe(headers=NEWLY_RIGHT_HEADERS, interactive=False, wrap=True, max_height=400,
+                               column_widths=["64%", "12%", "12%", "12%"],
                                label="Held-out texts the fine-tuned model now gets right and the base got wrong "
                                      "(click one to open it)", elem_id="compare-newly-right")
 
