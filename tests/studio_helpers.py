@@ -140,10 +140,11 @@ class StudioProcess:
         self._log.close()
 
 
-def register_finished_run(home, run_id: str, config: dict, train_rows, held_out) -> "Run":
+def register_finished_run(home, run_id: str, config: dict, train_rows, held_out):
     """A finished run of any task in the registry of a studio at `home`, as the studio would have started it:
     RUN_DIR/data/{train,eval}.jsonl with the columns named by role, then `engine.train` on them (in this process,
-    so no worker or monitor is needed). `config` holds the run's settings except its paths and columns."""
+    so no worker or monitor is needed). `config` holds the run's settings except its paths and columns. Returns
+    the registered studio.store.Run."""
     import json
     from pathlib import Path
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import gradio as gr
 
 from engine.hub import metric_rows
+from engine.tasks.reranker import CANDIDATES
 from studio import charts
 from studio.comparison import run_evaluation, run_task, task_evaluation
 from studio.store import COMPLETED, STOPPED
@@ -175,8 +176,6 @@ def _base_words(has_trained_head: bool | None, model: str) -> str:
 def rerank_note(run, evaluation, has_trained_head: bool | None = None) -> str:
     """What the reranker's metrics rest on: the held-out queries, the candidates each reranks, what the base is."""
     queries = len(evaluation.queries)
-    from engine.tasks.reranker import CANDIDATES
-
     lines = [f"**Measured on {queries} held-out queries**, each reranking the first-stage retriever's top "
              f"{CANDIDATES} of {len(evaluation.corpus)} held-out documents "
              f"({evaluation.retriever_name or 'the bundled all-MiniLM-L6-v2'}). "
@@ -535,6 +534,7 @@ def _classifier_view(studio, run_pick, error) -> None:
     predictions = gr.Dataframe(headers=PREDICTION_HEADERS, label="Each class's probability", interactive=False,
                                elem_id="compare-predictions")
     newly_right = gr.Dataframe(headers=NEWLY_RIGHT_HEADERS, interactive=False, wrap=True, max_height=400,
+                               column_widths=["64%", "12%", "12%", "12%"],
                                label="Held-out texts the fine-tuned model now gets right and the base got wrong "
                                      "(click one to open it)", elem_id="compare-newly-right")
 
