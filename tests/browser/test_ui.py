@@ -435,7 +435,7 @@ def gain(status: str, metric: str) -> tuple[float, float]:
     """(base, trained) as the Train tab's status line says them: "NDCG@10 0.174 → 0.301"."""
     import re
 
-    base, trained = re.search(rf"{re.escape(metric)} ([\d.]+) → \**([\d.]+)", status).groups()
+    base, trained = re.search(rf"{re.escape(metric)} (\d+\.\d+) → \**(\d+\.\d+)", status).groups()
     return float(base), float(trained)
 
 
