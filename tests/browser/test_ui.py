@@ -1,6 +1,7 @@
 """The studio in Debian's Chromium: the sample from loading to an exported model (on the way, Compare's
 example pick, marked answers and a click on an improved query), a run that finishes with no page open, a
-reload that finds the running job, Stop, a corrupt upload, Export's messages beside its buttons, and the Runs tab.
+reload that finds the running job, Stop, a corrupt upload, Export's messages beside its buttons, the Runs tab, and
+a reranker's and a classifier's demo preset picked, trained and listed with their task.
 
 Screenshots are taken only when asked: LACKER_SCREENSHOTS=1 writes each tab's to assets/screenshots/<tab>.png
 (the README's), LACKER_SCREENSHOTS=DIR writes them to DIR; unset, the tests write nothing into the repository."""
