@@ -258,3 +258,18 @@ def test_a_run_on_the_first_rows_of_a_sample_names_them_in_its_shell_command(stu
     assert f"--data {copy}" in command
     with open(copy) as rows:
         assert sum(1 for _ in rows) == 1000  # what the run trains on, in the sample's own columns
+
+
+@pytest.mark.parametrize("columns, expected", [
+    (["package", "text", "section"], {"text": "text", "label": "section"}),
+    (["title", "Description", "category"], {"text": "Description", "label": "category"}),
+    (["premise", "hypothesis", "label"], {"text": "premise", "text_pair": "hypothesis", "label": "label"}),
+    (["sentence1", "sentence2", "class"], {"text": "sentence1", "text_pair": "sentence2", "label": "class"}),
+    (["id", "body"], {"text": "body"}),  # no column says it holds classes: left for the user to pick
+])
+def test_a_classifiers_columns_are_guessed_from_their_names(columns, expected):
+    from engine.data import column_guess
+
+    guess = column_guess(columns, "classifier")
+    assert guess.mapping == expected
+    assert all(guess.reasons[role] for role in expected)  # each pick says why
