@@ -245,3 +245,31 @@ def test_the_api_guesses_the_tasks_columns_and_reports_the_task(studio):
     assert run["task"] == "classifier"
     assert studio.source_of(studio.store.get(run["run_id"]))[1] == {"text": "text", "label": "section"}
     assert next(r for r in call(studio, "list_runs") if r["run_id"] == run["run_id"])["task"] == "classifier"
+
+
+def test_a_run_on_the_first_rows_of_a_sample_names_them_in_its_shell_command(studio):
+    shown = studio.handlers["demo_preset"].fn("reranker")
+    source = next(value for component, value in shown.items() if isinstance(value, dict) and "kind" in value)
+    assert source["rows"] == 1000
+    roles = [shown[component]["value"] for component in studio.handlers["start_training"].inputs[3:3 + len(ROLES)]]
+    run_id, error, command = start(studio, "reranker", source, roles, **{"Train for": "max steps", "Max steps": 5})
+    assert not error["visible"], error["value"]
+    copy = f"{studio.store.get(run_id).run_dir}/data/train-source.jsonl"
+    assert f"--data {copy}" in command
+    with open(copy) as rows:
+        assert sum(1 for _ in rows) == 1000  # what the run trains on, in the sample's own columns
+
+
+@pytest.mark.parametrize("columns, expected", [
+    (["package", "text", "section"], {"text": "text", "label": "section"}),
+    (["title", "Description", "category"], {"text": "Description", "label": "category"}),
+    (["premise", "hypothesis", "label"], {"text": "premise", "text_pair": "hypothesis", "label": "label"}),
+    (["sentence1", "sentence2", "class"], {"text": "sentence1", "text_pair": "sentence2", "label": "class"}),
+    (["id", "body"], {"text": "body"}),  # no column says it holds classes: left for the user to pick
+])
+def test_a_classifiers_columns_are_guessed_from_their_names(columns, expected):
+    from engine.data import column_guess
+
+    guess = column_guess(columns, "classifier")
+    assert guess.mapping == expected
+    assert all(guess.reasons[role] for role in expected)  # each pick says why

@@ -112,16 +112,11 @@ def summary_markdown(summary: dict, task: str = "embedding") -> str:
     if labels:
         lines.append(f"**{len(labels)} labels:** " + ", ".join(f"{label} ({n:,})" for label, n in labels.items()))
     if task == "reranker" and summary.get("task") == "pairs":
-        lines.append(f"No negatives in the data: training mines hard negatives for each pair with the bundled "
+        lines.append("No negatives in the data: training mines hard negatives for each pair with the bundled "
                      "all-MiniLM-L6-v2 (**Preview mined negatives** shows some).")
     for warning in summary.get("warnings") or []:
         lines.append(f"⚠️ {warning}")
     return "\n\n".join(lines)
-
-
-def fits(mapping: dict | None, task: str) -> bool:
-    """Whether a mapping maps roles of `task` only (one made for another task is guessed anew)."""
-    return bool(mapping) and set(mapping) <= set(roles_of(task))
 
 
 class MiningNotes:
