@@ -93,7 +93,7 @@ def loop_unavailable(run: Run) -> str | None:
 def train_packed(run: Run) -> int:
     """Train with the task's packed-loop trainer (engine.loop); returns the steps done."""
     config, events = run.config, run.events
-    events.status("loading", f"tokenizing the {len(run.train_rows)} training rows once, for the packed loop")
+    events.status("loading", f"setting up the packed loop for the {len(run.train_rows)} training rows (their texts are tokenized once)")
     trainer = run.task.packed_trainer(
         run.model, run.train_rows, run.loss_name, batch_size=config.batch_size, learning_rate=config.learning_rate,
         steps=config.max_steps, epochs=config.epochs, warmup_ratio=config.warmup_ratio, seed=config.seed,

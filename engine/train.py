@@ -48,7 +48,7 @@ def _read_split(config: TrainConfig, task, events: EventLog):
     table = data_layer.read_table(config.data, config=config.data_config, split=config.data_split)
     mapping = config.columns
     if not mapping:
-        guess = data_layer.column_guess(table)
+        guess = data_layer.column_guess(table, config.task)
         mapping = guess.mapping
         events.log(f"columns picked from their names: {guess.describe() or 'none'}")
     summary = task.validate(table, mapping, source_name=source_name, loss=config.loss)
