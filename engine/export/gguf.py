@@ -281,6 +281,17 @@ def _qwen3(writer, model, model_dir: Path, quantize: str) -> int:
                           "export to ONNX instead")
     context = _context_length(model, config)
     writer.add_context_length(context)
+    _decoder_shape(writer, config)
+    writer.add_rope_freq_base(_rope_theta(config))
+    _vocab(writer, model, model_dir, config.vocab_size)
+    state = {name: tensor.detach().float().cpu().numpy() for name, tensor in model[0].auto_model.state_dict().items()}
+    _add_mapped_tensors(writer, "qwen3", state, config.num_hidden_layers, quantize, skip=("rotary_emb.",))
+    return context
+
+
+def _decoder_shape(writer, config) -> None:
+    """The sizes llama.cpp's decoder graphs (qwen3, gemma-embedding) read: widths, layers, grouped heads and
+    their dimension, the RMSNorm epsilon."""
     writer.add_embedding_length(config.hidden_size)
     writer.add_feed_forward_length(config.intermediate_size)
     writer.add_block_count(config.num_hidden_layers)
@@ -288,12 +299,7 @@ def _qwen3(writer, model, model_dir: Path, quantize: str) -> int:
     writer.add_head_count_kv(config.num_key_value_heads)
     writer.add_key_length(config.head_dim)
     writer.add_value_length(config.head_dim)
-    writer.add_rope_freq_base(_rope_theta(config))
     writer.add_layer_norm_rms_eps(config.rms_norm_eps)
-    _vocab(writer, model, model_dir, config.vocab_size)
-    state = {name: tensor.detach().float().cpu().numpy() for name, tensor in model[0].auto_model.state_dict().items()}
-    _add_mapped_tensors(writer, "qwen3", state, config.num_hidden_layers, quantize, skip=("rotary_emb.",))
-    return context
 
 
 def _rope_theta(config) -> float:
@@ -352,14 +358,7 @@ def _gemma_embedding(writer, model, model_dir: Path, quantize: str) -> int:
                           "export to ONNX instead, which keeps every layer")
     context = _context_length(model, config)
     writer.add_context_length(context)
-    writer.add_embedding_length(config.hidden_size)
-    writer.add_feed_forward_length(config.intermediate_size)
-    writer.add_block_count(config.num_hidden_layers)
-    writer.add_head_count(config.num_attention_heads)
-    writer.add_head_count_kv(config.num_key_value_heads)
-    writer.add_key_length(config.head_dim)
-    writer.add_value_length(config.head_dim)
-    writer.add_layer_norm_rms_eps(config.rms_norm_eps)
+    _decoder_shape(writer, config)
     writer.add_rope_freq_base(float(config.rope_parameters["full_attention"]["rope_theta"]))
     writer.add_rope_freq_base_swa(float(config.rope_parameters["sliding_attention"]["rope_theta"]))
     # transformers halves a bidirectional model's window when it loads it (config.sliding_window becomes
