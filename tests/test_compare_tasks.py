@@ -190,12 +190,13 @@ def test_a_classifier_run_shows_both_predictions_with_their_probabilities(classi
     result = comparison.classify(text)
     assert result["labels"] == ["games", "sound"] and result["majority"] == "games"
     expected = pipeline_probabilities(Path(classifier_run.run_dir) / "merged", text)
-    assert dict(zip(result["labels"], result["trained"])) == pytest.approx(expected, abs=1e-4)
+    # The studio runs the adapter on its base, the pipeline the merged save: the same model to float rounding
+    assert dict(zip(result["labels"], result["trained"])) == pytest.approx(expected, abs=1e-3)
 
     rows = prediction_rows(result)
     assert [row[0] for row in rows] == sorted(expected, key=expected.get, reverse=True)
     assert {row[0]: row[1] for row in rows} == {"games": "always (majority class)", "sound": ""}
-    assert {row[0]: float(row[2]) for row in rows} == pytest.approx(expected, abs=1e-4)
+    assert {row[0]: float(row[2]) for row in rows} == pytest.approx(expected, abs=1e-3)
     note = prediction_note(result, comparison.held_out_label(text))
     assert f"Fine-tuned: **{max(expected, key=expected.get)}**" in note and "the majority class" in note
     assert f"Held-out label: **{label}**" in note

@@ -447,11 +447,25 @@ def test_a_reload_keeps_the_sessions_data_and_shows_the_latest_runs_settings(pag
     wait_for(lambda: number_in(page, "Max steps") == DEMO_PRESET["max_steps"], 30, "the preset's steps in the form")
 
 
-def train_the_tasks_demo_preset(page, studio_app, task: str, sample_button: str, roles: dict) -> tuple[str, str]:
+def pick_task(page, task: str) -> None:
+    """Pick `task` on the Model tab, once the page's own start-up (which shows the latest run's settings) is done:
+    a click while it runs can be undone by it."""
+    open_tab(page, "Model")
+    radio = page.get_by_role("radio", name=task)
+
+    def picked() -> bool:
+        if not radio.is_checked():
+            radio.click()
+        return radio.is_checked()
+
+    wait_for(picked, 60, f"the {task} task picked")
+
+
+def start_the_tasks_demo_preset(page, studio_app, task: str, sample_button: str, roles: dict) -> str:
     """Pick `task` on the Model tab, load its sample on the Data tab (its roles guessed as `roles` says), press the
-    demo preset and Start; returns (run id, the status line) once the run completed."""
+    demo preset and Start; returns the run's id once the Train tab shows it."""
     before = run_ids(studio_app)
-    page.get_by_role("radio", name=task).check()
+    pick_task(page, task)
     open_tab(page, "Data")
     page.get_by_role("button", name=sample_button).click()
     page.locator("#data-summary").get_by_text("rows").first.wait_for()
@@ -464,6 +478,13 @@ def train_the_tasks_demo_preset(page, studio_app, task: str, sample_button: str,
     run_id = wait_for(lambda: run_ids(studio_app) - before, 60, "the new run in the registry").pop()
     page.locator("#train-status").get_by_text(run_id).wait_for()
     assert f"--task {task.lower()}" in command_text(page)
+    return run_id
+
+
+def train_the_tasks_demo_preset(page, studio_app, task: str, sample_button: str, roles: dict) -> tuple[str, str]:
+    """`start_the_tasks_demo_preset`, then (run id, the status line) once the run completed and the Runs tab lists
+    it with its task."""
+    run_id = start_the_tasks_demo_preset(page, studio_app, task, sample_button, roles)
     wait_for(lambda: finished_as(page, run_id, "completed") or finished_as(page, run_id, "failed"), 3 * RUN_TIMEOUT,
              "the demo preset's run to finish")
     status = status_text(page)
@@ -483,13 +504,15 @@ def gain(status: str, metric: str) -> tuple[float, float]:
     return float(base), float(trained)
 
 
-def test_a_newcomer_trains_the_reranker_demo_preset_and_sees_it_beside_the_retriever(page, studio_app):
-    """The reranker's flow to a finished run, its NDCG@10 beside the retriever's order. Whether the preset beats that
-    order is not asserted: on a CPU it has not, even in 150 steps (0.125 against 0.174 when measured, 2026-12-02)."""
-    _run_id, status = train_the_tasks_demo_preset(page, studio_app, "Reranker", "Use the demo sample",
-                                                  {"anchor (query)": "query", "positive (relevant text)": "document"})
-    base, trained = gain(status, "NDCG@10")
-    assert 0 < base < 1 and 0 <= trained <= 1, status
+def test_a_newcomer_starts_the_reranker_demo_preset_and_stop_ends_it(page, studio_app):
+    """The reranker's flow from the task choice to a running job: its roles guessed, its preset set, its command's
+    task; then Stop. Not trained to the end here: that takes minutes on a CPU, and the preset does not yet beat the
+    retriever's order there (NDCG@10 0.125 against 0.174 after 150 steps, 2026-12-02). The reranker's Compare view
+    is the browser test below; a finished reranker run through the engine is tests/test_reranker.py's."""
+    run_id = start_the_tasks_demo_preset(page, studio_app, "Reranker", "Use the demo sample",
+                                         {"anchor (query)": "query", "positive (relevant text)": "document"})
+    page.locator("#stop-training").click()
+    wait_for(lambda: finished_as(page, run_id, "stopped"), 180, "the run to stop")
 
 
 def test_a_newcomer_trains_the_classifier_demo_preset_and_it_beats_the_majority_class(page, studio_app):
