@@ -472,10 +472,18 @@ def start_the_tasks_demo_preset(page, studio_app, task: str, sample_button: str,
     for label, column in roles.items():
         wait_for(lambda: page.get_by_label(label, exact=True).input_value() == column, 30, f"{label} to be {column}")
     open_tab(page, "Train")
+    from studio.tabs.train import DEMO_PRESETS
+
     page.locator("#demo-preset").click()
     page.locator("#demo-preset-note").get_by_text(f"Set: {task.lower()}").wait_for()
+    steps = DEMO_PRESETS[task.lower()][2]["max_steps"]
+    wait_for(lambda: number_in(page, "Max steps") == steps, 30, "the preset's steps in the form")
     page.locator("#start-training").click()
-    run_id = wait_for(lambda: run_ids(studio_app) - before, 60, "the new run in the registry").pop()
+    try:
+        run_id = wait_for(lambda: run_ids(studio_app) - before, 60, "the new run in the registry").pop()
+    except AssertionError as timed_out:  # say what the page showed instead
+        raise AssertionError(f"{timed_out}; the Train tab says: {status_text(page)!r}; "
+                             f"{page.locator('.error-box, #train-error').all_inner_texts()}") from None
     page.locator("#train-status").get_by_text(run_id).wait_for()
     assert f"--task {task.lower()}" in command_text(page)
     return run_id
