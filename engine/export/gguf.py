@@ -183,9 +183,8 @@ def _bert(writer, model, model_dir: Path, quantize: str) -> int:
     if config.hidden_act != "gelu":
         raise ExportError(f"llama.cpp's bert graph uses GELU, and this model uses {config.hidden_act!r}",
                           "export to ONNX instead")
-    # Positions past max_seq_length are never used by sentence-transformers; llama.cpp sizes its context
-    # from the position table, so both stop at the same length.
-    context = min(model.max_seq_length or config.max_position_embeddings, config.max_position_embeddings)
+    # llama.cpp sizes its context from the position table, so the table stops at the same length.
+    context = _context_length(model, config)
     writer.add_embedding_length(config.hidden_size)
     writer.add_feed_forward_length(config.intermediate_size)
     writer.add_block_count(config.num_hidden_layers)
