@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import sys
 
 import torch
 
@@ -100,7 +101,7 @@ def packed_forward(site, attention_class: type):
     if not site.rotary:
         return forward
     # RoPE as the class's own forward computes it (ModernBERT's upcasts to fp32, Qwen3's does not)
-    return with_globals(forward, apply_rotary_pos_emb=attention_class.forward.__globals__["apply_rotary_pos_emb"])
+    return with_globals(forward, apply_rotary_pos_emb=sys.modules[attention_class.__module__].apply_rotary_pos_emb)
 
 
 def patch_packed_attention(hf_model: torch.nn.Module, sites) -> int:
