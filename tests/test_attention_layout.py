@@ -184,10 +184,11 @@ class CopiesOfQKV(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def count_copies(model, family_name: str, monkeypatch) -> collections.Counter:
+def count_copies(model, family_name: str, inputs: dict, monkeypatch) -> collections.Counter:
+    """CopiesOfQKV over a forward of `model` on packed `inputs` and a backward."""
     site = family_by_name(family_name).packed_attention[0]
     head_dim = next(getattr(m, site.head_dim) for m in model.modules() if class_path(m) == site.cls)
-    mode = CopiesOfQKV(sum(LENGTHS), head_dim)
+    mode = CopiesOfQKV(inputs["input_ids"].shape[1], head_dim)
 
     def paused(*args, _original=packed_forward.varlen_attention, **kwargs):
         mode.paused = True
@@ -198,8 +199,8 @@ def count_copies(model, family_name: str, monkeypatch) -> collections.Counter:
 
     monkeypatch.setattr(packed_forward, "varlen_attention", paused)
     with mode:
-        out = model(**packed_inputs(family_name)).last_hidden_state
-        out.sum().backward()
+        out = model(**inputs).last_hidden_state
+        out.float().sum().backward()
     monkeypatch.undo()
     return mode.copies
 
@@ -213,7 +214,8 @@ def test_packed_forward_copies_no_q_k_or_v_where_the_earlier_path_copied_each(fa
     before = tiny_lora_model(family_name)
     after = with_packed_forwards(before, family_name)
     layers = sum(class_path(m) == family_by_name(family_name).packed_attention[0].cls for m in before.modules())
-    old, new = count_copies(before, family_name, monkeypatch), count_copies(after, family_name, monkeypatch)
+    inputs = packed_inputs(family_name)
+    old, new = (count_copies(model, family_name, inputs, monkeypatch) for model in (before, after))
     assert sum(new.values()) == 0, new
     assert old["select_backward"] == 3 * layers
     assert old["clone"] == (0 if family_name == "modernbert" else 3 * layers)

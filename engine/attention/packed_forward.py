@@ -2,23 +2,25 @@
 varlen call both packed routes share.
 
 transformers' attention modules view each projection as (batch, tokens, heads, head_dim) and transpose it to
-(batch, heads, tokens, head_dim), where they run RoPE and hand it to the attention interface; for a packed
-stream (batch 1) `lacker_varlen` (engine.attention.packed_attention_forward) transposes it back to
-(tokens, heads, head_dim) for `varlen_attention`. Where an elementwise step in between writes a new tensor
-(transformers' RoPE: its rotate_half is a `cat`), the result is laid out heads first, and the transpose back is
-a strided view that the kernel has to copy. The forward installed here on a family's `packed_attention` sites
-(engine.families.PackedAttentionSite) never transposes:
+(batch, heads, tokens, head_dim) for the attention interface; for a packed stream (batch 1) `lacker_varlen`
+(engine.attention.packed_attention_forward) takes batch 0 and transposes back to the (tokens, heads, head_dim)
+that `varlen_attention` takes. That is all views going forward, not coming back: the backward of taking batch 0
+writes each gradient into a new zero-filled (1, heads, tokens, head_dim) tensor, and the projection's view
+takes that tensor's transpose only by a copy, so q's, k's and v's gradients are written twice more in every layer
+(ModernBERT's once: its fused projection's backward stacks them anyway). The forward installed here on a
+family's `packed_attention` sites (engine.families.PackedAttentionSite) never transposes:
 
     projection -> view (1, tokens, heads, head_dim) -> [q_norm, k_norm] -> [RoPE, unsqueeze_dim=2]
         -> squeeze to (tokens, heads, head_dim) -> varlen_attention -> view (1, tokens, heads * head_dim)
         -> [out projection, dropout]
 
-so q, k and v reach the kernel as views of the projections (of the RoPE's outputs for q and k), and the output
-leaves it as a view. It calls the module's own submodules (PEFT's LoRA layers, the fused LoRA, the Triton
-RMSNorm where those are patched in) and its modeling module's apply_rotary_pos_emb, which engine.kernels.rope
-replaces with the RoPE kernel where the loop patches kernels in. It takes a call only where `lacker_varlen`
-would have taken it (a packed stream, no KV cache to update); any other call runs the class's forward. Like
-varlen attention, it has no attention dropout (the packed path never had).
+so q, k and v reach the kernel as views of the projections (of the norm's or RoPE's outputs for q and k, laid
+out tokens first), their gradients come back as views, and the output leaves the kernel as a view. It calls the
+module's own submodules (PEFT's LoRA layers, the fused LoRA, the Triton RMSNorm where those are patched in) and
+its modeling module's apply_rotary_pos_emb, which engine.kernels.rope replaces with the RoPE kernel where the
+loop patches kernels in. It takes a call only where `lacker_varlen` would have taken it (a packed stream, no KV
+cache to update); any other call runs the class's forward. Like varlen attention, it has no attention dropout
+(the packed path never had).
 """
 
 from __future__ import annotations

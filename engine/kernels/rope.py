@@ -245,8 +245,8 @@ def _patched_forward(forward, upcasts: bool):
     code = getattr(forward, "__code__", None)
     if code is None or "apply_rotary_pos_emb" not in code.co_names or "apply_rotary_pos_emb" not in forward.__globals__:
         return None
-    patched = with_globals(forward, apply_rotary_pos_emb=_kernel_in_place_of(forward.__globals__["apply_rotary_pos_emb"],
-                                                                            upcasts))
+    original = forward.__globals__["apply_rotary_pos_emb"]
+    patched = with_globals(forward, apply_rotary_pos_emb=_kernel_in_place_of(original, upcasts))
     setattr(patched, _ROPE_KERNEL, True)
     return patched
 
