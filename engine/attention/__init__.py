@@ -7,10 +7,13 @@ restart per sequence, `cu_seq_lens_q/k`, `max_length_q/k`), pass the boundaries 
 pool straight from the flat output. It turns that on only for flash-attention implementations,
 which need the flash-attn or kernels packages. `enable` does the same switch-over with an attention
 function of our own, registered with transformers' attention interface under the name
-`lacker_varlen`, that runs `torch.nn.attention.varlen.varlen_attn` (window rules in `.varlen`).
+`lacker_varlen`, that runs `torch.nn.attention.varlen.varlen_attn` (window rules in `.varlen`). Where a
+family's row names its attention class (`packed_attention`), that class's forward is replaced on packed calls
+by one that keeps q, k and v in varlen attention's layout from the projections on (`.packed_forward`).
 
     from engine.attention import enable
-    enable(model, family)  # -> "packed varlen attention (positions from 0); ..." or None, logged once
+    enable(model, family)  # -> "packed varlen attention with q, k, v in its layout in 6 layers (positions
+    #     from 0); ..." or None, logged once
 
 Calls that arrive with padded inputs and a mask (anything that bypasses the flattening collator)
 go to transformers' SDPA function unchanged, so the switch never gives wrong answers, only slower ones.
