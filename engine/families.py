@@ -53,6 +53,28 @@ class MlpSite:
 
 
 @dataclass(frozen=True)
+class PackedAttentionSite:
+    """An attention class whose forward the packed path replaces on packed calls (engine.attention.packed_forward):
+    q, k and v stay (tokens, heads, head_dim) views of their projections from the projection to varlen attention,
+    with no transposes in or out.
+
+    qkv: the q, k and v projections' attributes, or one attribute for a fused projection whose output holds q, k
+    and v in that order, each (heads, head_dim) (ModernBERT's Wqkv); norms: q's and k's per-head RMSNorms over
+    head_dim (Qwen3's q_norm, k_norm), run before RoPE; rotary: q and k rotated by the forward's
+    `position_embeddings` with the modeling module's apply_rotary_pos_emb; out: the output projection the
+    forward applies, then `out_dropout` (None where a later module projects, as BERT's SelfOutput does)."""
+
+    cls: str
+    qkv: tuple[str, ...]
+    head_dim: str  # the attribute holding head_dim
+    scaling: str | None = "scaling"  # the attribute holding the softmax scale; None: head_dim ** -0.5
+    norms: tuple[str, str] | None = None
+    rotary: bool = False
+    out: str | None = None
+    out_dropout: str | None = None
+
+
+@dataclass(frozen=True)
 class RelativeBiasSite:
     """Classes that take MPNet-style relative position bias packed (engine.attention.relative)."""
 
@@ -75,6 +97,7 @@ class Family:
     rope: tuple[RopeSite, ...] = ()
     mlps: tuple[MlpSite, ...] = ()
     relative_bias: RelativeBiasSite | None = None
+    packed_attention: tuple[PackedAttentionSite, ...] = ()
     # Keyword arguments every training forward takes: decoders build a KV cache by default, which nothing
     # reads, and a sliding cache copies from the host, which no CUDA graph can hold
     forward_kwargs: dict = field(default_factory=dict)
@@ -94,6 +117,8 @@ def _models(name: str) -> str:
 
 
 _NO_CACHE = {"use_cache": False}
+_BERT_QKV = ("query", "key", "value")
+_DECODER_QKV = ("q_proj", "k_proj", "v_proj")
 
 
 FAMILIES: tuple[Family, ...] = (
@@ -104,6 +129,8 @@ FAMILIES: tuple[Family, ...] = (
         pooling="mean",
         fast_paths=("varlen",),
         mlps=(MlpSite(f"{_models('bert')}.BertIntermediate", "dense", "hidden_act", "intermediate_act_fn"),),
+        packed_attention=(PackedAttentionSite(f"{_models('bert')}.BertSelfAttention", _BERT_QKV,
+                                              "attention_head_size"),),
         forward_kwargs=_NO_CACHE,
         sequence_head="pooler",
         gguf_arch="bert",
@@ -116,6 +143,8 @@ FAMILIES: tuple[Family, ...] = (
         fast_paths=("varlen",),
         mlps=(MlpSite(f"{_models('xlm_roberta')}.XLMRobertaIntermediate", "dense", "hidden_act",
                       "intermediate_act_fn"),),
+        packed_attention=(PackedAttentionSite(f"{_models('xlm_roberta')}.XLMRobertaSelfAttention", _BERT_QKV,
+                                              "attention_head_size"),),
         forward_kwargs=_NO_CACHE,
         sequence_head="first_token",
         gguf_arch="bert",  # llama.cpp runs XLM-RoBERTa as bert with a SentencePiece (t5) vocabulary
@@ -138,6 +167,8 @@ FAMILIES: tuple[Family, ...] = (
         lora_targets=("q_lin", "k_lin", "v_lin", "out_lin", "lin1", "lin2"),
         pooling="mean",
         fast_paths=("varlen",),
+        packed_attention=(PackedAttentionSite(f"{_models('distilbert')}.DistilBertSelfAttention",
+                                              ("q_lin", "k_lin", "v_lin"), "attention_head_size", out="out_lin"),),
         sequence_head="pre_classifier",
     ),
     Family(
@@ -148,6 +179,8 @@ FAMILIES: tuple[Family, ...] = (
         fast_paths=("varlen",),
         rope=(RopeSite(f"{_models('modernbert')}.ModernBertAttention", upcasts=True),),
         mlps=(MlpSite(f"{_models('modernbert')}.ModernBertMLP", "fused_gate_up", "hidden_activation", "act"),),
+        packed_attention=(PackedAttentionSite(f"{_models('modernbert')}.ModernBertAttention", ("Wqkv",), "head_dim",
+                                              scaling=None, rotary=True, out="Wo", out_dropout="out_drop"),),
         sequence_head="prediction_head",
         gguf_arch="modern-bert",
     ),
@@ -163,6 +196,8 @@ FAMILIES: tuple[Family, ...] = (
                                output_in_weight_dtype=True),),
         rope=(RopeSite(f"{_models('qwen3')}.Qwen3Attention", upcasts=False),),
         mlps=(MlpSite(f"{_models('qwen3')}.Qwen3MLP", "gate_up_down", "hidden_act", "act_fn"),),
+        packed_attention=(PackedAttentionSite(f"{_models('qwen3')}.Qwen3Attention", _DECODER_QKV, "head_dim",
+                                              norms=("q_norm", "k_norm"), rotary=True, out="o_proj"),),
         forward_kwargs=_NO_CACHE,
         sequence_head="last_token",
         gguf_arch="qwen3",
@@ -178,6 +213,8 @@ FAMILIES: tuple[Family, ...] = (
                                output_in_weight_dtype=False),),
         rope=(RopeSite(f"{_models('gemma3')}.Gemma3Attention", upcasts=False),),
         mlps=(MlpSite(f"{_models('gemma3')}.Gemma3MLP", "gate_up_down", "hidden_activation", "act_fn"),),
+        packed_attention=(PackedAttentionSite(f"{_models('gemma3')}.Gemma3Attention", _DECODER_QKV, "head_dim",
+                                              norms=("q_norm", "k_norm"), rotary=True, out="o_proj"),),
         forward_kwargs=_NO_CACHE,
         gguf_arch="gemma-embedding",
     ),

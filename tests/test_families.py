@@ -78,7 +78,7 @@ def test_family_trains_merges_and_reloads(family_name, tmp_path, caplog):
 
 
 def _patch_site_classes(family) -> set[str]:
-    sites = family.rms_norms + family.rope + family.mlps
+    sites = family.rms_norms + family.rope + family.mlps + family.packed_attention
     bias = family.relative_bias
     return {site.cls for site in sites} | ({bias.model, bias.self_attention, bias.encoder} if bias else set())
 

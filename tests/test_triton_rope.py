@@ -114,6 +114,23 @@ def test_rope_keeps_only_cos_and_sin_and_lays_out_outputs_like_inputs():
     assert (q_embed.stride(), k_embed.stride()) == (q.stride(), k.stride())  # transposing back is free
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", ["gqa", "packed-gqa", "modernbert-qkv"])
+def test_rope_takes_q_and_k_tokens_first(dtype, case):
+    """unsqueeze_dim=2, as transformers names it: q and k (batch, tokens, heads, head_dim), the layout the packed
+    attention forwards keep, rotated in place of those views (no copy in) into outputs laid out like them."""
+    gen = generator(dtype, case, "tokens first")
+    ours, refs, heads_first, ref_heads_first = rope_inputs(gen, dtype, CASES[case])
+    (q, k), (ref_q, ref_k) = ([t.transpose(1, 2) for t in pair] for pair in (heads_first, ref_heads_first))
+    batch, _, _, tokens, head_dim, _, kind = CASES[case]
+    cos, sin = angles(gen, kind, batch, tokens, head_dim, dtype)
+    outs = rope.apply_rope(q, k, cos, sin, unsqueeze_dim=2)
+    expected = rope.apply_rope_reference(ref_q, ref_k, cos.double(), sin.double(), unsqueeze_dim=2)
+    assert all(type(o.grad_fn).__name__ == "TransposeBackward0" for o in outs)  # of the kernel's outputs
+    assert [o.is_contiguous() for o in outs] == [True, True]
+    check(outs, expected, ours, refs, dtype, gen)
+
+
 def test_rope_rejects_mismatched_shapes():
     q, k = torch.randn(1, 4, 8, 16), torch.randn(1, 2, 8, 16)
     with pytest.raises(ValueError, match=r"got q \(1, 4, 8, 16\), k \(1, 2, 8, 16\), cos \(1, 8, 8\)"):
@@ -345,6 +362,36 @@ def test_patch_reaches_modules_under_peft_lora(kernel_calls):
     assert rel_error(out, expected_out) < 1e-5
     for name, grad in grads.items():
         assert rel_error(grad, expected_grads[name]) < 1e-4, name
+
+
+@pytest.mark.parametrize("family", ROTARY_FAMILIES)
+def test_kernel_goes_inside_the_packed_attention_forward(family, kernel_calls):
+    """Where the packed path has put its own forward on the attention modules (engine.attention.packed_forward:
+    q and k tokens first), patch_rope puts the kernel inside that forward, once however often it is called, and
+    the packed model's outputs and gradients do not change."""
+    from engine.attention import ATTN_IMPLEMENTATION, register
+    from engine.attention.packed_forward import patch_packed_attention
+    from engine.kernels.patching import installed, remove_patches
+
+    layers = PATCHED[family][0]
+    model = tiny_model(family)
+    register()
+    model.set_attn_implementation(ATTN_IMPLEMENTATION)
+    assert patch_packed_attention(model, family_by_name(family).packed_attention) == layers
+    patched = copy.deepcopy(model)
+    cu = torch.tensor([0, 12, 20], dtype=torch.int32)
+    inputs = dict(model_inputs(family)[1], cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=12, max_length_k=12,
+                  **family_by_name(family).forward_kwargs)
+    expected_out, expected_grads = outputs_and_gradients(model, inputs)
+    assert patch_rope(patched) == layers
+    forwards = [installed(m) for m in patched.modules() if installed(m) is not None]
+    assert patch_rope(patched) == layers and [installed(m) for m in patched.modules() if installed(m)] == forwards
+    out, grads = outputs_and_gradients(patched, inputs)
+    assert kernel_calls["rope"] == layers
+    assert rel_error(out, expected_out) < 1e-5
+    for name, grad in grads.items():
+        assert rel_error(grad, expected_grads[name]) < 1e-4, name
+    assert remove_patches(patched) == layers  # the kernel took the packed forward's place, one forward a module
 
 
 @pytest.mark.parametrize("family, expected", [

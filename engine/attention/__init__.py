@@ -7,10 +7,13 @@ restart per sequence, `cu_seq_lens_q/k`, `max_length_q/k`), pass the boundaries 
 pool straight from the flat output. It turns that on only for flash-attention implementations,
 which need the flash-attn or kernels packages. `enable` does the same switch-over with an attention
 function of our own, registered with transformers' attention interface under the name
-`lacker_varlen`, that runs `torch.nn.attention.varlen.varlen_attn` (window rules in `.varlen`).
+`lacker_varlen`, that runs `torch.nn.attention.varlen.varlen_attn` (window rules in `.varlen`). Where a
+family's row names its attention class (`packed_attention`), that class's forward is replaced on packed calls
+by one that keeps q, k and v in varlen attention's layout from the projections on (`.packed_forward`).
 
     from engine.attention import enable
-    enable(model, family)  # -> "packed varlen attention (positions from 0); ..." or None, logged once
+    enable(model, family)  # -> "packed varlen attention with q, k, v in its layout in 6 layers (positions
+    #     from 0); ..." or None, logged once
 
 Calls that arrive with padded inputs and a mask (anything that bypasses the flattening collator)
 go to transformers' SDPA function unchanged, so the switch never gives wrong answers, only slower ones.
@@ -22,11 +25,11 @@ import logging
 
 import torch
 
-from .varlen import varlen_attention, varlen_available, window_for
+from .packed_forward import ATTN_IMPLEMENTATION, attend, patch_packed_attention
+from .varlen import varlen_attention, varlen_available
 
 logger = logging.getLogger(__name__)
 
-ATTN_IMPLEMENTATION = "lacker_varlen"
 _FLASH_KWARGS = {"cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k", "seq_idx"}
 _logged: set[str] = set()
 
@@ -50,29 +53,16 @@ def packed_attention_forward(
     **kwargs,
 ) -> tuple[torch.Tensor, None]:
     """transformers attention-interface signature: q/k/v (batch, heads, tokens, head_dim) in,
-    (batch, tokens, heads, head_dim) out. Packed inputs have batch 1 and carry `cu_seq_lens_q`."""
-    cu_seqlens_q = kwargs.get("cu_seq_lens_q")
-    if cu_seqlens_q is None or query.shape[0] != 1:
+    (batch, tokens, heads, head_dim) out. Packed inputs have batch 1 and carry `cu_seq_lens_q`. (Attention
+    classes at a family's `packed_attention` sites skip it on packed calls: `.packed_forward`.)"""
+    if kwargs.get("cu_seq_lens_q") is None or query.shape[0] != 1:
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
         return sdpa_attention_forward(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, is_causal=is_causal, **kwargs
         )
-    cu_seqlens_k = kwargs.get("cu_seq_lens_k", cu_seqlens_q)
-    max_q = kwargs.get("max_length_q")
-    max_k = kwargs.get("max_length_k", max_q)
-    causal = is_causal if is_causal is not None else bool(getattr(module, "is_causal", False))
     q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))  # (tokens, heads, head_dim)
-    dtype = q.dtype
-    if q.is_cuda and dtype == torch.float32:
-        # The CUDA kernel takes bf16/fp16 only; under autocast the projections are already half.
-        half = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else torch.bfloat16
-        _log_once(f"packed attention got float32 inputs; computing attention in {half}")
-        q, k, v = q.to(half), k.to(half), v.to(half)
-    out = varlen_attention(
-        q, k, v, cu_seqlens_q, cu_seqlens_k, max_q, max_k, scale=scaling, window=window_for(sliding_window, causal)
-    )
-    return out.to(dtype).unsqueeze(0), None
+    return attend(module, q, k, v, kwargs, scaling, sliding_window, is_causal).unsqueeze(0), None
 
 
 def packed_attention_mask(*args, **kwargs):
@@ -92,6 +82,15 @@ def register() -> None:
 
     AttentionInterface.register(ATTN_IMPLEMENTATION, packed_attention_forward)
     AttentionMaskInterface.register(ATTN_IMPLEMENTATION, packed_attention_mask)
+
+
+def _use_varlen(hf_model, family) -> str:
+    """`lacker_varlen` attention, and the packed forwards at the row's `packed_attention` sites; says where
+    those went (" with q, k, v in its layout in N layers") or ""."""
+    register()
+    _set_attn_implementation(hf_model, ATTN_IMPLEMENTATION)
+    covered = patch_packed_attention(hf_model, family.packed_attention)
+    return f" with q, k, v in its layout in {covered} layers" if covered else ""
 
 
 def _set_attn_implementation(hf_model, name: str) -> None:
@@ -114,7 +113,8 @@ def enable(st_model, family, *, compile: bool = False, allow_cpu: bool = False, 
       loop (engine.loop.scoring) calls with each (query, document) pair or text as one packed sequence; padded
       calls (the stock trainers', prediction) go to SDPA as before;
     - a bi-encoder gets packed (padding-free) batches through `lacker_varlen` attention, for families whose row lists
-      the "varlen" fast path, or through FlexAttention with relative position bias for a "flex" row,
+      the "varlen" fast path (its `packed_attention` sites keeping q, k and v in varlen's layout, `.packed_forward`),
+      or through FlexAttention with relative position bias for a "flex" row,
       at its `relative_bias` site (`.relative`);
     - PEFT LoRA layers through the fused LoRA function (`engine.kernels.lora`);
     - with `compile=True`, torch.compile per transformer layer (`engine.kernels.compile`).
@@ -150,9 +150,7 @@ def enable(st_model, family, *, compile: bool = False, allow_cpu: bool = False, 
         if (reason := scoring_unavailable(family)) is not None:
             _fallback(reason)
         else:
-            register()
-            _set_attn_implementation(hf_model, ATTN_IMPLEMENTATION)
-            done.append("packed varlen attention for the packed loop's pairs")
+            done.append(f"packed varlen attention{_use_varlen(hf_model, family)} for the packed loop's pairs")
     elif (reason := _packing_unavailable(transformer, family)) is not None:
         _fallback(reason)
     else:
@@ -222,9 +220,7 @@ def _enable_packing(transformer, hf_model, family) -> str:
     from transformers import DataCollatorWithFlattening
 
     if "varlen" in family.fast_paths:
-        register()
-        _set_attn_implementation(hf_model, ATTN_IMPLEMENTATION)
-        description = "packed varlen attention ("
+        description = f"packed varlen attention{_use_varlen(hf_model, family)} ("
     else:  # relative position bias
         from .relative import patch_relative_bias
 

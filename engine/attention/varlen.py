@@ -79,7 +79,7 @@ def varlen_attention_reference(
         o = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, is_causal=causal, scale=scale, enable_gqa=k.shape[1] != q.shape[1]
         )
-        outs.append(o[0].transpose(0, 1))
+        outs.append(o.squeeze(0).transpose(0, 1))  # not o[0]: a select's backward zero-fills a new tensor
     return torch.cat(outs) if outs else query.new_empty(query.shape)
 
 

@@ -15,6 +15,8 @@ Layout, as transformers calls it (unsqueeze_dim=1):
     q (batch, q_heads, tokens, head_dim), k (batch, k_heads, tokens, head_dim): any strides (the
         transposed views of (batch, tokens, heads, head_dim) projections are read in place);
         q_heads may differ from k_heads (grouped-query attention); packed batches have batch 1.
+    or, with unsqueeze_dim=2, q (batch, tokens, q_heads, head_dim) and k likewise: the layout the packed
+        attention forwards keep (engine.attention.packed_forward), rotated in place of the same views.
     cos, sin (batch or 1, tokens, head_dim); head_dim even. They get no gradient (transformers
         makes them under no_grad): if one requires grad, the PyTorch reference runs instead.
 Math in fp32 (fp64 stays fp64 in the reference); outputs in `out_dtype`, by default each in its
@@ -29,7 +31,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import types
 
 import torch
 
@@ -39,20 +40,20 @@ try:
 except ImportError:  # the reference serves
     triton = None
 
-from .patching import install, modules_at
+from .patching import install, installed, modules_at, with_globals
 from .runtime import log_once, triton_runs_on, why_not
 
 logger = logging.getLogger(__name__)
 
 
-def apply_rope_reference(q, k, cos, sin, out_dtype: torch.dtype | None = None):
+def apply_rope_reference(q, k, cos, sin, out_dtype: torch.dtype | None = None, unsqueeze_dim: int = 1):
     """Plain PyTorch: (q_embed, k_embed) as transformers' apply_rotary_pos_emb, computed in fp32
     (or the inputs' dtype if wider), each returned in `out_dtype` or its input's dtype."""
     compute = torch.promote_types(torch.promote_types(cos.dtype, sin.dtype), torch.float32)
 
     def rotate(x):
         x = x.to(torch.promote_types(x.dtype, compute))
-        c, s = cos.unsqueeze(1).to(x.dtype), sin.unsqueeze(1).to(x.dtype)
+        c, s = cos.unsqueeze(unsqueeze_dim).to(x.dtype), sin.unsqueeze(unsqueeze_dim).to(x.dtype)
         x1, x2 = x.chunk(2, dim=-1)
         return x * c + torch.cat((-x2, x1), dim=-1) * s
 
@@ -116,6 +117,7 @@ if triton is not None:
                           BLOCK_HK, BLOCK_HALF)
 
 
+_ROPE_KERNEL = "__lacker_rope_kernel__"  # set on the forwards `_patched_forward` makes
 _TILE = 2048  # elements of half of head_dim a program takes from a tensor: 8 a thread at 8 warps
 
 
@@ -192,17 +194,23 @@ def _check_shapes(q, k, cos, sin) -> None:
         )
 
 
-def apply_rope(q, k, cos, sin, out_dtype: torch.dtype | None = None):
+def apply_rope(q, k, cos, sin, out_dtype: torch.dtype | None = None, unsqueeze_dim: int = 1):
     """(q_embed, k_embed): q and k rotated by cos/sin as transformers' apply_rotary_pos_emb with
-    unsqueeze_dim=1 (shapes in the module docstring). out_dtype: of both outputs; None: each
-    output in its input's dtype."""
-    _check_shapes(q, k, cos, sin)
+    `unsqueeze_dim` 1 (heads before tokens) or 2 (tokens before heads; shapes in the module docstring).
+    out_dtype: of both outputs; None: each output in its input's dtype."""
+    if unsqueeze_dim not in (1, 2):
+        raise ValueError(f"apply_rope: unsqueeze_dim must be 1 or 2, got {unsqueeze_dim}")
+    tokens_first = unsqueeze_dim == 2
+    heads_first = (q.transpose(1, 2), k.transpose(1, 2)) if tokens_first and q.dim() == k.dim() == 4 else (q, k)
+    _check_shapes(*heads_first, cos, sin)
     if cos.requires_grad or sin.requires_grad:
         _log_fallback("cos or sin requires grad (the kernel gives them none)")
-        return apply_rope_reference(q, k, cos, sin, out_dtype)
+        return apply_rope_reference(q, k, cos, sin, out_dtype, unsqueeze_dim)
     if not _triton_runs_on(q):
-        return apply_rope_reference(q, k, cos, sin, out_dtype)
-    return RopeFunction.apply(q, k, cos, sin, out_dtype)
+        return apply_rope_reference(q, k, cos, sin, out_dtype, unsqueeze_dim)
+    q_embed, k_embed = RopeFunction.apply(*heads_first, cos, sin, out_dtype)
+    # The kernel lays its outputs out like its inputs, so transposing back gives q's and k's own layout
+    return (q_embed.transpose(1, 2), k_embed.transpose(1, 2)) if tokens_first else (q_embed, k_embed)
 
 
 # ---- patching transformers models ---------------------------------------------------------------
@@ -210,40 +218,36 @@ def apply_rope(q, k, cos, sin, out_dtype: torch.dtype | None = None):
 
 def _kernel_in_place_of(original, upcasts: bool):
     """A drop-in for transformers' apply_rotary_pos_emb that runs apply_rope where it computes the
-    same thing, and `original` elsewhere (CPU, another unsqueeze_dim, q and k promoting apart)."""
+    same thing, and `original` elsewhere (CPU, an unsqueeze_dim other than 1 or 2, q and k promoting apart)."""
 
     def apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=1):
-        if unsqueeze_dim != 1 or not _triton_runs_on(q):
+        if unsqueeze_dim not in (1, 2) or not _triton_runs_on(q):
             return original(q, k, cos, sin, unsqueeze_dim)
         if upcasts:
-            return apply_rope(q, k, cos, sin, out_dtype=q.dtype)
+            return apply_rope(q, k, cos, sin, out_dtype=q.dtype, unsqueeze_dim=unsqueeze_dim)
         angles = torch.promote_types(cos.dtype, sin.dtype)
         out_dtype = torch.promote_types(q.dtype, angles)
         if torch.promote_types(k.dtype, angles) != out_dtype:
             return original(q, k, cos, sin, unsqueeze_dim)
-        return apply_rope(q, k, cos, sin, out_dtype=out_dtype)
+        return apply_rope(q, k, cos, sin, out_dtype=out_dtype, unsqueeze_dim=unsqueeze_dim)
 
     return apply_rotary_pos_emb
 
 
 @functools.cache
-def _patched_forward(attention_class: type, upcasts: bool):
-    """attention_class.forward, its code unchanged, reading its globals from a copy of its modeling
-    module's in which apply_rotary_pos_emb is `_kernel_in_place_of` the original. None if that
-    forward does not call apply_rotary_pos_emb itself (a wrapped or rewritten forward)."""
-    forward = attention_class.forward
+def _patched_forward(forward, upcasts: bool):
+    """`forward` (an attention class's, or a packed attention forward of engine.attention installed in its
+    place), its code unchanged, reading apply_rotary_pos_emb as `_kernel_in_place_of` the one it reads now;
+    `forward` itself if it already does. None if it does not call apply_rotary_pos_emb itself (a wrapped or
+    rewritten forward)."""
+    if getattr(forward, _ROPE_KERNEL, False):
+        return forward
     code = getattr(forward, "__code__", None)
     if code is None or "apply_rotary_pos_emb" not in code.co_names or "apply_rotary_pos_emb" not in forward.__globals__:
         return None
-    scope = dict(forward.__globals__)
-    scope["apply_rotary_pos_emb"] = _kernel_in_place_of(scope["apply_rotary_pos_emb"], upcasts)
-    # Without a module name torch.compile guards these globals as this dict, not as the module's
-    # attributes (which still hold transformers' function)
-    del scope["__name__"]
-    patched = types.FunctionType(forward.__code__, scope, forward.__name__, forward.__defaults__, forward.__closure__)
-    patched.__kwdefaults__ = forward.__kwdefaults__
-    patched.__qualname__ = forward.__qualname__
-    patched.__doc__ = forward.__doc__
+    original = forward.__globals__["apply_rotary_pos_emb"]
+    patched = with_globals(forward, apply_rotary_pos_emb=_kernel_in_place_of(original, upcasts))
+    setattr(patched, _ROPE_KERNEL, True)
     return patched
 
 
@@ -252,9 +256,10 @@ def patch_rope(hf_model, sites) -> int:
     `sites` (a family row's `rope`: the class, and whether its apply_rotary_pos_emb upcasts) rotate q
     and k with `apply_rope`; returns how many attention modules are covered.
 
-    Each module gets its own `forward` (engine.kernels.patching): its class's forward code, reading
-    apply_rotary_pos_emb from a private copy of the modeling module's globals, taken when the class
-    is first patched (names the module rebinds later do not reach patched modules). The modeling
+    Each module gets its own `forward` (engine.kernels.patching): its class's forward code (or, where the
+    packed path has put a forward of engine.attention.packed_forward on it, that one's), reading
+    apply_rotary_pos_emb from a private copy of its globals, taken when that forward is first patched
+    (names the modeling module rebinds later do not reach patched modules). The modeling
     module itself is untouched, so other models in the process keep transformers' code. Where Triton does
     not run (CPU without TRITON_INTERPRET=1) patched modules call transformers' own function, so
     their outputs do not change there. A site that does not upcast computes in the inputs' promoted
@@ -264,9 +269,10 @@ def patch_rope(hf_model, sites) -> int:
     """
     covered = 0
     for module, site in modules_at(hf_model, sites):
-        patched = _patched_forward(type(module), site.upcasts)
+        ours = installed(module)  # a packed attention forward (engine.attention.packed_forward), say
+        patched = _patched_forward(ours or type(module).forward, site.upcasts)
         if patched is None:
             _log_fallback(f"{type(module).__name__}.forward does not call apply_rotary_pos_emb")
             continue
-        covered += install(module, patched)
+        covered += install(module, patched, over=ours)
     return covered
