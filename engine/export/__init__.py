@@ -204,7 +204,8 @@ def _embed_exported(model, path: Path, format: str, texts):
     prompted = (parity.prompted(prompts.get("query"), texts.queries)
                 + parity.prompted(prompts.get("document"), texts.documents))
     if format == "gguf":
-        vectors = llama_cpp.embed(path, prompted, llama_cpp.end_token(metadata))
+        vectors, tokens = llama_cpp.embed(path, prompted, metadata)
+        problems += parity.token_differences(model.tokenizer, prompted, tokens, model.max_seq_length)
     else:
         vectors = onnx.embed(model, path, onnx_file(path), prompted)
     return vectors[:len(texts.queries)], vectors[len(texts.queries):], problems

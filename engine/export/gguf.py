@@ -212,17 +212,19 @@ QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[
 
 
 def _vocab(writer, model, model_dir: Path, n_vocab: int) -> None:
-    """The model's vocabulary as llama.cpp reads it: WordPiece as its "bert" tokenizer, byte-level BPE as "gpt2";
-    SentencePiece vocabularies are refused."""
+    """The model's vocabulary as llama.cpp reads it: WordPiece as its "bert" tokenizer, byte-level BPE as "gpt2",
+    SentencePiece Unigram (XLM-RoBERTa's) as "t5"; other SentencePiece vocabularies are refused."""
     spec = json.loads((model_dir / "tokenizer.json").read_text())
     kind = spec["model"]["type"]
     if kind == "WordPiece":
         return _wordpiece_vocab(writer, model.tokenizer, model_dir, n_vocab)
     if kind == "BPE" and _bpe_pre_tokenizer(spec.get("pre_tokenizer")):
         return _bpe_vocab(writer, model.tokenizer, model_dir, n_vocab, spec)
-    raise ExportError(f"GGUF export of this {kind} vocabulary ({type(model.tokenizer).__name__}: SentencePiece, as "
-                      "XLM-RoBERTa and Gemma use, or a byte-level BPE split otherwise than GPT-2's or Qwen's) is "
-                      "not written yet", "export to ONNX instead")
+    if kind == "Unigram":
+        return _unigram_vocab(writer, model.tokenizer, model_dir, n_vocab, spec)
+    raise ExportError(f"GGUF export of this {kind} vocabulary ({type(model.tokenizer).__name__}: a SentencePiece BPE, "
+                      "as Gemma uses, or a byte-level BPE split otherwise than GPT-2's or Qwen's) is not written yet",
+                      "export to ONNX instead")
 
 
 def _bpe_pre_tokenizer(pre: dict | None) -> str | None:
@@ -261,6 +263,87 @@ def _bpe_vocab(writer, tokenizer, model_dir: Path, n_vocab: int, spec: dict) -> 
     writer.add_token_list(tokens)
     writer.add_token_types(types)
     gguf.SpecialVocab(model_dir, load_merges=True, n_vocab=n_vocab).add_to_gguf(writer, quiet=True)
+
+
+def _unigram_vocab(writer, tokenizer, model_dir: Path, n_vocab: int, spec: dict) -> None:
+    """A SentencePiece Unigram vocabulary (XLM-RoBERTa's) as llama.cpp's "t5" (UGM) tokenizer reads it: the pieces
+    with their scores, which pieces are special or unknown, and the normalization tokenizer.json spells out, which
+    llama.cpp has as SentencePiece's own settings: the precompiled_charsmap (NFKC and the like), the space mark before
+    the first word, and whether runs of spaces become one."""
+    import base64
+
+    import gguf
+
+    unigram = spec["model"]
+    pieces = unigram["vocab"]
+    if unigram.get("byte_fallback"):
+        raise ExportError("the vocabulary falls back to bytes for unknown characters, which llama.cpp's Unigram "
+                          "tokenizer does not", "export to ONNX instead")
+    if len(pieces) > n_vocab:
+        raise ExportError(f"the tokenizer has {len(pieces)} tokens and the model's embedding table {n_vocab}",
+                          "resize the model's token embeddings to the tokenizer, or export to ONNX instead")
+    charsmap, merge_spaces = _unigram_normalizer(spec.get("normalizer"))
+    add_space_prefix, split_on_whitespace = _unigram_pre_tokenizer(spec.get("pre_tokenizer"))
+    added = {token["id"]: token for token in spec.get("added_tokens", [])}
+    tokens, scores, types = [], [], []
+    for index in range(n_vocab):
+        if index >= len(pieces):  # rows of the embedding table no token uses
+            tokens.append(f"[PAD{index}]")
+            scores.append(-10000.0)
+            types.append(gguf.TokenType.UNUSED)
+            continue
+        piece, score = pieces[index]
+        tokens.append(piece)
+        scores.append(float(score))
+        if index == unigram.get("unk_id"):
+            types.append(gguf.TokenType.UNKNOWN)
+        elif index in added:
+            types.append(gguf.TokenType.CONTROL if added[index].get("special") else gguf.TokenType.USER_DEFINED)
+        else:
+            types.append(gguf.TokenType.NORMAL)
+    writer.add_tokenizer_model("t5")
+    writer.add_tokenizer_pre("default")
+    writer.add_token_list(tokens)
+    writer.add_token_scores(scores)
+    writer.add_token_types(types)
+    writer.add_add_space_prefix(add_space_prefix)
+    writer.add_remove_extra_whitespaces(merge_spaces or split_on_whitespace)
+    if charsmap:
+        writer.add_precompiled_charsmap(base64.b64decode(charsmap))
+    gguf.SpecialVocab(model_dir, n_vocab=n_vocab).add_to_gguf(writer, quiet=True)
+    writer.add_uint32("tokenizer.ggml.cls_token_id", tokenizer.cls_token_id)  # SpecialVocab has no writer for it
+
+
+def _unigram_normalizer(normalizer: dict | None) -> tuple[str | None, bool]:
+    """(the precompiled_charsmap, base64, or None; whether runs of spaces become one) of a Unigram tokenizer's
+    normalizer, or ExportError for a step llama.cpp does not take."""
+    steps = (normalizer or {}).get("normalizers", [normalizer]) if (normalizer or {}).get("type") == "Sequence" \
+        else [normalizer] if normalizer else []
+    charsmap, merge_spaces = None, False
+    for step in steps:
+        if step["type"] == "Precompiled":
+            charsmap = step.get("precompiled_charsmap") or None
+        elif step["type"] == "Replace" and step.get("pattern", {}).get("Regex") == " {2,}" and step["content"] == " ":
+            merge_spaces = True
+        else:
+            raise ExportError(f"the tokenizer normalizes text with a {step['type']} step, which llama.cpp's Unigram "
+                              "tokenizer does not take (it applies SentencePiece's precompiled character map and "
+                              "merges spaces, nothing else)", "export to ONNX instead")
+    return charsmap, merge_spaces
+
+
+def _unigram_pre_tokenizer(pre: dict | None) -> tuple[bool, bool]:
+    """(whether a space mark goes before the first word; whether text is split on any whitespace first, which
+    merges runs of it) of a Unigram tokenizer's pre-tokenizer: SentencePiece's Metaspace, after a WhitespaceSplit in
+    the tokenizers transformers 5 builds."""
+    steps = (pre or {}).get("pretokenizers", []) if (pre or {}).get("type") == "Sequence" else [pre or {}]
+    names = [step.get("type") for step in steps]
+    if names not in (["Metaspace"], ["WhitespaceSplit", "Metaspace"]) or steps[-1].get("replacement") != "\u2581":
+        raise ExportError(f"the tokenizer splits text with {' then '.join(map(str, names))}, where llama.cpp's "
+                          "Unigram tokenizer marks spaces as SentencePiece does (Metaspace)", "export to ONNX instead")
+    metaspace = steps[-1]
+    scheme = metaspace.get("prepend_scheme", "always" if metaspace.get("add_prefix_space", True) else "never")
+    return scheme != "never", names[0] == "WhitespaceSplit"
 
 
 def _context_length(model, config) -> int:

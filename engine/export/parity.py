@@ -146,6 +146,26 @@ def check(model, texts: HeldOut, exported_queries: np.ndarray, exported_document
     }
 
 
+def token_differences(tokenizer, inputs: list, exported_tokens: list[list[int]], max_length: int) -> list[str]:
+    """What the exported runtime's tokenizer does otherwise than the model's on `inputs` (texts, or (text, text)
+    pairs cut as the model cuts them to `max_length` tokens): [] when every input gives the same token ids, else one
+    line with how many differ and the first of them side by side."""
+    differing = []
+    for given, exported in zip(inputs, exported_tokens):
+        pair = given if isinstance(given, tuple) else (given,)
+        expected = tokenizer(*pair, truncation=True, max_length=max_length)["input_ids"]
+        if list(expected) != list(exported):
+            differing.append((given, expected, exported))
+    if not differing:
+        return []
+    given, expected, exported = differing[0]
+    shown = " | ".join(given) if isinstance(given, tuple) else given
+    return [f"the exported file's tokenizer splits {len(differing)} of {len(inputs)} held-out inputs otherwise than "
+            f"the model's, so their vectors or scores differ: {shown[:120]!r} is "
+            f"{tokenizer.convert_ids_to_tokens(expected)[:24]} for the model and "
+            f"{tokenizer.convert_ids_to_tokens(exported)[:24]} in the file"]
+
+
 def failed(reason: str, quantize: str, texts: HeldOut | HeldOutInputs) -> dict:
     """The report of a file its runtime could not load or run."""
     count = len(texts.inputs) if isinstance(texts, HeldOutInputs) else len(texts.queries) + len(texts.documents)
