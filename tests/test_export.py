@@ -295,7 +295,76 @@ def test_a_damaged_reranker_file_fails_its_check(scorers, scorer_onnx, tmp_path)
     assert not broken.passed and "damaged or incomplete" in broken.report["problems"][0]
 
 
-def test_gguf_of_a_reranker_is_refused_with_onnx_named(scorers, tmp_path):
-    with pytest.raises(ExportError, match="GGUF export of reranker models") as caught:
+def test_gguf_of_a_bert_reranker_that_reads_two_segments_is_refused_with_onnx_named(scorers, tmp_path):
+    """ms-marco-MiniLM's shape: BERT gives the document token type 1, which llama.cpp's bert graph never does."""
+    with pytest.raises(ExportError, match="second segment") as caught:
         export(scorers / "reranker", "gguf", "f16", tmp_path)
     assert "ONNX" in caught.value.fix
+    assert not list(tmp_path.iterdir())
+
+
+def test_gguf_of_a_classifier_is_refused_with_onnx_named(scorers, tmp_path):
+    with pytest.raises(ExportError, match="GGUF export of classifier models") as caught:
+        export(scorers / "classifier", "gguf", "f16", tmp_path)
+    assert "ONNX" in caught.value.fix
+
+
+def _tiny_reranker(folder, family: str, vocabulary: str, **config):
+    """A tiny CrossEncoder (one score a pair), its weights drawn wider than transformers' default (0.02): so that its
+    scores differ between pairs as a trained reranker's do, where at 0.02 every pair scores nearly alike and f16
+    rounding alone decides the correlation."""
+    import torch
+
+    from engine.models import FastCrossEncoder
+
+    base = build_tiny_model(family, folder / "base", vocabulary=vocabulary, initializer_range=0.1, **config)
+    return FastCrossEncoder.from_pretrained(str(base), device="cpu", dtype=torch.float32)
+
+
+@pytest.fixture(scope="module")
+def xlm_roberta_reranker(tmp_path_factory):
+    """bge-reranker-v2-m3's shape, tiny: XLMRobertaForSequenceClassification (its head dense, tanh, out_proj) with a
+    SentencePiece Unigram vocabulary and one token type."""
+    folder = tmp_path_factory.mktemp("xlm-roberta-reranker")
+    _tiny_reranker(folder, "xlm-roberta", "unigram", pad_token_id=1, type_vocab_size=1).save_pretrained(
+        str(folder / "reranker"))
+    return folder / "reranker"
+
+
+@pytest.mark.parametrize("quantize", ["f16", "q8_0"])
+def test_an_xlm_roberta_reranker_gguf_scores_pairs_as_the_cross_encoder_in_llama_cpp(llama_runtime,
+                                                                                    xlm_roberta_reranker, tmp_path,
+                                                                                    quantize):
+    from engine.export.serving import serving_snippets
+
+    result = export(xlm_roberta_reranker, "gguf", quantize, tmp_path / "reranker.gguf")
+
+    report = _saved_report(result)
+    assert report["task"] == "reranker" and report["passed"], report["problems"]  # tokens alike, scores correlated
+    assert report["texts"] == 200 and report["score_correlation"] >= {"f16": 0.999, "q8_0": 0.99}[quantize]
+    assert report["score_spearman"] >= {"f16": 0.999, "q8_0": 0.98}[quantize]
+    assert report["agreement"] >= {"f16": 1.0, "q8_0": 0.9}[quantize]
+    metadata = gguf_export.read_metadata(result.path)
+    assert metadata["bert.pooling_type"] == 4  # rank
+    assert metadata["tokenizer.chat_template.rerank"] == "<s>{query}</s></s>{document}</s>"
+    shell = serving_snippets("reranker", result.path, "reranker.gguf", "merged")["shell"]
+    assert "llama-server -m reranker.gguf --reranking -c 64" in shell and "/v1/rerank" in shell
+
+
+def test_a_bert_reranker_that_reads_both_segments_alike_scores_pairs_as_the_cross_encoder(llama_runtime, tmp_path):
+    """BERT's head in llama.cpp's rank pooling: the pooler (dense, tanh) as cls, the classifier as cls.output; its pair
+    joined as BERT's tokenizer joins it, where node-llama-cpp would put two [SEP] between query and document."""
+    import torch
+
+    model = _tiny_reranker(tmp_path, "bert", "wordpiece")
+    types = model[0].auto_model.bert.embeddings.token_type_embeddings.weight
+    with torch.no_grad():
+        types[1] = types[0]
+    model.save_pretrained(str(tmp_path / "reranker"))
+
+    result = export(tmp_path / "reranker", "gguf", "f16", tmp_path / "reranker.gguf")
+
+    assert result.passed, result.report["problems"]
+    assert result.report["score_correlation"] >= 0.999 and result.report["agreement"] == 1.0
+    assert gguf_export.read_metadata(result.path)["tokenizer.chat_template.rerank"] == \
+        "[CLS]{query}[SEP]{document}[SEP]"

@@ -8,6 +8,11 @@ sentence-transformers does). llama.cpp has no key for prompts or for normalizati
 embeddings by default, and we write both under `lacker.*` (PROMPT_KEY, NORMALIZE_KEY), where engine.export.parity
 reads them back to embed the held-out queries with their prompt.
 
+A reranker (a sentence-transformers CrossEncoder with one score a pair) is written for llama.cpp's rank pooling: its
+classification head as the `cls` (dense, then tanh) and `cls.output` tensors, and how its tokenizer joins a query and
+a document as the file's rerank template (`tokenizer.chat_template.rerank`), which llama-server and node-llama-cpp
+both read, where without one they join BERT pairs differently (node-llama-cpp with two separators).
+
 Architectures are written by the functions in WRITERS, keyed by the family table's `gguf_arch`; a family without
 one is refused with a pointer to ONNX.
 """
@@ -27,8 +32,9 @@ NORMALIZE_KEY = "lacker.normalize"
 POOLING_TYPES = {"mean": "MEAN", "cls": "CLS", "lasttoken": "LAST"}  # sentence-transformers -> gguf.PoolingType
 
 
-def llama_cpp_arch(model) -> str:
-    """The llama.cpp architecture `model` (a SentenceTransformer) is written as, or ExportError saying why not."""
+def llama_cpp_arch(model, kind: str = "embedding") -> str:
+    """The llama.cpp architecture `model` (a SentenceTransformer, or a CrossEncoder for `kind` "reranker") is
+    written as, or ExportError saying why not."""
     from engine.models.sentence_transformer import family_of
 
     family = family_of(model)
@@ -43,36 +49,80 @@ def llama_cpp_arch(model) -> str:
     if family.gguf_arch not in WRITERS:
         raise ExportError(f"GGUF export of {family.name} models is not written yet",
                           "export to ONNX instead")
+    if kind == "reranker":
+        _refuse_reranker(model, family)
     return family.gguf_arch
 
 
-def write(model, model_dir: Path, path: Path, quantize: str) -> dict:
-    """Write `model` (loaded from `model_dir`, fp32, adapters merged) to the GGUF file `path`.
+def _refuse_reranker(model, family) -> None:
+    """ExportError where llama.cpp's rank pooling cannot score pairs as this reranker does."""
+    config = model[0].auto_model.config
+    if family.gguf_arch != "bert" or family.sequence_head not in RANK_HEADS:
+        raise ExportError(f"GGUF export of {family.name} rerankers is not written yet (llama.cpp ranks with BERT "
+                          "and XLM-RoBERTa cross-encoders)", "export the reranker to ONNX instead")
+    if config.num_labels != 1:
+        raise ExportError(f"the reranker gives {config.num_labels} scores a pair, and llama.cpp's ranking one",
+                          "export it to ONNX instead, which keeps every score")
+    types = model[0].auto_model.base_model.embeddings.token_type_embeddings.weight.detach()
+    if len(types) > 1 and float((types[1] - types[0]).abs().max()) > 0:
+        # llama.cpp's bert graph adds the first token type's row to every token ("Sentence A")
+        raise ExportError("the reranker reads the document as the second segment (BERT's token type 1), and "
+                          "llama.cpp gives every token the first segment's type, so its scores would differ",
+                          "export the reranker to ONNX instead, or train one from a model with a single token type "
+                          "(XLM-RoBERTa's, as bge-reranker-v2-m3)")
 
-    Returns what the file says about pooling, normalization, prompts and context length (shown in parity.json)."""
+
+def write(model, model_dir: Path, path: Path, quantize: str, kind: str = "embedding") -> dict:
+    """Write `model` (loaded from `model_dir`, fp32, adapters merged; a SentenceTransformer, or a CrossEncoder for
+    `kind` "reranker") to the GGUF file `path`.
+
+    Returns what the file says about pooling, normalization, prompts or the pair template, and context length
+    (shown in parity.json)."""
     import gguf
 
     if quantize not in QUANTIZATIONS:
         raise ExportError(f"GGUF quantization {quantize!r} is not offered",
                           f"pick one of: {', '.join(QUANTIZATIONS)}")
-    arch = llama_cpp_arch(model)
-    pooling = _pooling_mode(model)
+    arch = llama_cpp_arch(model, kind)
     writer = gguf.GGUFWriter(str(path), arch)
     writer.add_name(Path(model_dir).name)
     writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if quantize == "f16" else gguf.LlamaFileType.MOSTLY_Q8_0)
-    writer.add_pooling_type(getattr(gguf.PoolingType, POOLING_TYPES[pooling]))
-    normalize = any(type(module).__name__ == "Normalize" for module in model)
-    writer.add_bool(NORMALIZE_KEY, normalize)
-    prompts = {name: text for name, text in (model.prompts or {}).items() if text}
-    for name, text in prompts.items():
-        writer.add_string(PROMPT_KEY.format(name=name), text)
+    if kind == "reranker":
+        template = _pair_template(Path(model_dir))
+        writer.add_pooling_type(gguf.PoolingType.RANK)
+        writer.add_string(gguf.Keys.Tokenizer.CHAT_TEMPLATE_N.format(name="rerank"), template)
+        described = {"pooling": "rank", "pair_template": template}
+    else:
+        pooling = _pooling_mode(model)
+        writer.add_pooling_type(getattr(gguf.PoolingType, POOLING_TYPES[pooling]))
+        normalize = any(type(module).__name__ == "Normalize" for module in model)
+        writer.add_bool(NORMALIZE_KEY, normalize)
+        prompts = {name: text for name, text in (model.prompts or {}).items() if text}
+        for name, text in prompts.items():
+            writer.add_string(PROMPT_KEY.format(name=name), text)
+        described = {"pooling": pooling, "normalize": normalize, "prompts": prompts}
     context = WRITERS[arch](writer, model, Path(model_dir), quantize)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
-    return {"architecture": arch, "pooling": pooling, "normalize": normalize, "prompts": prompts,
-            "context_length": context}
+    return {"architecture": arch, **described, "context_length": context}
+
+
+def _pair_template(model_dir: Path) -> str:
+    """How the model's tokenizer joins a (query, document) pair (tokenizer.json's post-processor), as llama.cpp's
+    rerank template: the special tokens' texts around {query} and {document}."""
+    post = json.loads((model_dir / "tokenizer.json").read_text()).get("post_processor") or {}
+    if post.get("type") == "TemplateProcessing":
+        pieces = [piece["SpecialToken"]["id"] if "SpecialToken" in piece else
+                  {"A": "{query}", "B": "{document}"}[piece["Sequence"]["id"]] for piece in post["pair"]]
+        return "".join(pieces)
+    if post.get("type") in ("BertProcessing", "RobertaProcessing"):
+        (cls, _), (sep, _) = post["cls"], post["sep"]
+        middle = sep if post["type"] == "BertProcessing" else sep + sep
+        return f"{cls}{{query}}{middle}{{document}}{sep}"
+    raise ExportError(f"the tokenizer joins a query and a document with a {post.get('type')} step, which the GGUF "
+                      "export cannot write as llama.cpp's rerank template", "export the reranker to ONNX instead")
 
 
 def read_metadata(path: Path) -> dict:
@@ -109,10 +159,12 @@ def _refuse_extra_modules(model, allowed=("Transformer", "Pooling", "Normalize")
 
 def _tensor_type(name: str, array: np.ndarray, quantize: str):
     """1-D tensors (norms, biases) and the two-row token-type table stay fp32, as llama.cpp's own converter
-    keeps them; q8_0 needs rows that are a whole number of 32-value blocks, else the tensor is f16."""
+    keeps them, and so does a reranker's head (cls, cls.output): its rounding goes straight into the score, and it
+    is one hidden-by-hidden matrix.
+    q8_0 needs rows that are a whole number of 32-value blocks, else the tensor is f16."""
     from gguf import GGMLQuantizationType
 
-    if array.ndim == 1 or name.startswith("token_types"):
+    if array.ndim == 1 or name.startswith(("token_types", "cls")):
         return GGMLQuantizationType.F32
     if quantize == "q8_0" and array.shape[-1] % 32 == 0:
         return GGMLQuantizationType.Q8_0
@@ -193,7 +245,8 @@ def _bert(writer, model, model_dir: Path, quantize: str) -> int:
     writer.add_causal_attention(False)
     writer.add_token_type_count(config.type_vocab_size)
     _vocab(writer, model, model_dir, config.vocab_size)
-    state = {name: tensor.detach().float().cpu().numpy() for name, tensor in hf.state_dict().items()}
+    # the encoder without a reranker's head (a BertModel is its own base model)
+    state = {name: tensor.detach().float().cpu().numpy() for name, tensor in hf.base_model.state_dict().items()}
     # XLM-RoBERTa numbers positions from padding_idx + 1; llama.cpp's bert graph numbers them from 0
     first = config.pad_token_id + 1 if config.model_type in ("xlm-roberta", "roberta") else 0
     positions = state["embeddings.position_embeddings.weight"][first:]
@@ -202,7 +255,20 @@ def _bert(writer, model, model_dir: Path, quantize: str) -> int:
     writer.add_context_length(context)
     _add_mapped_tensors(writer, "bert", state, config.num_hidden_layers, quantize,
                         skip=("pooler.", "embeddings.position_ids", "embeddings.token_type_ids"))
+    if hf is not hf.base_model:
+        from engine.models.sentence_transformer import family_of
+
+        dense, output = RANK_HEADS[family_of(model).sequence_head](hf)
+        for name, layer in (("cls", dense), ("cls.output", output)):
+            _add_tensor(writer, f"{name}.weight", layer.weight.detach().float().cpu().numpy(), quantize)
+            _add_tensor(writer, f"{name}.bias", layer.bias.detach().float().cpu().numpy(), quantize)
     return context
+
+
+# A reranker's head as llama.cpp's rank pooling runs it on the first token: (the dense layer before tanh, the output
+# layer), by the family table's sequence_head: BERT's pooler then classifier, RoBERTa's classifier.dense then out_proj
+RANK_HEADS = {"pooler": lambda hf: (hf.base_model.pooler.dense, hf.classifier),
+              "first_token": lambda hf: (hf.classifier.dense, hf.classifier.out_proj)}
 
 
 # The split before byte-level BPE that Qwen2 and Qwen3 tokenizers make (their tokenizer.json's Split regex), which

@@ -8,8 +8,8 @@ CPU backend per instruction set, picked at load time; `npm install` takes second
 time: `install()` (`lacker export --install-llama-cpp`) puts both packages in RUNTIME_DIR once, with their install
 scripts off, so node-llama-cpp never tries to fetch or build anything.
 
-`embed` runs llama_embed.mjs beside this file in node: one process a call, the texts in and the vectors out as
-JSON files. It computes on one thread unless LACKER_LLAMA_CPP_THREADS says more: ggml's threads wait for each
+`embed` runs llama_embed.mjs beside this file in node, `rank` (a reranker's pairs, node-llama-cpp's ranking context)
+llama_rank.mjs: one process a call, the inputs in and the vectors or scores out as JSON files. It computes on one thread unless LACKER_LLAMA_CPP_THREADS says more: ggml's threads wait for each
 other by spinning, and on a CPU shared with other work (a training run, CI) two of them took 20 times longer than
 one (20 texts: 4 min 47 s against 15 s, 2 cores under load).
 """
@@ -29,6 +29,7 @@ from engine.export import ExportError
 
 PACKAGES = ("node-llama-cpp@3.22.1", "@node-llama-cpp/linux-x64@3.22.1")
 SCRIPT = Path(__file__).with_name("llama_embed.mjs")
+RANK_SCRIPT = Path(__file__).with_name("llama_rank.mjs")
 INSTALL_HINT = "run `lacker export --install-llama-cpp` once (it needs node and npm)"
 
 
@@ -89,6 +90,15 @@ def embed(gguf_path: Path, texts: list[str], metadata: dict) -> tuple[np.ndarray
     begin, end = added_tokens(metadata)
     done = _run(gguf_path, texts, ["" if begin is None else str(begin), "" if end is None else str(end)])
     return np.asarray(done["vectors"], dtype=np.float32), done["tokens"]
+
+
+def rank(gguf_path: Path, pairs: list[tuple[str, str, int, int]]) -> tuple[np.ndarray, list[list[int]]]:
+    """The scores llama.cpp's rank pooling gives (query, document, query tokens kept, document tokens kept) `pairs`
+    with a reranker's GGUF file, before any sigmoid: (len(pairs), 1) float32; and the token ids each pair was scored
+    from, joined as the file's rerank template says."""
+    done = _run(gguf_path, [list(pair) for pair in pairs], [], RANK_SCRIPT)
+    scores = np.asarray([np.nan if score is None else score for score in done["scores"]], dtype=np.float32)
+    return scores.reshape(-1, 1), done["tokens"]
 
 
 def _run(gguf_path: Path, inputs: list, arguments: list[str], script: Path = SCRIPT) -> dict:
