@@ -10,8 +10,9 @@ scripts off, so node-llama-cpp never tries to fetch or build anything.
 
 `embed` runs llama_embed.mjs beside this file in node, and `rank` (a reranker's pairs, through node-llama-cpp's
 ranking context) llama_rank.mjs: one process a call, the inputs in and the vectors or scores out as JSON files. It
-computes on one thread unless LACKER_LLAMA_CPP_THREADS says more: ggml's threads wait for each other by spinning, and on a CPU shared with other work (a training run, CI) two of them took 20 times longer than
-one (20 texts: 4 min 47 s against 15 s, 2 cores under load).
+computes on one thread unless LACKER_LLAMA_CPP_THREADS says more: ggml's threads wait for each other by spinning,
+and on a CPU shared with other work (a training run, CI) two of them took 20 times longer than one (20 texts:
+4 min 47 s against 15 s, 2 cores under load).
 """
 
 from __future__ import annotations
