@@ -43,6 +43,15 @@ def _saved_report(result) -> dict:
     return json.loads((folder / "parity.json").read_text())
 
 
+# Texts a tokenizer can get wrong: accents, capitals, runs of spaces, leading and trailing ones, tabs and newlines,
+# Cyrillic and CJK (characters the tiny vocabulary lacks: unknown tokens), compatibility forms NFKC folds, long words
+TRICKY = HeldOut(["Café crème à Noël", "HELLO World, the QUICK brown fox", "several    spaces   between  words",
+                  "Привет мир, как дела", "unbelievableness of ﬁne ｆｕｌｌwidth text", "Tōkyō 東京 and 日本語"],
+                 ["Grüße aus München", "BTree implementation for Go", "  leading and trailing spaces  ",
+                  "Москва и Санкт-Петербург", "antidisestablishmentarianism", "tabs\tand\nnewlines"],
+                 "texts that exercise the tokenizer")
+
+
 @pytest.mark.parametrize("quantize", ["f16", "q8_0"])
 def test_minilm_gguf_matches_the_model_in_llama_cpp(llama_runtime, tmp_path, quantize):
     result = export(MINILM, "gguf", quantize, tmp_path)
@@ -84,14 +93,16 @@ def test_tiny_model_gguf_matches_in_llama_cpp(llama_runtime, tiny, tmp_path, fam
         assert metadata["qwen3.pooling_type"] == 3 and metadata[gguf_export.PROMPT_KEY.format(name="query")]
 
 
-def test_an_embedding_gemma_with_its_dense_layers_matches_in_llama_cpp(llama_runtime, tmp_path):
+@pytest.mark.parametrize("vocabulary", ["wordpiece", "gemma"])
+def test_an_embedding_gemma_with_its_dense_layers_matches_in_llama_cpp(llama_runtime, tmp_path, vocabulary):
     """EmbeddingGemma's shape: Gemma3 attending both ways (a global layer every sixth, local ones between), mean
-    pooling, two Dense layers back to the hidden size, normalization, and its task prompts."""
+    pooling, two Dense layers back to the hidden size, normalization, and its task prompts; with a WordPiece
+    vocabulary, and with Gemma's own (SentencePiece BPE, bytes for what it lacks)."""
     import torch
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer.modules import Dense, Normalize, Pooling, Transformer
 
-    base = build_tiny_model("gemma3", tmp_path / "gemma3", num_hidden_layers=6)
+    base = build_tiny_model("gemma3", tmp_path / "gemma3", num_hidden_layers=6, vocabulary=vocabulary)
     torch.manual_seed(0)
     dense = [Dense(64, 128, bias=False, activation_function=torch.nn.Identity()),
              Dense(128, 64, bias=False, activation_function=torch.nn.Identity())]
@@ -107,15 +118,10 @@ def test_an_embedding_gemma_with_its_dense_layers_matches_in_llama_cpp(llama_run
     assert metadata["gemma-embedding.dense_2_feat_out"] == 128
     assert metadata["gemma-embedding.attention.sliding_window"] == 8  # the checkpoint's, not transformers' half
     assert metadata[gguf_export.PROMPT_KEY.format(name="query")] == "task: search result | query: "
-
-
-# Texts a tokenizer can get wrong: accents, capitals, runs of spaces, leading and trailing ones, tabs and newlines,
-# Cyrillic and CJK (characters the tiny vocabulary lacks: unknown tokens), compatibility forms NFKC folds, long words
-TRICKY = HeldOut(["Café crème à Noël", "HELLO World, the QUICK brown fox", "several    spaces   between  words",
-                  "Привет мир, как дела", "unbelievableness of ﬁne ｆｕｌｌwidth text", "Tōkyō 東京 and 日本語"],
-                 ["Grüße aus München", "BTree implementation for Go", "  leading and trailing spaces  ",
-                  "Москва и Санкт-Петербург", "antidisestablishmentarianism", "tabs\tand\nnewlines"],
-                 "texts that exercise the tokenizer")
+    if vocabulary == "gemma":
+        assert metadata["tokenizer.ggml.model"] == "llama"
+        tricky = verify(tmp_path / "embedding-gemma", result.path, "gguf", "f16", TRICKY)
+        assert tricky.passed, tricky.report["problems"]  # the same tokens for every text, and the same vectors
 
 
 @pytest.fixture(scope="module")

@@ -279,7 +279,7 @@ QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[
 
 def _vocab(writer, model, model_dir: Path, n_vocab: int) -> None:
     """The model's vocabulary as llama.cpp reads it: WordPiece as its "bert" tokenizer, byte-level BPE as "gpt2",
-    SentencePiece Unigram (XLM-RoBERTa's) as "t5"; other SentencePiece vocabularies are refused."""
+    SentencePiece Unigram (XLM-RoBERTa's) as "t5", SentencePiece BPE (Gemma's) as "llama"; others are refused."""
     spec = json.loads((model_dir / "tokenizer.json").read_text())
     kind = spec["model"]["type"]
     if kind == "WordPiece":
@@ -288,9 +288,10 @@ def _vocab(writer, model, model_dir: Path, n_vocab: int) -> None:
         return _bpe_vocab(writer, model.tokenizer, model_dir, n_vocab, spec)
     if kind == "Unigram":
         return _unigram_vocab(writer, model.tokenizer, model_dir, n_vocab, spec)
-    raise ExportError(f"GGUF export of this {kind} vocabulary ({type(model.tokenizer).__name__}: a SentencePiece BPE, "
-                      "as Gemma uses, or a byte-level BPE split otherwise than GPT-2's or Qwen's) is not written yet",
-                      "export to ONNX instead")
+    if kind == "BPE" and _is_sentencepiece_bpe(spec):
+        return _sentencepiece_bpe_vocab(writer, model_dir, n_vocab, spec)
+    raise ExportError(f"GGUF export of this {kind} vocabulary ({type(model.tokenizer).__name__}: a BPE split otherwise "
+                      "than GPT-2's, Qwen's or SentencePiece's) is not written yet", "export to ONNX instead")
 
 
 def _bpe_pre_tokenizer(pre: dict | None) -> str | None:
@@ -331,6 +332,37 @@ def _bpe_vocab(writer, tokenizer, model_dir: Path, n_vocab: int, spec: dict) -> 
     gguf.SpecialVocab(model_dir, load_merges=True, n_vocab=n_vocab).add_to_gguf(writer, quiet=True)
 
 
+# A SentencePiece BPE vocabulary's normalizer in tokenizer.json (Gemma's): spaces become the space mark, nothing else
+SENTENCEPIECE_SPACES = {"type": "Replace", "pattern": {"String": " "}, "content": "\u2581"}
+
+
+def _is_sentencepiece_bpe(spec: dict) -> bool:
+    """Whether tokenizer.json is SentencePiece's BPE as transformers writes Gemma's: spaces marked, the text merged
+    whole (its split on spaces finds none once they are marked), bytes for characters the vocabulary lacks."""
+    pre = spec.get("pre_tokenizer")
+    return (spec.get("normalizer") == SENTENCEPIECE_SPACES and bool(spec["model"].get("byte_fallback"))
+            and not spec["model"].get("ignore_merges")
+            and (pre is None or (pre.get("type") == "Split" and pre.get("pattern") == {"String": " "})))
+
+
+def _sentencepiece_bpe_vocab(writer, model_dir: Path, n_vocab: int, spec: dict) -> None:
+    """A SentencePiece BPE vocabulary (Gemma's) as llama.cpp's "llama" (SPM) tokenizer reads it. llama.cpp merges
+    the adjacent pieces whose joined piece scores highest, where tokenizer.json's BPE applies its merges in order:
+    a piece's score is minus the rank of the first merge that makes it, so both merge alike. Pieces no merge makes
+    (characters, bytes, special tokens) score below every merge; bytes are marked as such for llama.cpp's byte
+    fallback. The text is not prefixed with a space, and spaces are kept as they are, as the normalizer does."""
+    bpe = spec["model"]
+    made_by = {}
+    for rank, merge in enumerate(bpe["merges"]):
+        left, right = merge.split(" ", 1) if isinstance(merge, str) else merge
+        made_by.setdefault(left + right, rank)
+    unmade = -float(len(bpe["merges"]) + 1)
+    pieces = {index: (piece, -float(made_by[piece]) if piece in made_by else unmade)
+              for piece, index in bpe["vocab"].items()}
+    _write_sentencepiece(writer, "llama", model_dir, n_vocab, spec, pieces, bpe["vocab"].get(bpe.get("unk_token")),
+                         unmade, space_prefix=False, merge_spaces=False)
+
+
 def _unigram_vocab(writer, tokenizer, model_dir: Path, n_vocab: int, spec: dict) -> None:
     """A SentencePiece Unigram vocabulary (XLM-RoBERTa's) as llama.cpp's "t5" (UGM) tokenizer reads it: the pieces
     with their scores, which pieces are special or unknown, and the normalization tokenizer.json spells out, which
@@ -338,46 +370,57 @@ def _unigram_vocab(writer, tokenizer, model_dir: Path, n_vocab: int, spec: dict)
     the first word, and whether runs of spaces become one."""
     import base64
 
-    import gguf
-
     unigram = spec["model"]
-    pieces = unigram["vocab"]
     if unigram.get("byte_fallback"):
         raise ExportError("the vocabulary falls back to bytes for unknown characters, which llama.cpp's Unigram "
                           "tokenizer does not", "export to ONNX instead")
-    if len(pieces) > n_vocab:
-        raise ExportError(f"the tokenizer has {len(pieces)} tokens and the model's embedding table {n_vocab}",
-                          "resize the model's token embeddings to the tokenizer, or export to ONNX instead")
     charsmap, merge_spaces = _unigram_normalizer(spec.get("normalizer"))
-    add_space_prefix, split_on_whitespace = _unigram_pre_tokenizer(spec.get("pre_tokenizer"))
+    space_prefix, split_on_whitespace = _unigram_pre_tokenizer(spec.get("pre_tokenizer"))
+    pieces = {index: (piece, float(score)) for index, (piece, score) in enumerate(unigram["vocab"])}
+    _write_sentencepiece(writer, "t5", model_dir, n_vocab, spec, pieces, unigram.get("unk_id"), -10000.0,
+                         space_prefix, merge_spaces or split_on_whitespace)
+    if charsmap:
+        writer.add_precompiled_charsmap(base64.b64decode(charsmap))
+    writer.add_uint32("tokenizer.ggml.cls_token_id", tokenizer.cls_token_id)  # SpecialVocab has no writer for it
+
+
+def _write_sentencepiece(writer, tokenizer_model: str, model_dir: Path, n_vocab: int, spec: dict, pieces: dict,
+                         unknown: int | None, unused_score: float, space_prefix: bool, merge_spaces: bool) -> None:
+    """A SentencePiece vocabulary's tokens for llama.cpp's `tokenizer_model` ("t5", "llama"): `pieces` {id: (piece,
+    score)}, the tokenizer's added tokens (special ones as CONTROL), bytes (<0x41>) as BYTE, the rows of the embedding
+    table no token uses as UNUSED (scored `unused_score`, below any piece), and the special token ids."""
+    import re
+
+    import gguf
+
     added = {token["id"]: token for token in spec.get("added_tokens", [])}
+    pieces = {**pieces, **{index: (token["content"], pieces.get(index, ("", 0.0))[1]) for index, token in added.items()}}
+    if max(pieces) >= n_vocab:
+        raise ExportError(f"the tokenizer has {max(pieces) + 1} tokens and the model's embedding table {n_vocab}",
+                          "resize the model's token embeddings to the tokenizer, or export to ONNX instead")
     tokens, scores, types = [], [], []
     for index in range(n_vocab):
-        if index >= len(pieces):  # rows of the embedding table no token uses
-            tokens.append(f"[PAD{index}]")
-            scores.append(-10000.0)
-            types.append(gguf.TokenType.UNUSED)
-            continue
-        piece, score = pieces[index]
+        piece, score = pieces.get(index, (f"[PAD{index}]", unused_score))
         tokens.append(piece)
-        scores.append(float(score))
-        if index == unigram.get("unk_id"):
+        scores.append(score)
+        if index not in pieces:
+            types.append(gguf.TokenType.UNUSED)
+        elif index == unknown:
             types.append(gguf.TokenType.UNKNOWN)
         elif index in added:
             types.append(gguf.TokenType.CONTROL if added[index].get("special") else gguf.TokenType.USER_DEFINED)
+        elif re.fullmatch(r"<0x[0-9A-F]{2}>", piece) and spec["model"].get("byte_fallback"):
+            types.append(gguf.TokenType.BYTE)
         else:
             types.append(gguf.TokenType.NORMAL)
-    writer.add_tokenizer_model("t5")
+    writer.add_tokenizer_model(tokenizer_model)
     writer.add_tokenizer_pre("default")
     writer.add_token_list(tokens)
     writer.add_token_scores(scores)
     writer.add_token_types(types)
-    writer.add_add_space_prefix(add_space_prefix)
-    writer.add_remove_extra_whitespaces(merge_spaces or split_on_whitespace)
-    if charsmap:
-        writer.add_precompiled_charsmap(base64.b64decode(charsmap))
+    writer.add_add_space_prefix(space_prefix)
+    writer.add_remove_extra_whitespaces(merge_spaces)
     gguf.SpecialVocab(model_dir, n_vocab=n_vocab).add_to_gguf(writer, quiet=True)
-    writer.add_uint32("tokenizer.ggml.cls_token_id", tokenizer.cls_token_id)  # SpecialVocab has no writer for it
 
 
 def _unigram_normalizer(normalizer: dict | None) -> tuple[str | None, bool]:
