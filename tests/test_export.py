@@ -374,3 +374,25 @@ def test_a_bert_reranker_that_reads_both_segments_alike_scores_pairs_as_the_cros
     assert result.report["score_correlation"] >= 0.999 and result.report["agreement"] == 1.0
     assert gguf_export.read_metadata(result.path)["tokenizer.chat_template.rerank"] == \
         "[CLS]{query}[SEP]{document}[SEP]"
+
+
+def test_cli_exports_a_reranker_run_to_gguf_checked_on_its_held_out_pairs(llama_runtime, xlm_roberta_reranker,
+                                                                          tmp_path, capsys):
+    import shutil
+
+    from engine.cli import main
+    from engine.data import SAMPLE_DIR
+
+    run_dir = tmp_path / "run-reranker"
+    shutil.copytree(xlm_roberta_reranker, run_dir / "merged")
+    (run_dir / "config.json").write_text(json.dumps({"task": "reranker", "data": str(SAMPLE_DIR / "train.jsonl"),
+                                                     "output_dir": str(run_dir), "eval_size": 0.1}))
+    (run_dir / "events.jsonl").write_text("")
+
+    code = main(["export", "--model", str(run_dir), "--format", "gguf", "--quantize", "f16"])
+
+    assert code == 0
+    assert "parity passed: score correlation" in capsys.readouterr().out
+    report = json.loads((run_dir / "export" / "gguf-f16" / "parity.json").read_text())
+    assert report["task"] == "reranker" and report["texts_from"] == "the run's held-out split (run-reranker)"
+    assert (run_dir / "export" / "gguf-f16" / "run-reranker-f16.gguf").is_file()
