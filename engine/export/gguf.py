@@ -426,8 +426,8 @@ def _write_sentencepiece(writer, tokenizer_model: str, model_dir: Path, n_vocab:
 def _unigram_normalizer(normalizer: dict | None) -> tuple[str | None, bool]:
     """(the precompiled_charsmap, base64, or None; whether runs of spaces become one) of a Unigram tokenizer's
     normalizer, or ExportError for a step llama.cpp does not take."""
-    steps = (normalizer or {}).get("normalizers", [normalizer]) if (normalizer or {}).get("type") == "Sequence" \
-        else [normalizer] if normalizer else []
+    normalizer = normalizer or {}
+    steps = normalizer["normalizers"] if normalizer.get("type") == "Sequence" else [normalizer] if normalizer else []
     charsmap, merge_spaces = None, False
     for step in steps:
         if step["type"] == "Precompiled":

@@ -161,10 +161,12 @@ def token_differences(tokenizer, inputs: list, exported_tokens: list[list[int]],
         return []
     given, expected, exported = differing[0]
     shown = " | ".join(given) if isinstance(given, tuple) else given
+    first = next((i for i, (a, b) in enumerate(zip(expected, exported)) if a != b), min(len(expected), len(exported)))
+    around = slice(max(0, first - 4), first + 12)  # the tokens about the first that differs
     return [f"the exported file's tokenizer splits {len(differing)} of {len(inputs)} held-out inputs otherwise than "
-            f"the model's, so their vectors or scores differ: {shown[:120]!r} is "
-            f"{tokenizer.convert_ids_to_tokens(expected)[:24]} for the model and "
-            f"{tokenizer.convert_ids_to_tokens(exported)[:24]} in the file"]
+            f"the model's, so their vectors or scores differ: {shown[:120]!r} is, from token {around.start}, "
+            f"{tokenizer.convert_ids_to_tokens(list(expected[around]))} for the model and "
+            f"{tokenizer.convert_ids_to_tokens(list(exported[around]))} in the file"]
 
 
 def kept_lengths(tokenizer, query: str, document: str, max_length: int) -> tuple[int, int]:
