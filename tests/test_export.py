@@ -376,6 +376,28 @@ def test_a_bert_reranker_that_reads_both_segments_alike_scores_pairs_as_the_cros
         "[CLS]{query}[SEP]{document}[SEP]"
 
 
+def test_a_modernbert_reranker_scores_pairs_as_the_cross_encoder_in_llama_cpp(llama_runtime, tmp_path):
+    """gte-reranker-modernbert's shape: the mean of the tokens through ModernBERT's head (dense, GELU, norm) and its
+    classifier, which llama.cpp's modern-bert ranking runs."""
+    _tiny_reranker(tmp_path, "modernbert", "wordpiece", classifier_pooling="mean").save_pretrained(
+        str(tmp_path / "reranker"))
+
+    result = export(tmp_path / "reranker", "gguf", "f16", tmp_path / "reranker.gguf")
+
+    assert result.passed, result.report["problems"]
+    assert result.report["score_correlation"] >= 0.999 and result.report["agreement"] == 1.0
+    assert gguf_export.read_metadata(result.path)["general.architecture"] == "modern-bert"
+
+
+def test_a_modernbert_reranker_that_pools_its_first_token_is_refused(tmp_path):
+    _tiny_reranker(tmp_path, "modernbert", "wordpiece", classifier_pooling="cls").save_pretrained(
+        str(tmp_path / "reranker"))
+
+    with pytest.raises(ExportError, match="mean pooling") as caught:
+        export(tmp_path / "reranker", "gguf", "f16", tmp_path / "out")
+    assert "ONNX" in caught.value.fix
+
+
 def test_cli_exports_a_reranker_run_to_gguf_checked_on_its_held_out_pairs(llama_runtime, xlm_roberta_reranker,
                                                                           tmp_path, capsys):
     import shutil

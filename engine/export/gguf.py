@@ -9,9 +9,10 @@ embeddings by default, and we write both under `lacker.*` (PROMPT_KEY, NORMALIZE
 reads them back to embed the held-out queries with their prompt.
 
 A reranker (a sentence-transformers CrossEncoder with one score a pair) is written for llama.cpp's rank pooling: its
-classification head as the `cls` (dense, then tanh) and `cls.output` tensors, and how its tokenizer joins a query and
-a document as the file's rerank template (`tokenizer.chat_template.rerank`), which llama-server and node-llama-cpp
-both read, where without one they join BERT pairs differently (node-llama-cpp with two separators).
+classification head as the `cls` (dense, then tanh; GELU and `cls.norm` for ModernBERT) and `cls.output` tensors
+(RANK_HEADS), and how its tokenizer joins a query and a document as the file's rerank template
+(`tokenizer.chat_template.rerank`), which llama-server and node-llama-cpp both read, where without one they join
+WordPiece pairs differently (node-llama-cpp with two separators).
 
 Architectures are written by the functions in WRITERS, keyed by the family table's `gguf_arch`; a family without
 one is refused with a pointer to ONNX.
@@ -57,13 +58,20 @@ def llama_cpp_arch(model, kind: str = "embedding") -> str:
 def _refuse_reranker(model, family) -> None:
     """ExportError where llama.cpp's rank pooling cannot score pairs as this reranker does."""
     config = model[0].auto_model.config
-    if family.gguf_arch != "bert" or family.sequence_head not in RANK_HEADS:
-        raise ExportError(f"GGUF export of {family.name} rerankers is not written yet (llama.cpp ranks with BERT "
-                          "and XLM-RoBERTa cross-encoders)", "export the reranker to ONNX instead")
+    if family.gguf_arch not in ("bert", "modern-bert") or family.sequence_head not in RANK_HEADS:
+        raise ExportError(f"GGUF export of {family.name} rerankers is not written yet (llama.cpp ranks with BERT, "
+                          "XLM-RoBERTa and ModernBERT cross-encoders)", "export the reranker to ONNX instead")
     if config.num_labels != 1:
         raise ExportError(f"the reranker gives {config.num_labels} scores a pair, and llama.cpp's ranking one",
                           "export it to ONNX instead, which keeps every score")
-    types = model[0].auto_model.base_model.embeddings.token_type_embeddings.weight.detach()
+    if family.gguf_arch == "modern-bert" and (config.classifier_pooling != "mean" or config.classifier_bias
+                                              or config.norm_bias or config.classifier_activation != "gelu"):
+        # llama.cpp's modern-bert ranking: the mean of the tokens, a dense layer without bias, GELU, a norm without
+        # bias (gte-reranker-modernbert's head)
+        raise ExportError("the reranker's head pools, adds biases or activates otherwise than llama.cpp's ModernBERT "
+                          "ranking (mean pooling, no biases, GELU)", "export the reranker to ONNX instead")
+    token_types = getattr(model[0].auto_model.base_model.embeddings, "token_type_embeddings", None)
+    types = token_types.weight.detach() if token_types is not None else ()
     if len(types) > 1 and float((types[1] - types[0]).abs().max()) > 0:
         # llama.cpp's bert graph adds the first token type's row to every token ("Sentence A")
         raise ExportError("the reranker reads the document as the second segment (BERT's token type 1), and "
@@ -255,20 +263,30 @@ def _bert(writer, model, model_dir: Path, quantize: str) -> int:
     writer.add_context_length(context)
     _add_mapped_tensors(writer, "bert", state, config.num_hidden_layers, quantize,
                         skip=("pooler.", "embeddings.position_ids", "embeddings.token_type_ids"))
-    if hf is not hf.base_model:
-        from engine.models.sentence_transformer import family_of
-
-        dense, output = RANK_HEADS[family_of(model).sequence_head](hf)
-        for name, layer in (("cls", dense), ("cls.output", output)):
-            _add_tensor(writer, f"{name}.weight", layer.weight.detach().float().cpu().numpy(), quantize)
-            _add_tensor(writer, f"{name}.bias", layer.bias.detach().float().cpu().numpy(), quantize)
+    _add_rank_head(writer, model, quantize)
     return context
 
 
-# A reranker's head as llama.cpp's rank pooling runs it on the first token: (the dense layer before tanh, the output
-# layer), by the family table's sequence_head: BERT's pooler then classifier, RoBERTa's classifier.dense then out_proj
-RANK_HEADS = {"pooler": lambda hf: (hf.base_model.pooler.dense, hf.classifier),
-              "first_token": lambda hf: (hf.classifier.dense, hf.classifier.out_proj)}
+# A reranker's head as llama.cpp's rank pooling runs it, {GGUF name: layer}, by the family table's sequence_head: on
+# the first token, BERT's pooler (cls, then tanh) and classifier, RoBERTa's classifier.dense and out_proj; on the mean
+# of the tokens, ModernBERT's head (cls, then GELU, then its norm) and classifier
+RANK_HEADS = {"pooler": lambda hf: {"cls": hf.base_model.pooler.dense, "cls.output": hf.classifier},
+              "first_token": lambda hf: {"cls": hf.classifier.dense, "cls.output": hf.classifier.out_proj},
+              "prediction_head": lambda hf: {"cls": hf.head.dense, "cls.norm": hf.head.norm,
+                                             "cls.output": hf.classifier}}
+
+
+def _add_rank_head(writer, model, quantize: str) -> None:
+    """A reranker's head (RANK_HEADS); nothing for an embedding model, which is its own base model."""
+    from engine.models.sentence_transformer import family_of
+
+    hf = model[0].auto_model
+    if hf is hf.base_model:
+        return
+    for name, layer in RANK_HEADS[family_of(model).sequence_head](hf).items():
+        for part in ("weight", "bias"):
+            if getattr(layer, part, None) is not None:
+                _add_tensor(writer, f"{name}.{part}", getattr(layer, part).detach().float().cpu().numpy(), quantize)
 
 
 # The split before byte-level BPE that Qwen2 and Qwen3 tokenizers make (their tokenizer.json's Split regex), which
@@ -529,8 +547,10 @@ def _modernbert(writer, model, model_dir: Path, quantize: str) -> int:
     writer.add_rope_freq_base_swa(float(config.rope_parameters["sliding_attention"]["rope_theta"]))
     writer.add_rope_scaling_type(RopeScalingType.NONE)
     _vocab(writer, model, model_dir, config.vocab_size)
-    state = {name: tensor.detach().float().cpu().numpy() for name, tensor in model[0].auto_model.state_dict().items()}
+    hf = model[0].auto_model
+    state = {name: tensor.detach().float().cpu().numpy() for name, tensor in hf.base_model.state_dict().items()}
     _add_mapped_tensors(writer, "modern-bert", state, config.num_hidden_layers, quantize)
+    _add_rank_head(writer, model, quantize)
     return context
 
 
