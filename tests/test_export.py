@@ -153,6 +153,25 @@ def test_an_xlm_roberta_with_a_sentencepiece_vocabulary_matches_in_llama_cpp(lla
     assert metadata["bert.context_length"] == 64  # the positions after padding_idx, cut to max_seq_length
 
 
+def test_an_xlm_roberta_with_the_hubs_tokenizer_json_exports_alike(llama_runtime, xlm_roberta, tmp_path):
+    """bge-m3's tokenizer.json as the Hub has it (written by transformers 4: the character map then a Replace of runs
+    of spaces, Metaspace alone) gives llama.cpp the same settings as the one transformers 5 writes."""
+    import shutil
+
+    folder = shutil.copytree(xlm_roberta, tmp_path / "model")
+    spec = json.loads((folder / "tokenizer.json").read_text())
+    spec["normalizer"] = {"type": "Sequence", "normalizers": [
+        spec["normalizer"], {"type": "Replace", "pattern": {"Regex": " {2,}"}, "content": " "}]}
+    spec["pre_tokenizer"] = spec["pre_tokenizer"]["pretokenizers"][-1]
+    (folder / "tokenizer.json").write_text(json.dumps(spec))
+
+    result = export(folder, "gguf", "f16", tmp_path / "out.gguf")
+
+    assert result.passed, result.report["problems"]
+    metadata = gguf_export.read_metadata(result.path)
+    assert metadata["tokenizer.ggml.remove_extra_whitespaces"] and metadata["tokenizer.ggml.add_space_prefix"]
+
+
 def test_a_file_that_tokenizes_otherwise_fails_and_names_the_tokens(llama_runtime, xlm_roberta, tmp_path):
     import gguf
 
