@@ -142,7 +142,8 @@ def push_model(run: Run, kind: str, repo_id: str, token: str | None, private: bo
         raise RuntimeError(redact(f"push to {repo_id} failed: {problem}", token)) from None
 
 
-# (label, "format:quantization") for the Export tab; GGUF is for embedding models (engine.export refuses others)
+# (label, "format:quantization") for the Export tab; GGUF is for embedding models and rerankers (engine.export refuses
+# classifiers, and the rerankers llama.cpp cannot rank with)
 CONVERSIONS = [("GGUF f16 (llama.cpp, Ollama)", "gguf:f16"), ("GGUF q8_0 (half the size)", "gguf:q8_0"),
                ("ONNX fp32 (onnxruntime)", "onnx:fp32"), ("ONNX int8 (smaller, faster on a CPU)", "onnx:int8")]
 RUNTIME_MISSING = ("the llama.cpp runtime that checks a GGUF file could not be installed on the machine this studio "
@@ -167,7 +168,7 @@ def run_task(run: Run) -> str:
 
 
 def conversions_for(task: str) -> list[tuple[str, str]]:
-    return CONVERSIONS if task == "embedding" else [c for c in CONVERSIONS if c[1].startswith("onnx")]
+    return CONVERSIONS if task != "classifier" else [c for c in CONVERSIONS if c[1].startswith("onnx")]
 
 
 def _download_name(run: Run, format: str, quantize: str) -> str:

@@ -14,6 +14,7 @@ import pytest
 from engine.export import ExportError, export, verify
 from engine.export import gguf as gguf_export
 from engine.export import llama_cpp
+from engine.export.parity import HeldOut
 from tests.tiny_models import build_tiny_model
 
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
@@ -40,6 +41,15 @@ def tiny(tmp_path_factory):
 def _saved_report(result) -> dict:
     folder = result.path.parent if result.format == "gguf" else result.path
     return json.loads((folder / "parity.json").read_text())
+
+
+# Texts a tokenizer can get wrong: accents, capitals, runs of spaces, leading and trailing ones, tabs and newlines,
+# Cyrillic and CJK (characters the tiny vocabulary lacks: unknown tokens), compatibility forms NFKC folds, long words
+TRICKY = HeldOut(["Café crème à Noël", "HELLO World, the QUICK brown fox", "several    spaces   between  words",
+                  "Привет мир, как дела", "unbelievableness of ﬁne ｆｕｌｌwidth text", "Tōkyō 東京 and 日本語"],
+                 ["Grüße aus München", "BTree implementation for Go", "  leading and trailing spaces  ",
+                  "Москва и Санкт-Петербург", "antidisestablishmentarianism", "tabs\tand\nnewlines"],
+                 "texts that exercise the tokenizer")
 
 
 @pytest.mark.parametrize("quantize", ["f16", "q8_0"])
@@ -83,14 +93,16 @@ def test_tiny_model_gguf_matches_in_llama_cpp(llama_runtime, tiny, tmp_path, fam
         assert metadata["qwen3.pooling_type"] == 3 and metadata[gguf_export.PROMPT_KEY.format(name="query")]
 
 
-def test_an_embedding_gemma_with_its_dense_layers_matches_in_llama_cpp(llama_runtime, tmp_path):
+@pytest.mark.parametrize("vocabulary", ["wordpiece", "gemma"])
+def test_an_embedding_gemma_with_its_dense_layers_matches_in_llama_cpp(llama_runtime, tmp_path, vocabulary):
     """EmbeddingGemma's shape: Gemma3 attending both ways (a global layer every sixth, local ones between), mean
-    pooling, two Dense layers back to the hidden size, normalization, and its task prompts."""
+    pooling, two Dense layers back to the hidden size, normalization, and its task prompts; with a WordPiece
+    vocabulary, and with Gemma's own (SentencePiece BPE, bytes for what it lacks)."""
     import torch
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer.modules import Dense, Normalize, Pooling, Transformer
 
-    base = build_tiny_model("gemma3", tmp_path / "gemma3", num_hidden_layers=6)
+    base = build_tiny_model("gemma3", tmp_path / "gemma3", num_hidden_layers=6, vocabulary=vocabulary)
     torch.manual_seed(0)
     dense = [Dense(64, 128, bias=False, activation_function=torch.nn.Identity()),
              Dense(128, 64, bias=False, activation_function=torch.nn.Identity())]
@@ -106,6 +118,75 @@ def test_an_embedding_gemma_with_its_dense_layers_matches_in_llama_cpp(llama_run
     assert metadata["gemma-embedding.dense_2_feat_out"] == 128
     assert metadata["gemma-embedding.attention.sliding_window"] == 8  # the checkpoint's, not transformers' half
     assert metadata[gguf_export.PROMPT_KEY.format(name="query")] == "task: search result | query: "
+    if vocabulary == "gemma":
+        assert metadata["tokenizer.ggml.model"] == "llama"
+        tricky = verify(tmp_path / "embedding-gemma", result.path, "gguf", "f16", TRICKY)
+        assert tricky.passed, tricky.report["problems"]  # the same tokens for every text, and the same vectors
+
+
+@pytest.fixture(scope="module")
+def xlm_roberta(tmp_path_factory):
+    """bge-m3's and multilingual-e5's shape, tiny: XLM-RoBERTa (positions numbered after padding_idx, one token type)
+    with a SentencePiece Unigram vocabulary and its NFKC character map, mean pooling, normalization."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
+
+    folder = tmp_path_factory.mktemp("xlm-roberta")
+    base = build_tiny_model("xlm-roberta", folder / "base", vocabulary="unigram", pad_token_id=1, type_vocab_size=1)
+    SentenceTransformer(modules=[Transformer(str(base)), Pooling(64, "mean"), Normalize()],
+                        device="cpu").save(str(folder / "model"))
+    return folder / "model"
+
+
+@pytest.mark.parametrize("quantize", ["f16", "q8_0"])
+def test_an_xlm_roberta_with_a_sentencepiece_vocabulary_matches_in_llama_cpp(llama_runtime, xlm_roberta, tmp_path,
+                                                                            quantize):
+    result = export(xlm_roberta, "gguf", quantize, tmp_path / "out.gguf")
+
+    assert result.passed, result.report["problems"]
+    assert result.report["cosine_min"] >= {"f16": 0.999, "q8_0": 0.99}[quantize]
+    tricky = verify(xlm_roberta, result.path, "gguf", quantize, TRICKY)
+    assert tricky.passed, tricky.report["problems"]  # the same tokens for every text, and the same vectors
+    metadata = gguf_export.read_metadata(result.path)
+    assert metadata["general.architecture"] == "bert" and metadata["tokenizer.ggml.model"] == "t5"
+    assert len(metadata["tokenizer.ggml.precompiled_charsmap"]) > 1000
+    assert metadata["bert.context_length"] == 64  # the positions after padding_idx, cut to max_seq_length
+
+
+def test_an_xlm_roberta_with_the_hubs_tokenizer_json_exports_alike(llama_runtime, xlm_roberta, tmp_path):
+    """bge-m3's tokenizer.json as the Hub has it (written by transformers 4: the character map then a Replace of runs
+    of spaces, Metaspace alone) gives llama.cpp the same settings as the one transformers 5 writes."""
+    import shutil
+
+    folder = shutil.copytree(xlm_roberta, tmp_path / "model")
+    spec = json.loads((folder / "tokenizer.json").read_text())
+    spec["normalizer"] = {"type": "Sequence", "normalizers": [
+        spec["normalizer"], {"type": "Replace", "pattern": {"Regex": " {2,}"}, "content": " "}]}
+    spec["pre_tokenizer"] = spec["pre_tokenizer"]["pretokenizers"][-1]
+    (folder / "tokenizer.json").write_text(json.dumps(spec))
+
+    result = export(folder, "gguf", "f16", tmp_path / "out.gguf")
+
+    assert result.passed, result.report["problems"]
+    metadata = gguf_export.read_metadata(result.path)
+    assert metadata["tokenizer.ggml.remove_extra_whitespaces"] and metadata["tokenizer.ggml.add_space_prefix"]
+
+
+def test_a_file_that_tokenizes_otherwise_fails_and_names_the_tokens(llama_runtime, xlm_roberta, tmp_path):
+    import gguf
+
+    result = export(xlm_roberta, "gguf", "f16", tmp_path / "out.gguf")
+    reader = gguf.GGUFReader(str(result.path), "r+")
+    field = reader.fields["tokenizer.ggml.remove_extra_whitespaces"]
+    field.parts[field.data[0]][0] = False  # the model's tokenizer merges runs of spaces
+    reader.data.flush()
+    del reader
+
+    broken = verify(xlm_roberta, result.path, "gguf", "f16", TRICKY)
+
+    assert not broken.passed
+    assert "tokenizer splits 2 of 12 held-out inputs otherwise" in broken.report["problems"][0]
+    assert "several    spaces" in broken.report["problems"][0]
 
 
 @pytest.mark.parametrize("family", ["mpnet", "distilbert"])
@@ -239,7 +320,120 @@ def test_a_damaged_reranker_file_fails_its_check(scorers, scorer_onnx, tmp_path)
     assert not broken.passed and "damaged or incomplete" in broken.report["problems"][0]
 
 
-def test_gguf_of_a_reranker_is_refused_with_onnx_named(scorers, tmp_path):
-    with pytest.raises(ExportError, match="GGUF export of reranker models") as caught:
+def test_gguf_of_a_bert_reranker_that_reads_two_segments_is_refused_with_onnx_named(scorers, tmp_path):
+    """ms-marco-MiniLM's shape: BERT gives the document token type 1, which llama.cpp's bert graph never does."""
+    with pytest.raises(ExportError, match="second segment") as caught:
         export(scorers / "reranker", "gguf", "f16", tmp_path)
     assert "ONNX" in caught.value.fix
+    assert not list(tmp_path.iterdir())
+
+
+def test_gguf_of_a_classifier_is_refused_with_onnx_named(scorers, tmp_path):
+    with pytest.raises(ExportError, match="GGUF export of classifier models") as caught:
+        export(scorers / "classifier", "gguf", "f16", tmp_path)
+    assert "ONNX" in caught.value.fix
+
+
+def _tiny_reranker(folder, family: str, vocabulary: str, **config):
+    """A tiny CrossEncoder (one score a pair), its weights drawn wider than transformers' default (0.02): so that its
+    scores differ between pairs as a trained reranker's do, where at 0.02 every pair scores nearly alike and f16
+    rounding alone decides the correlation."""
+    import torch
+
+    from engine.models import FastCrossEncoder
+
+    base = build_tiny_model(family, folder / "base", vocabulary=vocabulary, initializer_range=0.1, **config)
+    return FastCrossEncoder.from_pretrained(str(base), device="cpu", dtype=torch.float32)
+
+
+@pytest.fixture(scope="module")
+def xlm_roberta_reranker(tmp_path_factory):
+    """bge-reranker-v2-m3's shape, tiny: XLMRobertaForSequenceClassification (its head dense, tanh, out_proj) with a
+    SentencePiece Unigram vocabulary and one token type."""
+    folder = tmp_path_factory.mktemp("xlm-roberta-reranker")
+    _tiny_reranker(folder, "xlm-roberta", "unigram", pad_token_id=1, type_vocab_size=1).save_pretrained(
+        str(folder / "reranker"))
+    return folder / "reranker"
+
+
+@pytest.mark.parametrize("quantize", ["f16", "q8_0"])
+def test_an_xlm_roberta_reranker_gguf_scores_pairs_as_the_cross_encoder_in_llama_cpp(llama_runtime,
+                                                                                    xlm_roberta_reranker, tmp_path,
+                                                                                    quantize):
+    from engine.export.serving import serving_snippets
+
+    result = export(xlm_roberta_reranker, "gguf", quantize, tmp_path / "reranker.gguf")
+
+    report = _saved_report(result)
+    assert report["task"] == "reranker" and report["passed"], report["problems"]  # tokens alike, scores correlated
+    assert report["texts"] == 200 and report["score_correlation"] >= {"f16": 0.999, "q8_0": 0.99}[quantize]
+    assert report["score_spearman"] >= {"f16": 0.999, "q8_0": 0.98}[quantize]
+    assert report["agreement"] >= {"f16": 1.0, "q8_0": 0.9}[quantize]
+    metadata = gguf_export.read_metadata(result.path)
+    assert metadata["bert.pooling_type"] == 4  # rank
+    assert metadata["tokenizer.chat_template.rerank"] == "<s>{query}</s></s>{document}</s>"
+    shell = serving_snippets("reranker", result.path, "reranker.gguf", "merged")["shell"]
+    assert "llama-server -m reranker.gguf --reranking -c 64" in shell and "/v1/rerank" in shell
+
+
+def test_a_bert_reranker_that_reads_both_segments_alike_scores_pairs_as_the_cross_encoder(llama_runtime, tmp_path):
+    """BERT's head in llama.cpp's rank pooling: the pooler (dense, tanh) as cls, the classifier as cls.output; its pair
+    joined as BERT's tokenizer joins it, where node-llama-cpp would put two [SEP] between query and document."""
+    import torch
+
+    model = _tiny_reranker(tmp_path, "bert", "wordpiece")
+    types = model[0].auto_model.bert.embeddings.token_type_embeddings.weight
+    with torch.no_grad():
+        types[1] = types[0]
+    model.save_pretrained(str(tmp_path / "reranker"))
+
+    result = export(tmp_path / "reranker", "gguf", "f16", tmp_path / "reranker.gguf")
+
+    assert result.passed, result.report["problems"]
+    assert result.report["score_correlation"] >= 0.999 and result.report["agreement"] == 1.0
+    assert gguf_export.read_metadata(result.path)["tokenizer.chat_template.rerank"] == \
+        "[CLS]{query}[SEP]{document}[SEP]"
+
+
+def test_a_modernbert_reranker_scores_pairs_as_the_cross_encoder_in_llama_cpp(llama_runtime, tmp_path):
+    """gte-reranker-modernbert's shape: the mean of the tokens through ModernBERT's head (dense, GELU, norm) and its
+    classifier, which llama.cpp's modern-bert ranking runs."""
+    _tiny_reranker(tmp_path, "modernbert", "wordpiece", classifier_pooling="mean").save_pretrained(
+        str(tmp_path / "reranker"))
+
+    result = export(tmp_path / "reranker", "gguf", "f16", tmp_path / "reranker.gguf")
+
+    assert result.passed, result.report["problems"]
+    assert result.report["score_correlation"] >= 0.999 and result.report["agreement"] == 1.0
+    assert gguf_export.read_metadata(result.path)["general.architecture"] == "modern-bert"
+
+
+def test_a_modernbert_reranker_that_pools_its_first_token_is_refused(tmp_path):
+    _tiny_reranker(tmp_path, "modernbert", "wordpiece", classifier_pooling="cls").save_pretrained(
+        str(tmp_path / "reranker"))
+
+    with pytest.raises(ExportError, match="mean pooling") as caught:
+        export(tmp_path / "reranker", "gguf", "f16", tmp_path / "out")
+    assert "ONNX" in caught.value.fix
+
+
+def test_cli_exports_a_reranker_run_to_gguf_checked_on_its_held_out_pairs(llama_runtime, xlm_roberta_reranker,
+                                                                          tmp_path, capsys):
+    import shutil
+
+    from engine.cli import main
+    from engine.data import SAMPLE_DIR
+
+    run_dir = tmp_path / "run-reranker"
+    shutil.copytree(xlm_roberta_reranker, run_dir / "merged")
+    (run_dir / "config.json").write_text(json.dumps({"task": "reranker", "data": str(SAMPLE_DIR / "train.jsonl"),
+                                                     "output_dir": str(run_dir), "eval_size": 0.1}))
+    (run_dir / "events.jsonl").write_text("")
+
+    code = main(["export", "--model", str(run_dir), "--format", "gguf", "--quantize", "f16"])
+
+    assert code == 0
+    assert "parity passed: score correlation" in capsys.readouterr().out
+    report = json.loads((run_dir / "export" / "gguf-f16" / "parity.json").read_text())
+    assert report["task"] == "reranker" and report["texts_from"] == "the run's held-out split (run-reranker)"
+    assert (run_dir / "export" / "gguf-f16" / "run-reranker-f16.gguf").is_file()

@@ -10,7 +10,8 @@
 `model_dir` is a run folder (its merged/ model is exported and its held-out split checks it), a saved model
 folder or a hub id, of any task (`model_kind`): an embedding model (sentence-transformers), a reranker
 (sentence-transformers CrossEncoder) or a classifier (transformers AutoModelForSequenceClassification). Rerankers and
-classifiers export to ONNX with their head (the file gives `logits`); GGUF is for embedding models. Every export
+classifiers export to ONNX with their head (the file gives `logits`); GGUF is for embedding models and for
+rerankers llama.cpp ranks with (its rank pooling: XLM-RoBERTa and ModernBERT cross-encoders). Every export
 ends with the parity check (engine.export.parity), written as parity.json beside the file: embeddings compared by
 cosine, a reranker's scores and a classifier's logits by correlation. A file that fails it is kept, and the report
 says what differs.
@@ -86,9 +87,9 @@ def export(model_dir, format: str, quantize: str | None = None, output=None,
     report("loading the model", 0.0)
     model_folder, run_dir = _model_folder(model_dir)
     kind = model_kind(model_folder, run_dir)
-    if format == "gguf" and kind != "embedding":
-        raise ExportError(f"GGUF export of {kind} models is not written yet (llama.cpp runs embedding models "
-                          "from the GGUF files this exports)", f"export the {kind} to ONNX instead")
+    if format == "gguf" and kind == "classifier":
+        raise ExportError("GGUF export of classifier models is not written yet (llama.cpp runs embedding models and "
+                          "rerankers from the GGUF files this exports)", "export the classifier to ONNX instead")
     model = _reference_model(model_folder, kind)
     name = (run_dir or Path(str(model_dir))).name
     output = Path(output) if output is not None else (
@@ -96,14 +97,14 @@ def export(model_dir, format: str, quantize: str | None = None, output=None,
     if format == "gguf":
         from engine.export import gguf
 
-        gguf.llama_cpp_arch(model)  # refuse before anything is read or written
+        gguf.llama_cpp_arch(model, kind)  # refuse before anything is read or written
     texts = parity.held_out(run_dir, kind)
     report(f"writing {format} {quantize}", 0.1)
     if format == "gguf":
         path = output if output.suffix == ".gguf" else output / f"{name}-{quantize}.gguf"
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic.removed_on_failure(path, path.parent):
-            gguf.write(model, model_folder, path, quantize)
+            gguf.write(model, model_folder, path, quantize, kind)
     else:
         from engine.export import onnx
 
@@ -168,11 +169,9 @@ def verify(model, path, format: str, quantize: str, texts=None, kind: str = "emb
             queries, documents, problems = _embed_exported(model, path, format, texts)
             result = parity.check(model, texts, queries, documents, quantize, problems)
         else:
-            from engine.export import onnx
-
-            exported = onnx.scores(path, onnx_file(path), texts.inputs, parity.max_length(model, kind))
+            exported, problems = _score_exported(model, path, format, texts, kind)
             result = parity.check_scores(kind, texts, parity.reference_scores(model, kind, texts), exported,
-                                         quantize, parity.class_names(model, kind))
+                                         quantize, parity.class_names(model, kind), problems)
     except ExportError as error:
         result = parity.failed(str(error), quantize, texts)
     result.update(task=kind, format=format, file=str(path), size_bytes=parity.file_size(path))
@@ -204,10 +203,29 @@ def _embed_exported(model, path: Path, format: str, texts):
     prompted = (parity.prompted(prompts.get("query"), texts.queries)
                 + parity.prompted(prompts.get("document"), texts.documents))
     if format == "gguf":
-        vectors = llama_cpp.embed(path, prompted, llama_cpp.end_token(metadata))
+        vectors, tokens = llama_cpp.embed(path, prompted, metadata)
+        problems += parity.token_differences(model.tokenizer, prompted, tokens, model.max_seq_length)
     else:
         vectors = onnx.embed(model, path, onnx_file(path), prompted)
     return vectors[:len(texts.queries)], vectors[len(texts.queries):], problems
+
+
+def _score_exported(model, path: Path, format: str, texts, kind: str):
+    """(a reranker's or classifier's exported logits for texts.inputs, what the exported runtime tokenizes otherwise).
+    llama.cpp is given each pair cut as the model's tokenizer cuts it, so both score the same tokens where both
+    tokenize alike."""
+    from engine.export import parity
+
+    length = parity.max_length(model, kind)
+    if format == "onnx":
+        from engine.export import onnx
+
+        return onnx.scores(path, onnx_file(path), texts.inputs, length), []
+    from engine.export import llama_cpp
+
+    kept = [parity.kept_lengths(model.tokenizer, query, document, length) for query, document in texts.inputs]
+    scores, tokens = llama_cpp.rank(path, [(*pair, *counts) for pair, counts in zip(texts.inputs, kept)])
+    return scores, parity.token_differences(model.tokenizer, texts.inputs, tokens, length)
 
 
 def onnx_file(folder: Path) -> Path:

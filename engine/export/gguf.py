@@ -8,6 +8,12 @@ sentence-transformers does). llama.cpp has no key for prompts or for normalizati
 embeddings by default, and we write both under `lacker.*` (PROMPT_KEY, NORMALIZE_KEY), where engine.export.parity
 reads them back to embed the held-out queries with their prompt.
 
+A reranker (a sentence-transformers CrossEncoder with one score a pair) is written for llama.cpp's rank pooling: its
+classification head as the `cls` (dense, then tanh; GELU and `cls.norm` for ModernBERT) and `cls.output` tensors
+(RANK_HEADS), and how its tokenizer joins a query and a document as the file's rerank template
+(`tokenizer.chat_template.rerank`), which llama-server and node-llama-cpp both read, where without one they join
+WordPiece pairs differently (node-llama-cpp with two separators).
+
 Architectures are written by the functions in WRITERS, keyed by the family table's `gguf_arch`; a family without
 one is refused with a pointer to ONNX.
 """
@@ -27,8 +33,9 @@ NORMALIZE_KEY = "lacker.normalize"
 POOLING_TYPES = {"mean": "MEAN", "cls": "CLS", "lasttoken": "LAST"}  # sentence-transformers -> gguf.PoolingType
 
 
-def llama_cpp_arch(model) -> str:
-    """The llama.cpp architecture `model` (a SentenceTransformer) is written as, or ExportError saying why not."""
+def llama_cpp_arch(model, kind: str = "embedding") -> str:
+    """The llama.cpp architecture `model` (a SentenceTransformer, or a CrossEncoder for `kind` "reranker") is
+    written as, or ExportError saying why not."""
     from engine.models.sentence_transformer import family_of
 
     family = family_of(model)
@@ -43,36 +50,87 @@ def llama_cpp_arch(model) -> str:
     if family.gguf_arch not in WRITERS:
         raise ExportError(f"GGUF export of {family.name} models is not written yet",
                           "export to ONNX instead")
+    if kind == "reranker":
+        _refuse_reranker(model, family)
     return family.gguf_arch
 
 
-def write(model, model_dir: Path, path: Path, quantize: str) -> dict:
-    """Write `model` (loaded from `model_dir`, fp32, adapters merged) to the GGUF file `path`.
+def _refuse_reranker(model, family) -> None:
+    """ExportError where llama.cpp's rank pooling cannot score pairs as this reranker does."""
+    config = model[0].auto_model.config
+    if family.gguf_arch not in ("bert", "modern-bert") or family.sequence_head not in RANK_HEADS:
+        raise ExportError(f"GGUF export of {family.name} rerankers is not written yet (llama.cpp ranks with BERT, "
+                          "XLM-RoBERTa and ModernBERT cross-encoders)", "export the reranker to ONNX instead")
+    if config.num_labels != 1:
+        raise ExportError(f"the reranker gives {config.num_labels} scores a pair, and llama.cpp's ranking one",
+                          "export it to ONNX instead, which keeps every score")
+    if family.gguf_arch == "modern-bert" and (config.classifier_pooling != "mean" or config.classifier_bias
+                                              or config.norm_bias or config.classifier_activation != "gelu"):
+        # llama.cpp's modern-bert ranking: the mean of the tokens, a dense layer without bias, GELU, a norm without
+        # bias (gte-reranker-modernbert's head)
+        raise ExportError("the reranker's head pools, adds biases or activates otherwise than llama.cpp's ModernBERT "
+                          "ranking (mean pooling, no biases, GELU)", "export the reranker to ONNX instead")
+    token_types = getattr(model[0].auto_model.base_model.embeddings, "token_type_embeddings", None)
+    types = token_types.weight.detach() if token_types is not None else ()
+    if len(types) > 1 and float((types[1] - types[0]).abs().max()) > 0:
+        # llama.cpp's bert graph adds the first token type's row to every token ("Sentence A")
+        raise ExportError("the reranker reads the document as the second segment (BERT's token type 1), and "
+                          "llama.cpp gives every token the first segment's type, so its scores would differ",
+                          "export the reranker to ONNX instead, or train one from a model with a single token type "
+                          "(XLM-RoBERTa's, as bge-reranker-v2-m3)")
 
-    Returns what the file says about pooling, normalization, prompts and context length (shown in parity.json)."""
+
+def write(model, model_dir: Path, path: Path, quantize: str, kind: str = "embedding") -> dict:
+    """Write `model` (loaded from `model_dir`, fp32, adapters merged; a SentenceTransformer, or a CrossEncoder for
+    `kind` "reranker") to the GGUF file `path`.
+
+    Returns what the file says about pooling, normalization, prompts or the pair template, and context length
+    (shown in parity.json)."""
     import gguf
 
     if quantize not in QUANTIZATIONS:
         raise ExportError(f"GGUF quantization {quantize!r} is not offered",
                           f"pick one of: {', '.join(QUANTIZATIONS)}")
-    arch = llama_cpp_arch(model)
-    pooling = _pooling_mode(model)
+    arch = llama_cpp_arch(model, kind)
     writer = gguf.GGUFWriter(str(path), arch)
     writer.add_name(Path(model_dir).name)
     writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if quantize == "f16" else gguf.LlamaFileType.MOSTLY_Q8_0)
-    writer.add_pooling_type(getattr(gguf.PoolingType, POOLING_TYPES[pooling]))
-    normalize = any(type(module).__name__ == "Normalize" for module in model)
-    writer.add_bool(NORMALIZE_KEY, normalize)
-    prompts = {name: text for name, text in (model.prompts or {}).items() if text}
-    for name, text in prompts.items():
-        writer.add_string(PROMPT_KEY.format(name=name), text)
+    if kind == "reranker":
+        template = _pair_template(Path(model_dir))
+        writer.add_pooling_type(gguf.PoolingType.RANK)
+        writer.add_string(gguf.Keys.Tokenizer.CHAT_TEMPLATE_N.format(name="rerank"), template)
+        described = {"pooling": "rank", "pair_template": template}
+    else:
+        pooling = _pooling_mode(model)
+        writer.add_pooling_type(getattr(gguf.PoolingType, POOLING_TYPES[pooling]))
+        normalize = any(type(module).__name__ == "Normalize" for module in model)
+        writer.add_bool(NORMALIZE_KEY, normalize)
+        prompts = {name: text for name, text in (model.prompts or {}).items() if text}
+        for name, text in prompts.items():
+            writer.add_string(PROMPT_KEY.format(name=name), text)
+        described = {"pooling": pooling, "normalize": normalize, "prompts": prompts}
     context = WRITERS[arch](writer, model, Path(model_dir), quantize)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
-    return {"architecture": arch, "pooling": pooling, "normalize": normalize, "prompts": prompts,
-            "context_length": context}
+    return {"architecture": arch, **described, "context_length": context}
+
+
+def _pair_template(model_dir: Path) -> str:
+    """How the model's tokenizer joins a (query, document) pair (tokenizer.json's post-processor), as llama.cpp's
+    rerank template: the special tokens' texts around {query} and {document}."""
+    post = json.loads((model_dir / "tokenizer.json").read_text()).get("post_processor") or {}
+    if post.get("type") == "TemplateProcessing":
+        pieces = [piece["SpecialToken"]["id"] if "SpecialToken" in piece else
+                  {"A": "{query}", "B": "{document}"}[piece["Sequence"]["id"]] for piece in post["pair"]]
+        return "".join(pieces)
+    if post.get("type") in ("BertProcessing", "RobertaProcessing"):
+        (cls, _), (sep, _) = post["cls"], post["sep"]
+        middle = sep if post["type"] == "BertProcessing" else sep + sep
+        return f"{cls}{{query}}{middle}{{document}}{sep}"
+    raise ExportError(f"the tokenizer joins a query and a document with a {post.get('type')} step, which the GGUF "
+                      "export cannot write as llama.cpp's rerank template", "export the reranker to ONNX instead")
 
 
 def read_metadata(path: Path) -> dict:
@@ -109,10 +167,12 @@ def _refuse_extra_modules(model, allowed=("Transformer", "Pooling", "Normalize")
 
 def _tensor_type(name: str, array: np.ndarray, quantize: str):
     """1-D tensors (norms, biases) and the two-row token-type table stay fp32, as llama.cpp's own converter
-    keeps them; q8_0 needs rows that are a whole number of 32-value blocks, else the tensor is f16."""
+    keeps them, and so does a reranker's head (cls, cls.output): its rounding goes straight into the score, and it
+    is one hidden-by-hidden matrix.
+    q8_0 needs rows that are a whole number of 32-value blocks, else the tensor is f16."""
     from gguf import GGMLQuantizationType
 
-    if array.ndim == 1 or name.startswith("token_types"):
+    if array.ndim == 1 or name.startswith(("token_types", "cls")):
         return GGMLQuantizationType.F32
     if quantize == "q8_0" and array.shape[-1] % 32 == 0:
         return GGMLQuantizationType.Q8_0
@@ -193,7 +253,8 @@ def _bert(writer, model, model_dir: Path, quantize: str) -> int:
     writer.add_causal_attention(False)
     writer.add_token_type_count(config.type_vocab_size)
     _vocab(writer, model, model_dir, config.vocab_size)
-    state = {name: tensor.detach().float().cpu().numpy() for name, tensor in hf.state_dict().items()}
+    # the encoder without a reranker's head (a BertModel is its own base model)
+    state = {name: tensor.detach().float().cpu().numpy() for name, tensor in hf.base_model.state_dict().items()}
     # XLM-RoBERTa numbers positions from padding_idx + 1; llama.cpp's bert graph numbers them from 0
     first = config.pad_token_id + 1 if config.model_type in ("xlm-roberta", "roberta") else 0
     positions = state["embeddings.position_embeddings.weight"][first:]
@@ -202,7 +263,30 @@ def _bert(writer, model, model_dir: Path, quantize: str) -> int:
     writer.add_context_length(context)
     _add_mapped_tensors(writer, "bert", state, config.num_hidden_layers, quantize,
                         skip=("pooler.", "embeddings.position_ids", "embeddings.token_type_ids"))
+    _add_rank_head(writer, model, quantize)
     return context
+
+
+# A reranker's head as llama.cpp's rank pooling runs it, {GGUF name: layer}, by the family table's sequence_head: on
+# the first token, BERT's pooler (cls, then tanh) and classifier, RoBERTa's classifier.dense and out_proj; on the mean
+# of the tokens, ModernBERT's head (cls, then GELU, then its norm) and classifier
+RANK_HEADS = {"pooler": lambda hf: {"cls": hf.base_model.pooler.dense, "cls.output": hf.classifier},
+              "first_token": lambda hf: {"cls": hf.classifier.dense, "cls.output": hf.classifier.out_proj},
+              "prediction_head": lambda hf: {"cls": hf.head.dense, "cls.norm": hf.head.norm,
+                                             "cls.output": hf.classifier}}
+
+
+def _add_rank_head(writer, model, quantize: str) -> None:
+    """A reranker's head (RANK_HEADS); nothing for an embedding model, which is its own base model."""
+    from engine.models.sentence_transformer import family_of
+
+    hf = model[0].auto_model
+    if hf is hf.base_model:
+        return
+    for name, layer in RANK_HEADS[family_of(model).sequence_head](hf).items():
+        for part in ("weight", "bias"):
+            if getattr(layer, part, None) is not None:
+                _add_tensor(writer, f"{name}.{part}", getattr(layer, part).detach().float().cpu().numpy(), quantize)
 
 
 # The split before byte-level BPE that Qwen2 and Qwen3 tokenizers make (their tokenizer.json's Split regex), which
@@ -212,17 +296,20 @@ QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[
 
 
 def _vocab(writer, model, model_dir: Path, n_vocab: int) -> None:
-    """The model's vocabulary as llama.cpp reads it: WordPiece as its "bert" tokenizer, byte-level BPE as "gpt2";
-    SentencePiece vocabularies are refused."""
+    """The model's vocabulary as llama.cpp reads it: WordPiece as its "bert" tokenizer, byte-level BPE as "gpt2",
+    SentencePiece Unigram (XLM-RoBERTa's) as "t5", SentencePiece BPE (Gemma's) as "llama"; others are refused."""
     spec = json.loads((model_dir / "tokenizer.json").read_text())
     kind = spec["model"]["type"]
     if kind == "WordPiece":
         return _wordpiece_vocab(writer, model.tokenizer, model_dir, n_vocab)
     if kind == "BPE" and _bpe_pre_tokenizer(spec.get("pre_tokenizer")):
         return _bpe_vocab(writer, model.tokenizer, model_dir, n_vocab, spec)
-    raise ExportError(f"GGUF export of this {kind} vocabulary ({type(model.tokenizer).__name__}: SentencePiece, as "
-                      "XLM-RoBERTa and Gemma use, or a byte-level BPE split otherwise than GPT-2's or Qwen's) is "
-                      "not written yet", "export to ONNX instead")
+    if kind == "Unigram":
+        return _unigram_vocab(writer, model.tokenizer, model_dir, n_vocab, spec)
+    if kind == "BPE" and _is_sentencepiece_bpe(spec):
+        return _sentencepiece_bpe_vocab(writer, model_dir, n_vocab, spec)
+    raise ExportError(f"GGUF export of this {kind} vocabulary ({type(model.tokenizer).__name__}: a BPE split otherwise "
+                      "than GPT-2's, Qwen's or SentencePiece's) is not written yet", "export to ONNX instead")
 
 
 def _bpe_pre_tokenizer(pre: dict | None) -> str | None:
@@ -261,6 +348,129 @@ def _bpe_vocab(writer, tokenizer, model_dir: Path, n_vocab: int, spec: dict) -> 
     writer.add_token_list(tokens)
     writer.add_token_types(types)
     gguf.SpecialVocab(model_dir, load_merges=True, n_vocab=n_vocab).add_to_gguf(writer, quiet=True)
+
+
+# A SentencePiece BPE vocabulary's normalizer in tokenizer.json (Gemma's): spaces become the space mark, nothing else
+SENTENCEPIECE_SPACES = {"type": "Replace", "pattern": {"String": " "}, "content": "\u2581"}
+
+
+def _is_sentencepiece_bpe(spec: dict) -> bool:
+    """Whether tokenizer.json is SentencePiece's BPE as transformers writes Gemma's: spaces marked, the text merged
+    whole (its split on spaces finds none once they are marked), bytes for characters the vocabulary lacks."""
+    pre = spec.get("pre_tokenizer")
+    return (spec.get("normalizer") == SENTENCEPIECE_SPACES and bool(spec["model"].get("byte_fallback"))
+            and not spec["model"].get("ignore_merges")
+            and (pre is None or (pre.get("type") == "Split" and pre.get("pattern") == {"String": " "})))
+
+
+def _sentencepiece_bpe_vocab(writer, model_dir: Path, n_vocab: int, spec: dict) -> None:
+    """A SentencePiece BPE vocabulary (Gemma's) as llama.cpp's "llama" (SPM) tokenizer reads it. llama.cpp merges
+    the adjacent pieces whose joined piece scores highest, where tokenizer.json's BPE applies its merges in order:
+    a piece's score is minus the rank of the first merge that makes it, so both merge alike. Pieces no merge makes
+    (characters, bytes, special tokens) score below every merge; bytes are marked as such for llama.cpp's byte
+    fallback. The text is not prefixed with a space, and spaces are kept as they are, as the normalizer does."""
+    bpe = spec["model"]
+    made_by = {}
+    for rank, merge in enumerate(bpe["merges"]):
+        left, right = merge.split(" ", 1) if isinstance(merge, str) else merge
+        made_by.setdefault(left + right, rank)
+    unmade = -float(len(bpe["merges"]) + 1)
+    pieces = {index: (piece, -float(made_by[piece]) if piece in made_by else unmade)
+              for piece, index in bpe["vocab"].items()}
+    _write_sentencepiece(writer, "llama", model_dir, n_vocab, spec, pieces, bpe["vocab"].get(bpe.get("unk_token")),
+                         unmade, space_prefix=False, merge_spaces=False)
+
+
+def _unigram_vocab(writer, tokenizer, model_dir: Path, n_vocab: int, spec: dict) -> None:
+    """A SentencePiece Unigram vocabulary (XLM-RoBERTa's) as llama.cpp's "t5" (UGM) tokenizer reads it: the pieces
+    with their scores, which pieces are special or unknown, and the normalization tokenizer.json spells out, which
+    llama.cpp has as SentencePiece's own settings: the precompiled_charsmap (NFKC and the like), the space mark before
+    the first word, and whether runs of spaces become one."""
+    import base64
+
+    unigram = spec["model"]
+    if unigram.get("byte_fallback"):
+        raise ExportError("the vocabulary falls back to bytes for unknown characters, which llama.cpp's Unigram "
+                          "tokenizer does not", "export to ONNX instead")
+    charsmap, merge_spaces = _unigram_normalizer(spec.get("normalizer"))
+    space_prefix, split_on_whitespace = _unigram_pre_tokenizer(spec.get("pre_tokenizer"))
+    pieces = {index: (piece, float(score)) for index, (piece, score) in enumerate(unigram["vocab"])}
+    _write_sentencepiece(writer, "t5", model_dir, n_vocab, spec, pieces, unigram.get("unk_id"), -10000.0,
+                         space_prefix, merge_spaces or split_on_whitespace)
+    if charsmap:
+        writer.add_precompiled_charsmap(base64.b64decode(charsmap))
+    writer.add_uint32("tokenizer.ggml.cls_token_id", tokenizer.cls_token_id)  # SpecialVocab has no writer for it
+
+
+def _write_sentencepiece(writer, tokenizer_model: str, model_dir: Path, n_vocab: int, spec: dict, pieces: dict,
+                         unknown: int | None, unused_score: float, space_prefix: bool, merge_spaces: bool) -> None:
+    """A SentencePiece vocabulary's tokens for llama.cpp's `tokenizer_model` ("t5", "llama"): `pieces` {id: (piece,
+    score)}, the tokenizer's added tokens (special ones as CONTROL), bytes (<0x41>) as BYTE, the rows of the embedding
+    table no token uses as UNUSED (scored `unused_score`, below any piece), and the special token ids."""
+    import re
+
+    import gguf
+
+    added = {token["id"]: token for token in spec.get("added_tokens", [])}
+    pieces = {**pieces, **{index: (token["content"], pieces.get(index, ("", 0.0))[1]) for index, token in added.items()}}
+    if max(pieces) >= n_vocab:
+        raise ExportError(f"the tokenizer has {max(pieces) + 1} tokens and the model's embedding table {n_vocab}",
+                          "resize the model's token embeddings to the tokenizer, or export to ONNX instead")
+    tokens, scores, types = [], [], []
+    for index in range(n_vocab):
+        piece, score = pieces.get(index, (f"[PAD{index}]", unused_score))
+        tokens.append(piece)
+        scores.append(score)
+        if index not in pieces:
+            types.append(gguf.TokenType.UNUSED)
+        elif index == unknown:
+            types.append(gguf.TokenType.UNKNOWN)
+        elif index in added:
+            types.append(gguf.TokenType.CONTROL if added[index].get("special") else gguf.TokenType.USER_DEFINED)
+        elif re.fullmatch(r"<0x[0-9A-F]{2}>", piece) and spec["model"].get("byte_fallback"):
+            types.append(gguf.TokenType.BYTE)
+        else:
+            types.append(gguf.TokenType.NORMAL)
+    writer.add_tokenizer_model(tokenizer_model)
+    writer.add_tokenizer_pre("default")
+    writer.add_token_list(tokens)
+    writer.add_token_scores(scores)
+    writer.add_token_types(types)
+    writer.add_add_space_prefix(space_prefix)
+    writer.add_remove_extra_whitespaces(merge_spaces)
+    gguf.SpecialVocab(model_dir, n_vocab=n_vocab).add_to_gguf(writer, quiet=True)
+
+
+def _unigram_normalizer(normalizer: dict | None) -> tuple[str | None, bool]:
+    """(the precompiled_charsmap, base64, or None; whether runs of spaces become one) of a Unigram tokenizer's
+    normalizer, or ExportError for a step llama.cpp does not take."""
+    normalizer = normalizer or {}
+    steps = normalizer["normalizers"] if normalizer.get("type") == "Sequence" else [normalizer] if normalizer else []
+    charsmap, merge_spaces = None, False
+    for step in steps:
+        if step["type"] == "Precompiled":
+            charsmap = step.get("precompiled_charsmap") or None
+        elif step["type"] == "Replace" and step.get("pattern", {}).get("Regex") == " {2,}" and step["content"] == " ":
+            merge_spaces = True
+        else:
+            raise ExportError(f"the tokenizer normalizes text with a {step['type']} step, which llama.cpp's Unigram "
+                              "tokenizer does not take (it applies SentencePiece's precompiled character map and "
+                              "merges spaces, nothing else)", "export to ONNX instead")
+    return charsmap, merge_spaces
+
+
+def _unigram_pre_tokenizer(pre: dict | None) -> tuple[bool, bool]:
+    """(whether a space mark goes before the first word; whether text is split on any whitespace first, which
+    merges runs of it) of a Unigram tokenizer's pre-tokenizer: SentencePiece's Metaspace, after a WhitespaceSplit in
+    the tokenizers transformers 5 builds."""
+    steps = (pre or {}).get("pretokenizers", []) if (pre or {}).get("type") == "Sequence" else [pre or {}]
+    names = [step.get("type") for step in steps]
+    if names not in (["Metaspace"], ["WhitespaceSplit", "Metaspace"]) or steps[-1].get("replacement") != "\u2581":
+        raise ExportError(f"the tokenizer splits text with {' then '.join(map(str, names))}, where llama.cpp's "
+                          "Unigram tokenizer marks spaces as SentencePiece does (Metaspace)", "export to ONNX instead")
+    metaspace = steps[-1]
+    scheme = metaspace.get("prepend_scheme", "always" if metaspace.get("add_prefix_space", True) else "never")
+    return scheme != "never", names[0] == "WhitespaceSplit"
 
 
 def _context_length(model, config) -> int:
@@ -337,8 +547,10 @@ def _modernbert(writer, model, model_dir: Path, quantize: str) -> int:
     writer.add_rope_freq_base_swa(float(config.rope_parameters["sliding_attention"]["rope_theta"]))
     writer.add_rope_scaling_type(RopeScalingType.NONE)
     _vocab(writer, model, model_dir, config.vocab_size)
-    state = {name: tensor.detach().float().cpu().numpy() for name, tensor in model[0].auto_model.state_dict().items()}
+    hf = model[0].auto_model
+    state = {name: tensor.detach().float().cpu().numpy() for name, tensor in hf.base_model.state_dict().items()}
     _add_mapped_tensors(writer, "modern-bert", state, config.num_hidden_layers, quantize)
+    _add_rank_head(writer, model, quantize)
     return context
 
 

@@ -8,10 +8,11 @@ CPU backend per instruction set, picked at load time; `npm install` takes second
 time: `install()` (`lacker export --install-llama-cpp`) puts both packages in RUNTIME_DIR once, with their install
 scripts off, so node-llama-cpp never tries to fetch or build anything.
 
-`embed` runs llama_embed.mjs beside this file in node: one process a call, the texts in and the vectors out as
-JSON files. It computes on one thread unless LACKER_LLAMA_CPP_THREADS says more: ggml's threads wait for each
-other by spinning, and on a CPU shared with other work (a training run, CI) two of them took 20 times longer than
-one (20 texts: 4 min 47 s against 15 s, 2 cores under load).
+`embed` runs llama_embed.mjs beside this file in node, and `rank` (a reranker's pairs, through node-llama-cpp's
+ranking context) llama_rank.mjs: one process a call, the inputs in and the vectors or scores out as JSON files. It
+computes on one thread unless LACKER_LLAMA_CPP_THREADS says more: ggml's threads wait for each other by spinning,
+and on a CPU shared with other work (a training run, CI) two of them took 20 times longer than one (20 texts:
+4 min 47 s against 15 s, 2 cores under load).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from engine.export import ExportError
 
 PACKAGES = ("node-llama-cpp@3.22.1", "@node-llama-cpp/linux-x64@3.22.1")
 SCRIPT = Path(__file__).with_name("llama_embed.mjs")
+RANK_SCRIPT = Path(__file__).with_name("llama_rank.mjs")
 INSTALL_HINT = "run `lacker export --install-llama-cpp` once (it needs node and npm)"
 
 
@@ -66,33 +68,53 @@ def install() -> Path:
     return folder
 
 
-def end_token(metadata: dict) -> int | None:
-    """The token llama.cpp appends to every text of a file with this metadata that node-llama-cpp does not: llama.cpp
-    (llama-server, Ollama) appends the end-of-text token of a BPE or SentencePiece vocabulary whenever the file says
-    add_eos_token, as Qwen3-Embedding's does; node-llama-cpp only when the vocabulary has a beginning token too."""
-    if metadata.get("tokenizer.ggml.model") in ("bert", "t5") or not metadata.get("tokenizer.ggml.add_eos_token"):
-        return None  # WordPiece and Unigram: node-llama-cpp adds the end token as llama.cpp does
+def added_tokens(metadata: dict) -> tuple[int | None, int | None]:
+    """(the token llama.cpp begins every text of a file with this metadata with, the one it ends it with) where
+    node-llama-cpp's embedding context adds none, else None. llama.cpp (llama-server, Ollama) begins a Unigram text
+    with the beginning token when the file says add_bos_token, as XLM-RoBERTa's does (<s>), and node-llama-cpp never
+    does; it ends a BPE or SentencePiece text with the end-of-text token whenever the file says add_eos_token, as
+    Qwen3-Embedding's does, and node-llama-cpp only when the vocabulary has a beginning token too."""
+    vocabulary = metadata.get("tokenizer.ggml.model")
+    begin = metadata.get("tokenizer.ggml.bos_token_id") \
+        if vocabulary == "t5" and metadata.get("tokenizer.ggml.add_bos_token") else None
+    if vocabulary in ("bert", "t5") or not metadata.get("tokenizer.ggml.add_eos_token"):
+        return begin, None  # WordPiece and Unigram: node-llama-cpp adds the end token as llama.cpp does
     if metadata.get("tokenizer.ggml.bos_token_id") is not None and metadata.get("tokenizer.ggml.add_bos_token", True):
-        return None
-    return metadata.get("tokenizer.ggml.eos_token_id")
+        return begin, None
+    return begin, metadata.get("tokenizer.ggml.eos_token_id")
 
 
-def embed(gguf_path: Path, texts: list[str], append: int | None = None) -> np.ndarray:
-    """The embeddings llama.cpp computes for `texts` from the GGUF file, as llama.cpp pools them (the file's
-    pooling type) and without normalization: (len(texts), dim) float32. `append`: a token to end every text with
-    (end_token)."""
+def embed(gguf_path: Path, texts: list[str], metadata: dict) -> tuple[np.ndarray, list[list[int]]]:
+    """The embeddings llama.cpp computes for `texts` from the GGUF file (whose `metadata` says which special tokens
+    llama.cpp adds), as llama.cpp pools them (the file's pooling type) and without normalization: (len(texts), dim)
+    float32; and the token ids each text was embedded from, its special tokens included."""
+    begin, end = added_tokens(metadata)
+    done = _run(gguf_path, texts, ["" if begin is None else str(begin), "" if end is None else str(end)])
+    return np.asarray(done["vectors"], dtype=np.float32), done["tokens"]
+
+
+def rank(gguf_path: Path, pairs: list[tuple[str, str, int, int]]) -> tuple[np.ndarray, list[list[int]]]:
+    """The scores llama.cpp's rank pooling gives (query, document, query tokens kept, document tokens kept) `pairs`
+    with a reranker's GGUF file, before any sigmoid: (len(pairs), 1) float32; and the token ids each pair was scored
+    from, joined as the file's rerank template says."""
+    done = _run(gguf_path, [list(pair) for pair in pairs], [], RANK_SCRIPT)
+    scores = np.asarray([np.nan if score is None else score for score in done["scores"]], dtype=np.float32)
+    return scores.reshape(-1, 1), done["tokens"]
+
+
+def _run(gguf_path: Path, inputs: list, arguments: list[str], script: Path = SCRIPT) -> dict:
+    """Run `script` in node on `inputs` (JSON in) and return what it writes (JSON out)."""
     reason = missing()
     if reason:
         raise ExportError(reason, INSTALL_HINT)
     with tempfile.TemporaryDirectory() as scratch:
-        texts_in, vectors_out = Path(scratch) / "texts.json", Path(scratch) / "vectors.json"
-        texts_in.write_text(json.dumps(texts))
+        inputs_in, results_out = Path(scratch) / "inputs.json", Path(scratch) / "results.json"
+        inputs_in.write_text(json.dumps(inputs))
         threads = os.environ.get("LACKER_LLAMA_CPP_THREADS") or "1"
-        done = subprocess.run(["node", str(SCRIPT), str(runtime_dir()), str(gguf_path), threads, str(texts_in),
-                               str(vectors_out), "" if append is None else str(append)],
-                              capture_output=True, text=True)
-        if done.returncode != 0 or not vectors_out.exists():
+        done = subprocess.run(["node", str(script), str(runtime_dir()), str(gguf_path), threads, str(inputs_in),
+                               str(results_out), *arguments], capture_output=True, text=True)
+        if done.returncode != 0 or not results_out.exists():
             raise ExportError(f"llama.cpp could not run {Path(gguf_path).name}: "
                               f"{(done.stderr or done.stdout).strip()[-800:]}",
                               "the file is damaged or incomplete, or not a model llama.cpp runs; export it again")
-        return np.asarray(json.loads(vectors_out.read_text()), dtype=np.float32)
+        return json.loads(results_out.read_text())

@@ -11,7 +11,8 @@ without the layers after pooling, and the report names the difference that expla
 Rerankers and classifiers: up to MAX_TEXTS inputs scored by both (a reranker's (query, document) pairs, each held-out
 query with its own document and the next queries' documents, CANDIDATES in all; a classifier's held-out texts),
 the raw logits compared. A check passes when the Pearson correlation of all logits is at least
-THRESHOLDS[quantization]; the report gives the largest difference, how often both pick the same document or class,
+THRESHOLDS[quantization] (and, for GGUF, llama.cpp tokenizes every input as the model does); the report gives the
+Spearman correlation of their orders, the largest difference, how often both pick the same document or class,
 and the held-out metrics of both (a reranker's MRR and recall@1 over each query's candidates, a classifier's
 accuracy where the labels are known).
 """
@@ -146,10 +147,40 @@ def check(model, texts: HeldOut, exported_queries: np.ndarray, exported_document
     }
 
 
+def token_differences(tokenizer, inputs: list, exported_tokens: list[list[int]], max_length: int) -> list[str]:
+    """What the exported runtime's tokenizer does otherwise than the model's on `inputs` (texts, or (text, text)
+    pairs cut as the model cuts them to `max_length` tokens): [] when every input gives the same token ids, else one
+    line with how many differ and the first of them side by side."""
+    differing = []
+    for given, exported in zip(inputs, exported_tokens):
+        pair = given if isinstance(given, tuple) else (given,)
+        expected = tokenizer(*pair, truncation=True, max_length=max_length)["input_ids"]
+        if list(expected) != list(exported):
+            differing.append((given, expected, exported))
+    if not differing:
+        return []
+    given, expected, exported = differing[0]
+    shown = " | ".join(given) if isinstance(given, tuple) else given
+    first = next((i for i, (a, b) in enumerate(zip(expected, exported)) if a != b), min(len(expected), len(exported)))
+    around = slice(max(0, first - 4), first + 12)  # the tokens about the first that differs
+    return [f"the exported file's tokenizer splits {len(differing)} of {len(inputs)} held-out inputs otherwise than "
+            f"the model's, so their vectors or scores differ: {shown[:120]!r} is, from token {around.start}, "
+            f"{tokenizer.convert_ids_to_tokens(list(expected[around]))} for the model and "
+            f"{tokenizer.convert_ids_to_tokens(list(exported[around]))} in the file"]
+
+
+def kept_lengths(tokenizer, query: str, document: str, max_length: int) -> tuple[int, int]:
+    """How many of the query's and the document's own tokens the model's tokenizer keeps of the pair when it cuts it
+    to `max_length` tokens, its special tokens included."""
+    sequences = tokenizer(query, document, truncation=True, max_length=max_length).sequence_ids()
+    return sequences.count(0), sequences.count(1)
+
+
 def failed(reason: str, quantize: str, texts: HeldOut | HeldOutInputs) -> dict:
     """The report of a file its runtime could not load or run."""
     count = len(texts.inputs) if isinstance(texts, HeldOutInputs) else len(texts.queries) + len(texts.documents)
-    measured = {"score_correlation": None, "score_max_diff": None, "agreement": None, "metrics": None} \
+    measured = {"score_correlation": None, "score_spearman": None, "score_max_diff": None, "agreement": None,
+                "metrics": None} \
         if isinstance(texts, HeldOutInputs) else {"cosine_min": None, "cosine_mean": None, "retrieval": None}
     return {"passed": False, "problems": [reason], "threshold": THRESHOLDS[quantize], "quantization": quantize,
             "texts": count, "texts_from": texts.source, "worst_text": None, **measured}
@@ -186,16 +217,20 @@ def reference_scores(model, kind: str, texts: HeldOutInputs) -> np.ndarray:
 
 
 def check_scores(kind: str, texts: HeldOutInputs, reference: np.ndarray, exported: np.ndarray, quantize: str,
-                 classes: list[str] | None = None) -> dict:
-    """Compare a reranker's or classifier's exported logits with the PyTorch model's; the report parity.json holds."""
+                 classes: list[str] | None = None, runtime_problems: list[str] = ()) -> dict:
+    """Compare a reranker's or classifier's exported logits with the PyTorch model's; the report parity.json holds.
+    `runtime_problems`: what the exported runtime does otherwise (token_differences); any of them fails the check."""
     threshold = THRESHOLDS[quantize]
     if reference.shape != exported.shape:
         return failed(f"the exported file gives {exported.shape[-1]} scores an input and the model "
                       f"{reference.shape[-1]}: the file lost or changed the model's head", quantize, texts)
+    if not np.isfinite(exported).all():
+        return failed("the exported file gives scores that are not numbers or are infinite for "
+                      f"{int((~np.isfinite(exported)).sum())} inputs", quantize, texts)
     difference = np.abs(reference - exported).max(axis=-1)
     correlation = _correlation(reference.ravel(), exported.ravel())
     worst = int(np.argmax(difference))
-    problems = []
+    problems = list(runtime_problems)
     if correlation < threshold:
         problems.append(f"the exported file's scores differ from the model's (correlation {correlation:.4f} < "
                         f"{threshold}, largest difference {difference.max():.4f}): the file is damaged, or the "
@@ -217,6 +252,7 @@ def check_scores(kind: str, texts: HeldOutInputs, reference: np.ndarray, exporte
         "texts": len(texts.inputs),
         "texts_from": texts.source,
         "score_correlation": round(correlation, 6),
+        "score_spearman": round(_correlation(_ranks(reference.ravel()), _ranks(exported.ravel())), 6),
         "score_max_diff": round(float(difference.max()), 6),
         "agreement": round(agreement, 4),
         "worst_text": (" | ".join(worst_input) if isinstance(worst_input, tuple) else worst_input)[:200],
@@ -228,6 +264,13 @@ def _correlation(a: np.ndarray, b: np.ndarray) -> float:
     if a.std() == 0 or b.std() == 0:  # constant scores (an untrained head on tiny inputs): equal or not
         return 1.0 if np.allclose(a, b, atol=1e-5) else 0.0
     return float(np.corrcoef(a, b)[0, 1])
+
+
+def _ranks(values: np.ndarray) -> np.ndarray:
+    """Each value's rank, ties sharing their mean rank (the Spearman correlation is the Pearson one of these)."""
+    from scipy.stats import rankdata
+
+    return rankdata(values)
 
 
 def _by_query(scores: np.ndarray) -> np.ndarray:
@@ -266,7 +309,8 @@ def describe(report: dict) -> str:
         metrics = "; ".join(f"{name} PyTorch {value:.3f}, exported {report['metrics']['exported'][name]:.3f}"
                             for name, value in report["metrics"]["pytorch"].items())
         head = (f"parity {verdict}: score correlation {report['score_correlation']:.4f} over {report['texts']} "
-                f"held-out inputs (threshold {report['threshold']}), largest difference "
+                f"held-out inputs (threshold {report['threshold']}), order (Spearman) {report['score_spearman']:.4f}, "
+                "largest difference "
                 f"{report['score_max_diff']:.4f}, same choice {report['agreement']:.0%}"
                 + (f"; {metrics}" if metrics else ""))
     elif report["cosine_min"] is None:

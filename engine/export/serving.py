@@ -1,7 +1,8 @@
 """Copy-ready lines that serve an exported model where users serve models: Ollama and llama.cpp's server for a GGUF
-file, sentence-transformers' ONNX backend and plain onnxruntime for an ONNX folder, and TEI's docker image for the
-merged folder. What each runtime must be told comes from the exported file itself (a GGUF file's pooling and context
-length, an ONNX folder's prompts and pooling), so the lines match what the parity check ran.
+file (llama.cpp's rerank endpoint for a reranker's), sentence-transformers' ONNX backend and plain onnxruntime for an
+ONNX folder, and TEI's docker image for the merged folder. What each runtime must be told comes from the exported
+file itself (a GGUF file's pooling and context length, an ONNX folder's prompts and pooling), so the lines match
+what the parity check ran.
 
     serving_snippets(kind, exported, shown_name, merged_name) -> {"shell": ..., "python": ...}
 
@@ -24,7 +25,7 @@ def serving_snippets(kind: str, exported: Path, shown_name: str, merged_name: st
     """Shell and Python lines that serve the exported `kind` (engine.export.KINDS) model."""
     exported = Path(exported)
     if exported.suffix == ".gguf":
-        shell, python = _gguf(exported, shown_name)
+        shell, python = _gguf_reranker(exported, shown_name) if kind == "reranker" else _gguf(exported, shown_name)
     else:
         shell, python = "", _onnx(kind, exported, shown_name)
     return {"shell": (shell + "\n\n" if shell else "") + tei_snippet(kind, merged_name), "python": python}
@@ -65,6 +66,29 @@ def _gguf(path: Path, name: str) -> tuple[str, str]:
         f"model = Llama({name!r}, embedding=True, n_ctx={context or 512}, verbose=False)\n"
         f"embeddings = model.embed([{(prompt + EXAMPLE_QUERY)!r}, {EXAMPLE_DOCUMENT!r}])\n"
         "print(len(embeddings), len(embeddings[0]))\n"
+    )
+    return shell, python
+
+
+def _gguf_reranker(path: Path, name: str) -> tuple[str, str]:
+    """llama-server's rerank endpoint for a reranker's GGUF file (Ollama has no reranking API)."""
+    from engine.export import gguf
+
+    context = gguf.read_metadata(path).get("bert.context_length")
+    body = {"query": EXAMPLE_QUERY, "documents": [EXAMPLE_DOCUMENT, "Install the package with apt."]}
+    shell = (
+        "# llama.cpp's server: scores (query, document) pairs as the model does (Ollama has no reranking API)\n"
+        f"llama-server -m {name} --reranking" + (f" -c {context}" if context else "") + " --port 8080\n"
+        "curl http://localhost:8080/v1/rerank -H 'Content-Type: application/json' "
+        f"-d {_json_for_shell(body)}"
+    )
+    python = (
+        "# the llama-server above; relevance_score is the model's raw score (apply a sigmoid for 0..1)\n"
+        "import json\nimport urllib.request\n\n"
+        f"body = json.dumps({body!r}).encode()\n"
+        "request = urllib.request.Request(\"http://localhost:8080/v1/rerank\", body, "
+        "{\"Content-Type\": \"application/json\"})\n"
+        "print(json.load(urllib.request.urlopen(request))[\"results\"])\n"
     )
     return shell, python
 
