@@ -205,7 +205,7 @@ def test_a_run_finishes_with_no_page_open_and_reload_reattaches(browser, studio_
     page.goto(studio_app.url)
     open_tab(page, "Train")
     page.locator("#train-status").get_by_text(run_id).wait_for()
-    wait_for(lambda: loss_points(page) == 6, 30, "the finished run's curve")
+    wait_for(lambda: loss_points(page) == 6, 60, "the finished run's curve")
     context.close()
 
 
