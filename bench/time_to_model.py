@@ -176,7 +176,7 @@ def run_rows(rows, minilm: str | None = None, repeats: int = 1) -> list[Timing]:
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        for row in rows:
+        for number, row in enumerate(rows):
             if row.model == "minilm":
                 model = minilm_path(minilm)
             else:
@@ -188,7 +188,9 @@ def run_rows(rows, minilm: str | None = None, repeats: int = 1) -> list[Timing]:
             data, held_out = data_files(row, tmp)
             for repeat in range(repeats):
                 for side in ("stock", "ours"):
-                    work = tmp / f"{side}-{repeat}"
+                    # a folder per row: a run folder left by an earlier row holds its events.jsonl, whose first
+                    # events would be read as this run's phases
+                    work = tmp / f"row{number}-{side}-{repeat}"
                     print(f"== {row.name}: {side} (repeat {repeat + 1})", flush=True)
                     timing = (run_stock(row, model, data, work) if side == "stock"
                               else run_ours(row, model, data, held_out, work))
