@@ -245,12 +245,7 @@ def _bert(writer, model, model_dir: Path, quantize: str) -> int:
                           "export to ONNX instead")
     # llama.cpp sizes its context from the position table, so the table stops at the same length.
     context = _context_length(model, config)
-    writer.add_embedding_length(config.hidden_size)
-    writer.add_feed_forward_length(config.intermediate_size)
-    writer.add_block_count(config.num_hidden_layers)
-    writer.add_head_count(config.num_attention_heads)
-    writer.add_layer_norm_eps(config.layer_norm_eps)
-    writer.add_causal_attention(False)
+    _encoder_shape(writer, config, config.layer_norm_eps)
     writer.add_token_type_count(config.type_vocab_size)
     _vocab(writer, model, model_dir, config.vocab_size)
     # the encoder without a reranker's head (a BertModel is its own base model)
@@ -498,6 +493,17 @@ def _qwen3(writer, model, model_dir: Path, quantize: str) -> int:
     return context
 
 
+def _encoder_shape(writer, config, eps: float) -> None:
+    """The sizes llama.cpp's encoder graphs (bert, modern-bert) read: widths, layers, heads, the LayerNorm epsilon
+    (`eps`: the config names it per family), bidirectional attention."""
+    writer.add_embedding_length(config.hidden_size)
+    writer.add_feed_forward_length(config.intermediate_size)
+    writer.add_block_count(config.num_hidden_layers)
+    writer.add_head_count(config.num_attention_heads)
+    writer.add_layer_norm_eps(eps)
+    writer.add_causal_attention(False)
+
+
 def _decoder_shape(writer, config) -> None:
     """The sizes llama.cpp's decoder graphs (qwen3, gemma-embedding) read: widths, layers, grouped heads and
     their dimension, the RMSNorm epsilon."""
@@ -535,12 +541,7 @@ def _modernbert(writer, model, model_dir: Path, quantize: str) -> int:
                           "export to ONNX instead")
     context = _context_length(model, config)
     writer.add_context_length(context)
-    writer.add_embedding_length(config.hidden_size)
-    writer.add_feed_forward_length(config.intermediate_size)
-    writer.add_block_count(config.num_hidden_layers)
-    writer.add_head_count(config.num_attention_heads)
-    writer.add_layer_norm_eps(config.norm_eps)
-    writer.add_causal_attention(False)
+    _encoder_shape(writer, config, config.norm_eps)
     writer.add_sliding_window(config.local_attention)
     writer.add_sliding_window_pattern(every)
     writer.add_rope_freq_base(float(config.rope_parameters["full_attention"]["rope_theta"]))
