@@ -19,6 +19,7 @@ from engine.families import family_by_name
 from engine.loop import BUCKET, PackedTrainer, TokenStore, linear_schedule, loop_unavailable, no_duplicate_batches
 from engine.loop.batches import plan_order
 from engine.loop.surgery import checkpointing_blocks_graphs, draws_random
+from training_checks import assert_same_training
 
 ANCHORS = [f"what does package {i} do for topic {i % 5}" for i in range(24)] + ["shared query"] * 2
 POSITIVES = [f"package {i} is a tool about topic {i % 5} with feature {i * 3} " * (1 + i % 4) for i in range(24)]
@@ -96,15 +97,9 @@ def test_packed_loop_matches_the_stock_padded_loop_step_by_step(request, name, w
     trainer.fit(on_steps=records.extend)
     expected = reference_losses(stock_model, trainer.plan, columns, 6, 5e-3, trainer.warmup)
 
-    assert [r[0] for r in records] == [1, 2, 3, 4, 5, 6]
-    assert [r[1] for r in records] == pytest.approx(expected, rel=1e-4)
-    stock = dict(stock_model.named_parameters())
-    moved = []
-    for name, p in packed_model.named_parameters():
-        if p.requires_grad:
-            torch.testing.assert_close(p, stock[name], rtol=1e-4, atol=1e-5)
-            moved.append(not torch.allclose(p, initial[name]))
-    assert sum(moved) >= 0.9 * len(moved)  # (the unused pooler's adapter stays put) so the match is not of constants
+    assert len(expected) == 6
+    # (the unused pooler's adapter stays put)
+    assert_same_training(packed_model, stock_model, records, expected, initial, moved_share=0.9)
 
 
 @pytest.mark.parametrize("name, packed", [("tiny-bert", True), ("tiny-mpnet", False)])

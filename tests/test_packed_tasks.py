@@ -26,6 +26,7 @@ from engine.loop.pairs import PairPacker, PairTokens, first_position, takes_toke
 from engine.loop.scoring import ScoringTrainer, loop_unavailable
 from engine.tasks.classifier import ClassificationLoss
 from tiny_models import build_tiny_model
+from training_checks import assert_same_training
 
 QUERIES = [f"what does package {i} do for topic {i % 5}" for i in range(24)]
 DOCUMENTS = [f"package {i} is a tool about topic {i % 5} with feature {i * 3} " * (1 + i % 4) for i in range(24)]
@@ -98,18 +99,6 @@ def stock_steps(model, plan, loss_of_rows, steps: int, lr: float, warmup: int) -
         optimizer.zero_grad()
         losses.append(loss.item())
     return losses
-
-
-def assert_same_training(packed_model, stock_model, records, expected, initial):
-    assert [r[0] for r in records] == list(range(1, len(expected) + 1))
-    assert [r[1] for r in records] == pytest.approx(expected, rel=1e-4)
-    stock = dict(stock_model.named_parameters())
-    moved = []
-    for name, p in packed_model.named_parameters():
-        if p.requires_grad:
-            torch.testing.assert_close(p, stock[name], rtol=1e-4, atol=1e-5)
-            moved.append(not torch.allclose(p, initial[name]))
-    assert sum(moved) >= 0.8 * len(moved)  # so that the match is not of constants
 
 
 def reranker_runs(folder, family: str, device: str = "cpu", steps: int = 6, lr: float = 5e-3, copies: int = 1):
