@@ -346,6 +346,19 @@ def _run_of(studio, run_id, task: str):
     return run if run is not None and run_task(run) == task else None
 
 
+def _open_queries(run, evaluation_of, metric_rows, note_of):
+    """What a query view (embedding, reranker) shows on opening `run`: (its metrics, the note `note_of` writes about
+    the held-out evaluation `evaluation_of(run)` reads, the example queries, the first of them, the error box)."""
+    try:
+        evaluation = evaluation_of(run)
+    except Exception as problem:  # an old or damaged run folder: say so, keep the tab usable
+        return (metric_rows, "", gr.update(choices=[]), gr.skip(),
+                show_error(f"cannot read the held-out split: {problem}"))
+    samples = evaluation.queries[:EXAMPLE_QUERIES]
+    first = samples[0] if samples else None
+    return metric_rows, note_of(evaluation), gr.update(choices=samples, value=first), first or "", hide_error()
+
+
 def _embedding_view(studio, run_pick, error) -> None:
     metrics_table = gr.Dataframe(headers=METRIC_HEADERS, label="Held-out metrics, before / after",
                                  interactive=False, elem_id="compare-metrics")
@@ -377,15 +390,8 @@ def _embedding_view(studio, run_pick, error) -> None:
             return [], "", gr.update(choices=[]), gr.skip(), show_error(str(problem))
         if run_task(run) != "embedding":  # the run's own view opens it
             return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
-        try:
-            held_out = run_evaluation(run)
-        except Exception as problem:  # an old or damaged run folder: say so, keep the tab usable
-            return (metrics_rows(run.metrics), "", gr.update(choices=[]), gr.skip(),
-                    show_error(f"cannot read the held-out split: {problem}"))
-        samples = held_out.queries[:EXAMPLE_QUERIES]
-        first = samples[0] if samples else None
-        return (metrics_rows(run.metrics), held_out_note(run, len(held_out.queries)),
-                gr.update(choices=samples, value=first), first or "", hide_error())
+        return _open_queries(run, run_evaluation, metrics_rows(run.metrics),
+                             lambda held_out: held_out_note(run, len(held_out.queries)))
 
     def search(run_id, text, k):
         if not run_id:
@@ -465,15 +471,8 @@ def _reranker_view(studio, run_pick, error) -> None:
         run = _run_of(studio, run_id, "reranker")
         if run is None:
             return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
-        try:
-            evaluation = task_evaluation(run)
-        except Exception as problem:  # an old or damaged run folder: say so, keep the tab usable
-            return (rerank_metric_rows(run.metrics), "", gr.update(choices=[]), gr.skip(),
-                    show_error(f"cannot read the held-out split: {problem}"))
-        samples = evaluation.queries[:EXAMPLE_QUERIES]
-        first = samples[0] if samples else None
-        return (rerank_metric_rows(run.metrics), rerank_note(run, evaluation), gr.update(choices=samples, value=first),
-                first or "", hide_error())
+        return _open_queries(run, task_evaluation, rerank_metric_rows(run.metrics),
+                             lambda evaluation: rerank_note(run, evaluation))
 
     def rerank(run_id, text):
         run = _run_of(studio, run_id, "reranker")
