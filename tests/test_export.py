@@ -437,3 +437,48 @@ def test_cli_exports_a_reranker_run_to_gguf_checked_on_its_held_out_pairs(llama_
     report = json.loads((run_dir / "export" / "gguf-f16" / "parity.json").read_text())
     assert report["task"] == "reranker" and report["texts_from"] == "the run's held-out split (run-reranker)"
     assert (run_dir / "export" / "gguf-f16" / "run-reranker-f16.gguf").is_file()
+
+
+@pytest.fixture(scope="module")
+def qwen3_reranker(tmp_path_factory):
+    """Qwen3-Reranker's sentence-transformers form (tomaarsen/Qwen3-Reranker-0.6B-seq-cls), tiny:
+    Qwen3ForSequenceClassification with one score from the last token, and a byte-level BPE vocabulary split as
+    Qwen's that joins a pair as its two texts' tokens, nothing added."""
+    folder = tmp_path_factory.mktemp("qwen3-reranker")
+    _tiny_reranker(folder, "qwen3", "bpe").save_pretrained(str(folder / "reranker"))
+    return folder / "reranker"
+
+
+@pytest.mark.parametrize("quantize", ["f16", "q8_0"])
+def test_a_qwen3_reranker_gguf_scores_pairs_as_the_cross_encoder_in_llama_cpp(llama_runtime, qwen3_reranker,
+                                                                              tmp_path, quantize):
+    from engine.export.serving import serving_snippets
+
+    result = export(qwen3_reranker, "gguf", quantize, tmp_path / "reranker.gguf")
+
+    report = _saved_report(result)
+    assert report["passed"], report["problems"]  # llama.cpp's token ids are the tokenizer's, scores correlated
+    assert report["score_correlation"] >= {"f16": 0.999, "q8_0": 0.99}[quantize]
+    assert report["agreement"] >= {"f16": 1.0, "q8_0": 0.9}[quantize]
+    metadata = gguf_export.read_metadata(result.path)
+    assert metadata["general.architecture"] == "qwen3" and metadata["qwen3.pooling_type"] == 4  # rank
+    assert metadata["qwen3.classifier.output_labels"] == ["yes", "no"]
+    assert metadata["tokenizer.chat_template.rerank"] == "{query}{document}"
+    shell = serving_snippets("reranker", result.path, "reranker.gguf", "merged")["shell"]
+    assert "llama-server -m reranker.gguf --reranking" in shell and "/v1/rerank" in shell
+
+
+def test_a_qwen3_reranker_whose_pairs_end_with_its_padding_token_is_refused(tmp_path):
+    """Qwen3-Embedding's tokenizer ends a text with <|endoftext|>, its padding token: the model then scores the token
+    before it, and llama.cpp the last."""
+    from tokenizers import processors
+
+    model = _tiny_reranker(tmp_path, "qwen3", "bpe")
+    end = "<|endoftext|>"
+    model.tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"$A {end}", pair=f"$A {end} $B {end}", special_tokens=[(end, model.tokenizer.convert_tokens_to_ids(end))])
+    model.save_pretrained(str(tmp_path / "reranker"))
+
+    with pytest.raises(ExportError, match="padding token") as caught:
+        export(tmp_path / "reranker", "gguf", "f16", tmp_path / "out")
+    assert "ONNX" in caught.value.fix

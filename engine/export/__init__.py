@@ -11,7 +11,7 @@
 folder or a hub id, of any task (`model_kind`): an embedding model (sentence-transformers), a reranker
 (sentence-transformers CrossEncoder) or a classifier (transformers AutoModelForSequenceClassification). Rerankers and
 classifiers export to ONNX with their head (the file gives `logits`); GGUF is for embedding models and for
-rerankers llama.cpp ranks with (its rank pooling: XLM-RoBERTa and ModernBERT cross-encoders). Every export
+rerankers llama.cpp ranks with (its rank pooling: XLM-RoBERTa, ModernBERT and Qwen3 cross-encoders). Every export
 ends with the parity check (engine.export.parity), written as parity.json beside the file: embeddings compared by
 cosine, a reranker's scores and a classifier's logits by correlation. A file that fails it is kept, and the report
 says what differs.

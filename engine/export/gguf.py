@@ -12,7 +12,8 @@ A reranker (a sentence-transformers CrossEncoder with one score a pair) is writt
 classification head as the `cls` (dense, then tanh; GELU and `cls.norm` for ModernBERT) and `cls.output` tensors
 (RANK_HEADS), and how its tokenizer joins a query and a document as the file's rerank template
 (`tokenizer.chat_template.rerank`), which llama-server and node-llama-cpp both read, where without one they join
-WordPiece pairs differently (node-llama-cpp with two separators).
+WordPiece pairs differently (node-llama-cpp with two separators). A Qwen3 reranker is written as llama.cpp runs
+Qwen3-Reranker: a two-row `cls.output` after the last token, softmaxed (_qwen3).
 
 Architectures are written by the functions in WRITERS, keyed by the family table's `gguf_arch`; a family without
 one is refused with a pointer to ONNX.
@@ -58,12 +59,15 @@ def llama_cpp_arch(model, kind: str = "embedding") -> str:
 def _refuse_reranker(model, family) -> None:
     """ExportError where llama.cpp's rank pooling cannot score pairs as this reranker does."""
     config = model[0].auto_model.config
-    if family.gguf_arch not in ("bert", "modern-bert") or family.sequence_head not in RANK_HEADS:
+    if family.gguf_arch not in ("bert", "modern-bert", "qwen3") or family.sequence_head not in RANK_HEADS:
         raise ExportError(f"GGUF export of {family.name} rerankers is not written yet (llama.cpp ranks with BERT, "
-                          "XLM-RoBERTa and ModernBERT cross-encoders)", "export the reranker to ONNX instead")
+                          "XLM-RoBERTa, ModernBERT and Qwen3 cross-encoders)", "export the reranker to ONNX instead")
     if config.num_labels != 1:
         raise ExportError(f"the reranker gives {config.num_labels} scores a pair, and llama.cpp's ranking one",
                           "export it to ONNX instead, which keeps every score")
+    if family.gguf_arch == "qwen3":
+        _refuse_qwen3_reranker(model, config)
+        return
     if family.gguf_arch == "modern-bert" and (config.classifier_pooling != "mean" or config.classifier_bias
                                               or config.norm_bias or config.classifier_activation != "gelu"):
         # llama.cpp's modern-bert ranking: the mean of the tokens, a dense layer without bias, GELU, a norm without
@@ -78,6 +82,18 @@ def _refuse_reranker(model, family) -> None:
                           "llama.cpp gives every token the first segment's type, so its scores would differ",
                           "export the reranker to ONNX instead, or train one from a model with a single token type "
                           "(XLM-RoBERTa's, as bge-reranker-v2-m3)")
+
+
+def _refuse_qwen3_reranker(model, config) -> None:
+    """llama.cpp ranks with a Qwen3 on the pair's last token; Qwen3ForSequenceClassification scores its last token
+    that is not the padding token, so the two differ where the tokenizer ends a pair with the padding token (as
+    Qwen3-Embedding's tokenizer ends a text with <|endoftext|>, its padding token too)."""
+    tokenizer = model.tokenizer
+    pair = tokenizer("query", "document")["input_ids"]
+    if config.pad_token_id is not None and pair and pair[-1] == config.pad_token_id:
+        raise ExportError(f"the reranker scores the token before the {tokenizer.convert_ids_to_tokens(pair[-1])!r} "
+                          "its tokenizer ends a pair with (its padding token), and llama.cpp's Qwen3 ranking scores "
+                          "the last token", "export the reranker to ONNX instead")
 
 
 def write(model, model_dir: Path, path: Path, quantize: str, kind: str = "embedding") -> dict:
@@ -125,6 +141,8 @@ def _pair_template(model_dir: Path) -> str:
         pieces = [piece["SpecialToken"]["id"] if "SpecialToken" in piece else
                   {"A": "{query}", "B": "{document}"}[piece["Sequence"]["id"]] for piece in post["pair"]]
         return "".join(pieces)
+    if post.get("type") == "ByteLevel":  # Qwen's: a pair is its two texts' tokens, nothing between or around
+        return "{query}{document}"
     if post.get("type") in ("BertProcessing", "RobertaProcessing"):
         (cls, _), (sep, _) = post["cls"], post["sep"]
         middle = sep if post["type"] == "BertProcessing" else sep + sep
@@ -268,7 +286,8 @@ def _bert(writer, model, model_dir: Path, quantize: str) -> int:
 RANK_HEADS = {"pooler": lambda hf: {"cls": hf.base_model.pooler.dense, "cls.output": hf.classifier},
               "first_token": lambda hf: {"cls": hf.classifier.dense, "cls.output": hf.classifier.out_proj},
               "prediction_head": lambda hf: {"cls": hf.head.dense, "cls.norm": hf.head.norm,
-                                             "cls.output": hf.classifier}}
+                                             "cls.output": hf.classifier},
+              "last_token": None}  # Qwen3's score head, written by _qwen3 as llama.cpp's two-row yes / no head
 
 
 def _add_rank_head(writer, model, quantize: str) -> None:
@@ -290,15 +309,17 @@ QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[
                r"|\s+(?!\S)|\s+")
 
 
-def _vocab(writer, model, model_dir: Path, n_vocab: int) -> None:
+def _vocab(writer, model, model_dir: Path, n_vocab: int, adds_tokens: bool = True) -> None:
     """The model's vocabulary as llama.cpp reads it: WordPiece as its "bert" tokenizer, byte-level BPE as "gpt2",
-    SentencePiece Unigram (XLM-RoBERTa's) as "t5", SentencePiece BPE (Gemma's) as "llama"; others are refused."""
+    SentencePiece Unigram (XLM-RoBERTa's) as "t5", SentencePiece BPE (Gemma's) as "llama"; others are refused.
+    `adds_tokens` False: a byte-level BPE file says llama.cpp adds no beginning or end token (a Qwen3 reranker's
+    rerank template spells out every token of a pair)."""
     spec = json.loads((model_dir / "tokenizer.json").read_text())
     kind = spec["model"]["type"]
     if kind == "WordPiece":
         return _wordpiece_vocab(writer, model.tokenizer, model_dir, n_vocab)
     if kind == "BPE" and _bpe_pre_tokenizer(spec.get("pre_tokenizer")):
-        return _bpe_vocab(writer, model.tokenizer, model_dir, n_vocab, spec)
+        return _bpe_vocab(writer, model.tokenizer, model_dir, n_vocab, spec, adds_tokens)
     if kind == "Unigram":
         return _unigram_vocab(writer, model.tokenizer, model_dir, n_vocab, spec)
     if kind == "BPE" and _is_sentencepiece_bpe(spec):
@@ -320,7 +341,7 @@ def _bpe_pre_tokenizer(pre: dict | None) -> str | None:
     return None
 
 
-def _bpe_vocab(writer, tokenizer, model_dir: Path, n_vocab: int, spec: dict) -> None:
+def _bpe_vocab(writer, tokenizer, model_dir: Path, n_vocab: int, spec: dict, adds_tokens: bool = True) -> None:
     """A byte-level BPE vocabulary as llama.cpp's "gpt2" tokenizer reads it: tokens, merges, which tokens are special,
     and the special tokens the tokenizer adds (tokenizer.json's post-processor, read by the gguf package)."""
     import gguf
@@ -342,7 +363,10 @@ def _bpe_vocab(writer, tokenizer, model_dir: Path, n_vocab: int, spec: dict) -> 
     writer.add_tokenizer_pre(_bpe_pre_tokenizer(spec.get("pre_tokenizer")))
     writer.add_token_list(tokens)
     writer.add_token_types(types)
-    gguf.SpecialVocab(model_dir, load_merges=True, n_vocab=n_vocab).add_to_gguf(writer, quiet=True)
+    special = gguf.SpecialVocab(model_dir, load_merges=True, n_vocab=n_vocab)
+    if not adds_tokens:
+        special.add_special_token = {"bos": False, "eos": False}
+    special.add_to_gguf(writer, quiet=True)
 
 
 # A SentencePiece BPE vocabulary's normalizer in tokenizer.json (Gemma's): spaces become the space mark, nothing else
@@ -474,7 +498,12 @@ def _context_length(model, config) -> int:
 
 
 def _qwen3(writer, model, model_dir: Path, quantize: str) -> int:
-    """Qwen3 (Qwen3-Embedding): a causal decoder pooled by its last token, which llama.cpp's qwen3 graph runs."""
+    """Qwen3 (Qwen3-Embedding): a causal decoder pooled by its last token, which llama.cpp's qwen3 graph runs; as a
+    reranker (Qwen3ForSequenceClassification, one score from the last token) what llama.cpp ranks Qwen3-Reranker
+    with: a `cls.output` of two rows ("yes", "no") after the last token, softmaxed, the score the first probability.
+    The score head's row and a row of zeros make that softmax the sigmoid of the head's logit, CrossEncoder's score.
+    A pair is written as the rerank template with no token added around it: node-llama-cpp adds no others then,
+    and llama-server adds none to a template."""
     _refuse_extra_modules(model)
     config = model[0].auto_model.config
     if config.hidden_act != "silu":
@@ -487,9 +516,19 @@ def _qwen3(writer, model, model_dir: Path, quantize: str) -> int:
     writer.add_context_length(context)
     _decoder_shape(writer, config)
     writer.add_rope_freq_base(_rope_theta(config))
-    _vocab(writer, model, model_dir, config.vocab_size)
-    state = {name: tensor.detach().float().cpu().numpy() for name, tensor in model[0].auto_model.state_dict().items()}
+    hf = model[0].auto_model
+    reranker = hf is not hf.base_model
+    _vocab(writer, model, model_dir, config.vocab_size, adds_tokens=not reranker)
+    state = {name: tensor.detach().float().cpu().numpy() for name, tensor in hf.base_model.state_dict().items()}
     _add_mapped_tensors(writer, "qwen3", state, config.num_hidden_layers, quantize, skip=("rotary_emb.",))
+    if reranker:
+        score = hf.score
+        writer.add_classifier_output_labels(["yes", "no"])
+        weight = score.weight.detach().float().cpu().numpy()
+        _add_tensor(writer, "cls.output.weight", np.concatenate([weight, np.zeros_like(weight)]), quantize)
+        if score.bias is not None:
+            bias = score.bias.detach().float().cpu().numpy()
+            _add_tensor(writer, "cls.output.bias", np.concatenate([bias, np.zeros_like(bias)]), quantize)
     return context
 
 
