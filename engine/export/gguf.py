@@ -287,11 +287,13 @@ RANK_HEADS = {"pooler": lambda hf: {"cls": hf.base_model.pooler.dense, "cls.outp
               "first_token": lambda hf: {"cls": hf.classifier.dense, "cls.output": hf.classifier.out_proj},
               "prediction_head": lambda hf: {"cls": hf.head.dense, "cls.norm": hf.head.norm,
                                              "cls.output": hf.classifier},
-              "last_token": None}  # Qwen3's score head, written by _qwen3 as llama.cpp's two-row yes / no head
+              "last_token": lambda hf: {"cls.output": hf.score}}  # Qwen3's, as two rows (_add_rank_head's no_row)
 
 
-def _add_rank_head(writer, model, quantize: str) -> None:
-    """A reranker's head (RANK_HEADS); nothing for an embedding model, which is its own base model."""
+def _add_rank_head(writer, model, quantize: str, no_row: bool = False) -> None:
+    """A reranker's head (RANK_HEADS); nothing for an embedding model, which is its own base model. `no_row`: each
+    tensor followed by a row of zeros, for llama.cpp's Qwen3 ranking, which softmaxes two rows (yes, no): with a
+    zero second logit that softmax is the sigmoid of the head's, CrossEncoder's score."""
     from engine.models.sentence_transformer import family_of
 
     hf = model[0].auto_model
@@ -300,7 +302,10 @@ def _add_rank_head(writer, model, quantize: str) -> None:
     for name, layer in RANK_HEADS[family_of(model).sequence_head](hf).items():
         for part in ("weight", "bias"):
             if getattr(layer, part, None) is not None:
-                _add_tensor(writer, f"{name}.{part}", getattr(layer, part).detach().float().cpu().numpy(), quantize)
+                array = getattr(layer, part).detach().float().cpu().numpy()
+                if no_row:
+                    array = np.concatenate([array, np.zeros_like(array)])
+                _add_tensor(writer, f"{name}.{part}", array, quantize)
 
 
 # The split before byte-level BPE that Qwen2 and Qwen3 tokenizers make (their tokenizer.json's Split regex), which
@@ -522,13 +527,8 @@ def _qwen3(writer, model, model_dir: Path, quantize: str) -> int:
     state = {name: tensor.detach().float().cpu().numpy() for name, tensor in hf.base_model.state_dict().items()}
     _add_mapped_tensors(writer, "qwen3", state, config.num_hidden_layers, quantize, skip=("rotary_emb.",))
     if reranker:
-        score = hf.score
         writer.add_classifier_output_labels(["yes", "no"])
-        weight = score.weight.detach().float().cpu().numpy()
-        _add_tensor(writer, "cls.output.weight", np.concatenate([weight, np.zeros_like(weight)]), quantize)
-        if score.bias is not None:
-            bias = score.bias.detach().float().cpu().numpy()
-            _add_tensor(writer, "cls.output.bias", np.concatenate([bias, np.zeros_like(bias)]), quantize)
+        _add_rank_head(writer, model, quantize, no_row=True)
     return context
 
 
