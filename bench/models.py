@@ -31,6 +31,10 @@ def _config(name: str):
             vocab_size=151669, hidden_size=1024, num_hidden_layers=28, num_attention_heads=16, num_key_value_heads=8,
             head_dim=128, intermediate_size=3072, max_position_embeddings=32768, tie_word_embeddings=True,
         ),
+        "qwen3-4b": lambda: tf.Qwen3Config(  # Qwen3-Embedding-4B's shape
+            vocab_size=151665, hidden_size=2560, num_hidden_layers=36, num_attention_heads=32, num_key_value_heads=8,
+            head_dim=128, intermediate_size=9728, max_position_embeddings=40960, tie_word_embeddings=True,
+        ),
         "embeddinggemma-300m": lambda: tf.Gemma3TextConfig(
             vocab_size=262144, hidden_size=768, num_hidden_layers=24, num_attention_heads=3, num_key_value_heads=1,
             head_dim=256, intermediate_size=1152, sliding_window=512, use_bidirectional_attention=True,
@@ -62,7 +66,7 @@ def _config(name: str):
 
 FAMILY_OF = {
     "minilm-l6": "bert", "bert-base": "bert", "xlm-roberta-large": "xlm-roberta", "mpnet-base": "mpnet",
-    "modernbert-base": "modernbert", "qwen3-0.6b": "qwen3", "embeddinggemma-300m": "gemma3",
+    "modernbert-base": "modernbert", "qwen3-0.6b": "qwen3", "qwen3-4b": "qwen3", "embeddinggemma-300m": "gemma3",
     "tiny-bert": "bert", "tiny-xlm-roberta": "xlm-roberta", "tiny-distilbert": "distilbert", "tiny-mpnet": "mpnet",
     "tiny-modernbert": "modernbert", "tiny-qwen3": "qwen3", "tiny-gemma3": "gemma3",
 }
@@ -78,6 +82,13 @@ def tokenizer_dir() -> Path:
         return Path(__file__).resolve().parent.parent / ".devcarry" / "minilm"
 
 
+# Models whose checkpoint is written in bf16, as their real one is on the Hub: transformers 5 loads a checkpoint in
+# its own dtype, so stock then trains over a bf16 base (and bf16 LoRA) as it would over the real model. The others
+# are written in fp32 (stock over an fp32 base, the earlier tables' setting). Built on the GPU where there is one:
+# initialising 4B weights on the CPU takes minutes.
+BUILT_IN_BF16 = ("qwen3-4b",)
+
+
 def build(name: str, directory: str | Path, seed: int = 0) -> Path:
     """Write a random-weight checkpoint of `name` with the MiniLM tokenizer into `directory`."""
     import torch
@@ -85,8 +96,13 @@ def build(name: str, directory: str | Path, seed: int = 0) -> Path:
 
     directory = Path(directory)
     torch.manual_seed(seed)
-    model = AutoModel.from_config(_config(name))
+    if name in BUILT_IN_BF16:
+        with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
+            model = AutoModel.from_config(_config(name), dtype=torch.bfloat16)
+    else:
+        model = AutoModel.from_config(_config(name))
     model.save_pretrained(directory)
+    del model
     for file in TOKENIZER_FILES:
         shutil.copy(tokenizer_dir() / file, directory / file)
     return directory

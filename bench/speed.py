@@ -17,7 +17,9 @@ batch), MultipleNegativesRankingLoss, AdamW at 2e-4, bf16 on CUDA. Methods:
 - stock: SentenceTransformerTrainer as a user writes it today (padded batches, tokenizing on the main thread);
 - stock-compile: stock plus `torch_compile=True`;
 - ours: what `lacker train` runs on a GPU: `engine.attention.enable` (packed attention, fused LoRA) and
-  `engine.loop.PackedTrainer` (texts tokenized once, one forward a batch, CUDA graphs);
+  `engine.loop.PackedTrainer` (texts tokenized once, one forward a batch, CUDA graphs); for LoRA it loads the
+  base as `lacker train` does on a GPU: frozen weights in bf16, LoRA's in fp32 (engine.models.loading);
+- ours-fp32base: ours over stock's fp32 base (each layer's weight cast to bf16 once and cached);
 - ours-nokernels: ours without the Triton RoPE / RMSNorm / gated-activation kernels the loop patches in;
 - stock-cached, ours-cached: CachedMultipleNegativesRankingLoss (GradCache: the batch embedded
   `engine.loop.CACHED_MINI_BATCH` sequences at a time, the same gradients in far less memory), through the
@@ -91,6 +93,7 @@ GPU_PLAN = (
     "mpnet-base:256:64:stock,ours",  # 60 steps: MPNet stays padded (FlexAttention's compile would not pay)
     "bert-base:256:64:stock,ours,unsloth",
     "embeddinggemma-300m:1024:32:stock,ours",
+    "qwen3-4b:512:16:stock,ours",  # Qwen3-Embedding-4B's shape, written in bf16 as the real one (bench.models)
     "modernbert-base:1024:32:stock,ours",
     "mpnet-base:512:32:stock,ours",  # MPNet's limit
     "bert-base:256:64:stock-qlora,ours-qlora,stock-full,ours-full",
@@ -230,6 +233,7 @@ def run_one(name: str, checkpoint: Path, seq: int, batch: int, method: str, step
     from engine.attention import enable
     from engine.families import family_by_name
     from engine.loop import CACHED_MINI_BATCH, PackedTrainer, loop_unavailable, no_duplicate_batches
+    from engine.models.loading import adapters_in_fp32
 
     cuda = device == "cuda"
     world = distributed.current()  # under --gpus: `batch` is each rank's, the plan's batches are all ranks'
@@ -270,6 +274,8 @@ def run_one(name: str, checkpoint: Path, seq: int, batch: int, method: str, step
             model_kwargs = {"quantization_config": BitsAndBytesConfig(
                 load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16,
                 bnb_4bit_quant_storage=torch.bfloat16), "dtype": torch.bfloat16}
+        elif cuda and kind == "lora" and path.startswith("ours") and path != "ours-fp32base":
+            model_kwargs = {"dtype": torch.bfloat16}  # engine.models.loading.loader_kwargs' choice
         model = load(name, checkpoint, max_seq_length=seq, device=None if kind == "qlora" else device, **model_kwargs)
     tokenizer = model[0].tokenizer
     limit = getattr(model[0].model.config, "max_position_embeddings", None)
@@ -283,10 +289,12 @@ def run_one(name: str, checkpoint: Path, seq: int, batch: int, method: str, step
             use_gradient_checkpointing=gradient_checkpointing, random_state=seed)
     elif kind != "full":
         model.add_adapter(LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules=list(family.lora_targets)))
+        if path.startswith("ours"):
+            adapters_in_fp32(model[0].auto_model)
     trained_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     if gradient_checkpointing:
         model[0].auto_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    loop = path in ("ours", "ours-padded", "ours-nokernels", "ours-cached")
+    loop = path in ("ours", "ours-fp32base", "ours-padded", "ours-nokernels", "ours-cached")
     if path.startswith("ours"):
         result.enabled = enable(model, family, compile=path == "ours-compile", allow_cpu=loop,
                                 packing=path != "ours-padded", steps=steps) or "nothing (see log)"

@@ -190,6 +190,39 @@ def test_short_fine_tune_of_minilm_beats_the_base_model(tmp_path):
     assert trained >= base + 0.005, (base, trained)
 
 
+@pytest.mark.parametrize("kind", ["embedding", "reranker", "classifier"])
+def test_lora_over_a_16_bit_base_keeps_fp32_weights_that_small_updates_move(kind, tiny_bert):
+    """On a GPU LoRA loads the frozen base in bf16. LoRA's A and B must still be fp32: in bf16 (8 bits of
+    mantissa) AdamW's steps at a learning rate of 1e-5 round away and A never moves."""
+    from transformers import AutoTokenizer
+
+    from engine import FastClassifier, FastCrossEncoder
+
+    if kind == "classifier":
+        model = FastClassifier.get_peft_model(FastClassifier.from_pretrained(
+            str(tiny_bert), labels=["a", "b"], dtype="bfloat16", device="cpu"), random_state=0)
+        hf = model
+    else:
+        fast = FastSentenceTransformer if kind == "embedding" else FastCrossEncoder
+        model = fast.get_peft_model(fast.from_pretrained(str(tiny_bert), dtype="bfloat16", device="cpu"),
+                                    random_state=0)
+        hf = model[0].auto_model
+    lora = {name: p for name, p in hf.named_parameters() if "lora_" in name}
+    assert lora and {p.dtype for p in lora.values()} == {torch.float32}
+    assert hf.get_input_embeddings().weight.dtype == torch.bfloat16  # the base stays 16-bit
+    before = {name: p.detach().clone() for name, p in lora.items()}
+    batch = AutoTokenizer.from_pretrained(str(tiny_bert))(["a package for topic one", "another tool"],
+                                                          padding=True, return_tensors="pt")
+    optimizer = torch.optim.AdamW([p for p in hf.parameters() if p.requires_grad], lr=1e-5)
+    for _ in range(3):  # B starts at 0, so A's first gradient is 0: it moves from the second step on
+        optimizer.zero_grad()
+        hf(**batch)[0].float().pow(2).mean().backward()
+        optimizer.step()
+    reached = {name: p for name, p in lora.items() if p.grad is not None}  # not the unused pooler's
+    assert len(reached) >= len(lora) - 2
+    assert [name for name, p in reached.items() if torch.equal(p, before[name])] == []
+
+
 def test_qlora_trains_on_a_4bit_base_and_merges_onto_unquantized_weights(tiny_bert, pairs_csv, tmp_path):
     from safetensors.torch import load_file
 

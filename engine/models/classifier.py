@@ -25,7 +25,7 @@ import torch
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
 from engine.families import lora_targets_for
-from engine.models.loading import default_device, loader_kwargs, torch_dtype_of
+from engine.models.loading import adapters_in_fp32, default_device, loader_kwargs, torch_dtype_of
 from engine.resolve import resolve_model
 
 logger = logging.getLogger(__name__)
@@ -203,6 +203,7 @@ class FastClassifier:
             **kwargs,
         )
         model.add_adapter(config)
+        adapters_in_fp32(model)
         if use_gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             model.enable_input_require_grads()

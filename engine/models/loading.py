@@ -1,7 +1,8 @@
 """What every loader of engine.models asks transformers for: the device, the dtype and 4-bit quantization.
 
 One place for the rule each model class follows: 16-bit weights on a GPU for LoRA, QLoRA's compute and
-inference, fp32 master weights for full fine-tuning and on a CPU, NF4 through bitsandbytes for 4 bits.
+inference, fp32 master weights for full fine-tuning and on a CPU, NF4 through bitsandbytes for 4 bits; and
+whatever the base, LoRA's own weights in fp32 (`adapters_in_fp32`).
 """
 
 from __future__ import annotations
@@ -62,3 +63,14 @@ def loader_kwargs(device: str, dtype, load_in_4bit: bool, full_finetuning: bool,
         if device == "cuda":  # the current GPU: each rank's own on several (engine.distributed.setup)
             model_kwargs.setdefault("device_map", {"": torch.cuda.current_device()})
     return model_kwargs
+
+
+def adapters_in_fp32(model: torch.nn.Module, adapter_name: str = "default") -> None:
+    """LoRA's A and B in fp32 over a 16-bit base, as PEFT's own `get_peft_model` keeps them: transformers'
+    `add_adapter` gives them the base layer's dtype, and AdamW on bf16 weights rounds away every update
+    smaller than about 1/256 of the weight (a learning rate of 1e-5 would train nothing). The fused LoRA
+    (engine.kernels.lora) reads them in the compute dtype; the heads trained in full (modules_to_save) keep
+    the base's dtype, as in PEFT. Nothing changes over an fp32 base."""
+    from peft.tuners.tuners_utils import cast_adapter_dtype
+
+    cast_adapter_dtype(model, adapter_name=adapter_name)

@@ -29,7 +29,7 @@ from sentence_transformers.sentence_transformer.modules import Pooling
 
 from engine import hub
 from engine.families import Family, apply_family, family_for, lora_targets_for
-from engine.models.loading import default_device, loader_kwargs, torch_dtype_of
+from engine.models.loading import adapters_in_fp32, default_device, loader_kwargs, torch_dtype_of
 from engine.resolve import resolve_model
 
 logger = logging.getLogger(__name__)
@@ -213,6 +213,7 @@ class FastSentenceTransformer:
             **kwargs,
         )
         model.add_adapter(config)
+        adapters_in_fp32(auto_model)
         if use_gradient_checkpointing:
             auto_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             auto_model.enable_input_require_grads()
