@@ -24,6 +24,7 @@ from engine.config import TrainConfig
 from engine.tasks import task_module
 from engine.tasks.embedding import retrieval_evaluation
 from studio.data_sources import read_run_eval
+from studio.preload import engine_stack
 from studio.store import Run
 
 _KEPT = 2  # runs whose models stay loaded
@@ -284,6 +285,7 @@ _cache_lock = threading.Lock()
 
 def comparison_for(run: Run) -> RunComparison | RerankerComparison | ClassifierComparison:
     """The comparison for the run's task, its models loaded once and kept for the last _KEPT runs."""
+    engine_stack()
     with _cache_lock:
         if run.id in _cache:
             _cache.move_to_end(run.id)

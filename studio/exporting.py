@@ -179,6 +179,9 @@ def convert(run: Run, choice: str, settings: Settings, progress=None) -> Convers
     """Export the run's merged model as `choice` ("gguf:q8_0", ...) into RUN/export/, check it (parity.json), and
     put it in the downloads folder. ValueError (engine.export.ExportError among them) says what went wrong in the
     page's words."""
+    from studio.preload import engine_stack
+
+    engine_stack()
     from engine.export import ExportError, export, llama_cpp
 
     format, _, quantize = choice.partition(":")

@@ -414,8 +414,11 @@ def _embedding_view(studio, run_pick, error) -> None:
     def analyze(run_id):
         if not run_id:
             return gr.skip(), gr.skip(), gr.skip(), gr.skip(), show_error("pick a finished run first")
-        from engine.evaluate import metric_intervals
         from studio.comparison import comparison_for
+        from studio.preload import engine_stack
+
+        engine_stack()
+        from engine.evaluate import metric_intervals
 
         try:
             run = studio.store.get(run_id)
