@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine.hub import name_model_in_card, point_adapter_at_hub_base, push_folder
+from studio.preload import engine_stack
 from studio.settings import PathNotAllowed, Settings
 from studio.store import Run
 
@@ -142,8 +143,7 @@ def push_model(run: Run, kind: str, repo_id: str, token: str | None, private: bo
         raise RuntimeError(redact(f"push to {repo_id} failed: {problem}", token)) from None
 
 
-# (label, "format:quantization") for the Export tab; GGUF is for embedding models and rerankers (engine.export refuses
-# classifiers, and the rerankers llama.cpp cannot rank with)
+# (label, "format:quantization") for the Export tab; GGUF where llama.cpp takes the run's model (conversions_for)
 CONVERSIONS = [("GGUF f16 (llama.cpp, Ollama)", "gguf:f16"), ("GGUF q8_0 (half the size)", "gguf:q8_0"),
                ("ONNX fp32 (onnxruntime)", "onnx:fp32"), ("ONNX int8 (smaller, faster on a CPU)", "onnx:int8")]
 RUNTIME_MISSING = ("the llama.cpp runtime that checks a GGUF file could not be installed on the machine this studio "
@@ -167,8 +167,22 @@ def run_task(run: Run) -> str:
     return (json.loads(config.read_text()).get("task") if config.is_file() else None) or "embedding"
 
 
-def conversions_for(task: str) -> list[tuple[str, str]]:
-    return CONVERSIONS if task != "classifier" else [c for c in CONVERSIONS if c[1].startswith("onnx")]
+def conversions_for(run: Run) -> tuple[list[tuple[str, str]], str]:
+    """The formats the Export tab offers for the run, and "" or why GGUF is not among them: engine.export.gguf's
+    `refusal` of the run's merged model (a classifier; a reranker llama.cpp cannot rank with, such as a BERT
+    cross-encoder that reads the document as the second segment), the rule `export` itself refuses by, read from
+    the model's files without loading it."""
+    folder = Path(run.run_dir) / "merged"
+    if not folder.is_dir():
+        return CONVERSIONS, ""
+    engine_stack()
+    from engine.export import gguf
+
+    refused = gguf.refusal(folder, run_task(run))
+    if refused is None:
+        return CONVERSIONS, ""
+    return ([c for c in CONVERSIONS if c[1].startswith("onnx")],
+            f"GGUF is not offered for this run: {refused}. {refused.fix[:1].upper()}{refused.fix[1:]}.")
 
 
 def _download_name(run: Run, format: str, quantize: str) -> str:
@@ -179,8 +193,6 @@ def convert(run: Run, choice: str, settings: Settings, progress=None) -> Convers
     """Export the run's merged model as `choice` ("gguf:q8_0", ...) into RUN/export/, check it (parity.json), and
     put it in the downloads folder. ValueError (engine.export.ExportError among them) says what went wrong in the
     page's words."""
-    from studio.preload import engine_stack
-
     engine_stack()
     from engine.export import ExportError, export, llama_cpp
 

@@ -173,3 +173,33 @@ def test_gguf_of_an_architecture_llama_cpp_does_not_run_is_refused_in_the_pages_
         convert(run, "gguf:f16", Settings.from_env({"LACKER_HOME": str(tmp_path / "runs")}))
     assert "llama.cpp does not run mpnet models" in str(refused.value) and "export to ONNX" in str(refused.value)
     assert "--format" not in str(refused.value)
+
+
+def test_the_formats_offered_leave_gguf_out_where_the_export_would_refuse_it_and_say_why(tiny_run, tmp_path):
+    """A BERT cross-encoder reads the document as token type 1, which llama.cpp's bert graph never gives: the tab
+    offers such a run ONNX only, saying why, by the rule the export itself refuses by."""
+    import json
+
+    from engine.models import FastCrossEncoder
+    from studio.exporting import conversions_for, convert
+    from tests.tiny_models import build_tiny_model
+
+    embedding_run, settings = tiny_run
+    choices, note = conversions_for(embedding_run)
+    assert [value for _, value in choices] == ["gguf:f16", "gguf:q8_0", "onnx:fp32", "onnx:int8"] and note == ""
+
+    run_dir = tmp_path / "runs" / "run-reranker"
+    reranker = FastCrossEncoder.from_pretrained(str(build_tiny_model("bert", tmp_path / "bert")), device="cpu")
+    reranker.save_pretrained(str(run_dir / "merged"))
+    (run_dir / "config.json").write_text(json.dumps({"task": "reranker", "data": "pairs.csv",
+                                                     "output_dir": str(run_dir)}))
+    (run_dir / "events.jsonl").write_text("")
+    run = Run(id="run-reranker", created=time.time(), status="completed", model="tiny-bert", data="pairs.csv",
+              method="lora", run_dir=str(run_dir))
+
+    choices, note = conversions_for(run)
+    assert [value for _, value in choices] == ["onnx:fp32", "onnx:int8"]
+    assert note.startswith("GGUF is not offered for this run: the reranker reads the document as the second segment")
+    assert "Export the reranker to ONNX instead" in note
+    with pytest.raises(ValueError, match="second segment"):  # asked anyway (the API): the same refusal
+        convert(run, "gguf:f16", settings)

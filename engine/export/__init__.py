@@ -87,17 +87,16 @@ def export(model_dir, format: str, quantize: str | None = None, output=None,
     report("loading the model", 0.0)
     model_folder, run_dir = _model_folder(model_dir)
     kind = model_kind(model_folder, run_dir)
-    if format == "gguf" and kind == "classifier":
-        raise ExportError("GGUF export of classifier models is not written yet (llama.cpp runs embedding models and "
-                          "rerankers from the GGUF files this exports)", "export the classifier to ONNX instead")
+    if format == "gguf":
+        from engine.export import gguf
+
+        refused = gguf.refusal(model_folder, kind)  # before anything is loaded, read or written
+        if refused is not None:
+            raise refused
     model = _reference_model(model_folder, kind)
     name = (run_dir or Path(str(model_dir))).name
     output = Path(output) if output is not None else (
         run_dir / "export" / f"{format}-{quantize}" if run_dir else Path(f"{name}-{format}-{quantize}"))
-    if format == "gguf":
-        from engine.export import gguf
-
-        gguf.llama_cpp_arch(model, kind)  # refuse before anything is read or written
     texts = parity.held_out(run_dir, kind)
     report(f"writing {format} {quantize}", 0.1)
     if format == "gguf":

@@ -36,13 +36,57 @@ POOLING_TYPES = {"mean": "MEAN", "cls": "CLS", "lasttoken": "LAST"}  # sentence-
 
 def llama_cpp_arch(model, kind: str = "embedding") -> str:
     """The llama.cpp architecture `model` (a SentenceTransformer, or a CrossEncoder for `kind` "reranker") is
-    written as, or ExportError saying why not."""
-    from engine.models.sentence_transformer import family_of
+    written as, or ExportError saying why not: `refusal`'s rule, on the loaded model."""
+    hf_model = model[0].auto_model
+    token_types = getattr(hf_model.base_model.embeddings, "token_type_embeddings", None) \
+        if hasattr(hf_model.base_model, "embeddings") else None
+    return _arch(hf_model.config, kind, lambda: None if token_types is None else token_types.weight.detach(),
+                 lambda: model.tokenizer)
 
-    family = family_of(model)
-    model_type = model[0].auto_model.config.model_type
+
+def refusal(model_folder: Path, kind: str) -> ExportError | None:
+    """Why llama.cpp cannot take the saved model in `model_folder` (of task `kind`), or None; read from its config,
+    tokenizer and token-type weights, without loading the model: what `llama_cpp_arch` finds on the loaded one, so
+    that `export` refuses before anything is loaded or written and the studio's Export tab leaves GGUF out of such
+    a run's formats. (What only the writers find, such as an embedding model's unusual pooling or vocabulary, is
+    refused when the file is written.)"""
+    from transformers import AutoConfig, AutoTokenizer
+
+    try:
+        config = AutoConfig.from_pretrained(model_folder)
+    except (OSError, ValueError):  # no transformers config at the top (an older sentence-transformers layout)
+        return None  # the writers' own check, on the loaded model, decides
+    try:
+        _arch(config, kind, lambda: _saved_token_types(Path(model_folder)),
+              lambda: AutoTokenizer.from_pretrained(model_folder))
+    except ExportError as error:
+        return error
+    return None
+
+
+def _saved_token_types(folder: Path):
+    """The token-type embedding table of the model saved in `folder` (its safetensors files), or None."""
+    from safetensors import safe_open
+
+    for file in sorted(folder.glob("*.safetensors")):
+        with safe_open(str(file), "pt") as weights:
+            for key in weights.keys():
+                if key.endswith("embeddings.token_type_embeddings.weight"):
+                    return weights.get_tensor(key)
+    return None
+
+
+def _arch(config, kind: str, token_types, tokenizer) -> str:
+    """The rule of `llama_cpp_arch` and `refusal`: `config` the transformers config, `token_types` and `tokenizer`
+    called only where a reranker's checks need them."""
+    from engine.families import family_for
+
+    if kind == "classifier":
+        raise ExportError("GGUF export of classifier models is not written yet (llama.cpp runs embedding models and "
+                          "rerankers from the GGUF files this exports)", "export the classifier to ONNX instead")
+    family = family_for(config.model_type)
     if family is None:
-        raise ExportError(f"GGUF export does not know the {model_type!r} architecture",
+        raise ExportError(f"GGUF export does not know the {config.model_type!r} architecture",
                           "export to ONNX instead, which runs any architecture")
     if family.gguf_arch is None:
         raise ExportError(f"llama.cpp does not run {family.name} models, so there is no GGUF for this one",
@@ -52,13 +96,12 @@ def llama_cpp_arch(model, kind: str = "embedding") -> str:
         raise ExportError(f"GGUF export of {family.name} models is not written yet",
                           "export to ONNX instead")
     if kind == "reranker":
-        _refuse_reranker(model, family)
+        _refuse_reranker(config, family, token_types, tokenizer)
     return family.gguf_arch
 
 
-def _refuse_reranker(model, family) -> None:
+def _refuse_reranker(config, family, token_types, tokenizer) -> None:
     """ExportError where llama.cpp's rank pooling cannot score pairs as this reranker does."""
-    config = model[0].auto_model.config
     if family.gguf_arch not in ("bert", "modern-bert", "qwen3") or family.sequence_head not in RANK_HEADS:
         raise ExportError(f"GGUF export of {family.name} rerankers is not written yet (llama.cpp ranks with BERT, "
                           "XLM-RoBERTa, ModernBERT and Qwen3 cross-encoders)", "export the reranker to ONNX instead")
@@ -66,7 +109,7 @@ def _refuse_reranker(model, family) -> None:
         raise ExportError(f"the reranker gives {config.num_labels} scores a pair, and llama.cpp's ranking one",
                           "export it to ONNX instead, which keeps every score")
     if family.gguf_arch == "qwen3":
-        _refuse_qwen3_reranker(model, config)
+        _refuse_qwen3_reranker(tokenizer(), config)
         return
     if family.gguf_arch == "modern-bert" and (config.classifier_pooling != "mean" or config.classifier_bias
                                               or config.norm_bias or config.classifier_activation != "gelu"):
@@ -74,9 +117,8 @@ def _refuse_reranker(model, family) -> None:
         # bias (gte-reranker-modernbert's head)
         raise ExportError("the reranker's head pools, adds biases or activates otherwise than llama.cpp's ModernBERT "
                           "ranking (mean pooling, no biases, GELU)", "export the reranker to ONNX instead")
-    token_types = getattr(model[0].auto_model.base_model.embeddings, "token_type_embeddings", None)
-    types = token_types.weight.detach() if token_types is not None else ()
-    if len(types) > 1 and float((types[1] - types[0]).abs().max()) > 0:
+    types = token_types()
+    if types is not None and len(types) > 1 and float((types[1].float() - types[0].float()).abs().max()) > 0:
         # llama.cpp's bert graph adds the first token type's row to every token ("Sentence A")
         raise ExportError("the reranker reads the document as the second segment (BERT's token type 1), and "
                           "llama.cpp gives every token the first segment's type, so its scores would differ",
@@ -84,11 +126,10 @@ def _refuse_reranker(model, family) -> None:
                           "(XLM-RoBERTa's, as bge-reranker-v2-m3)")
 
 
-def _refuse_qwen3_reranker(model, config) -> None:
+def _refuse_qwen3_reranker(tokenizer, config) -> None:
     """llama.cpp ranks with a Qwen3 on the pair's last token; Qwen3ForSequenceClassification scores its last token
     that is not the padding token, so the two differ where the tokenizer ends a pair with the padding token (as
     Qwen3-Embedding's tokenizer ends a text with <|endoftext|>, its padding token too)."""
-    tokenizer = model.tokenizer
     pair = tokenizer("query", "document")["input_ids"]
     if config.pad_token_id is not None and pair and pair[-1] == config.pad_token_id:
         raise ExportError(f"the reranker scores the token before the {tokenizer.convert_ids_to_tokens(pair[-1])!r} "

@@ -9,8 +9,8 @@ from __future__ import annotations
 import gradio as gr
 
 from studio.commands import load_snippet
-from studio.exporting import (conversion_report, conversions_for, conversions_table, convert, exported_path,
-                              parity_markdown, push_model, run_task, save_model, served_name, serving, zip_model)
+from studio.exporting import (CONVERSIONS, conversion_report, conversions_for, conversions_table, convert,
+                              exported_path, parity_markdown, push_model, save_model, served_name, serving, zip_model)
 from studio.tabs.compare import comparable_runs
 from studio.ui import error_box, hide_error, show_error
 
@@ -47,7 +47,7 @@ def build(studio, ui) -> None:
     gr.Markdown("### GGUF and ONNX, checked against the trained model")
     with gr.Row():
         with gr.Column():
-            conversion = gr.Radio(conversions_for("embedding"), value="gguf:q8_0", label="Format",
+            conversion = gr.Radio(CONVERSIONS, value="gguf:q8_0", label="Format",
                                   elem_id="export-format")
             convert_btn = gr.Button("Export and check", variant="primary", elem_id="export-convert")
             convert_error = error_box("export-convert-error")
@@ -98,15 +98,19 @@ def build(studio, ui) -> None:
             run = studio.store.get(run_id)
         except KeyError:
             return gr.update(), "", "", "", ""
-        choices = conversions_for(run_task(run))
+        choices, gguf_note = conversions_for(run)
         if choice not in [value for _, value in choices]:
             choice = choices[-1][1]
         exported = exported_path(run, choice)
         lines = serving(run, exported, served_name(run, choice))
         report = conversion_report(run, choice)
         shown = parity_markdown(choice, report) if report else ""
-        return (gr.update(choices=choices, value=choice), conversions_table(run), shown, lines["shell"],
+        return (gr.update(choices=choices, value=choice), formats_note(run, gguf_note), shown, lines["shell"],
                 lines["python"])
+
+    def formats_note(run, gguf_note: str) -> str:
+        """The run's exports so far, after why GGUF is not offered (conversions_for) where it is not."""
+        return f"{gguf_note}\n\n{conversions_table(run)}" if gguf_note else conversions_table(run)
 
     def convert_run(run_id, choice, progress=gr.Progress()):
         if not run_id:
@@ -117,7 +121,7 @@ def build(studio, ui) -> None:
                            progress=lambda message, fraction: progress(fraction or 0.0, desc=message))
         except (OSError, ValueError, RuntimeError) as problem:
             return "", None, gr.update(), gr.update(), gr.update(), show_error(str(problem))
-        return (parity_markdown(choice, done.report), str(done.download), conversions_table(run),
+        return (parity_markdown(choice, done.report), str(done.download), formats_note(run, conversions_for(run)[1]),
                 done.snippets["shell"], done.snippets["python"], hide_error())
 
     def refresh_runs(current):
