@@ -27,6 +27,8 @@ batch), MultipleNegativesRankingLoss, AdamW at 2e-4, bf16 on CUDA. Methods:
 - ours-padded: the loop over padded columns (what MPNet gets; on a CPU, to show what packing adds);
 - ours-trainer: `engine.attention.enable` inside SentenceTransformerTrainer, tokenizing in DataLoader workers;
 - ours-compile: ours-trainer plus per-layer torch.compile (compile time counted in the end-to-end time);
+- ours-loopcompile: ours with each transformer layer torch.compiled (engine.kernels.compile_layers) inside the
+  packed loop, its steps still replayed from CUDA graphs (compile time counted in the end-to-end time);
 - unsloth: the model loaded and given its LoRA the way Unsloth documents for sentence-transformers
   (`FastSentenceTransformer.from_pretrained` + `get_peft_model`: bf16 weights, its default), trained by the same
   SentenceTransformerTrainer as stock. Unsloth compiles the encoder by itself only when max_steps passes a
@@ -294,9 +296,9 @@ def run_one(name: str, checkpoint: Path, seq: int, batch: int, method: str, step
     trained_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     if gradient_checkpointing:
         model[0].auto_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    loop = path in ("ours", "ours-fp32base", "ours-padded", "ours-nokernels", "ours-cached")
+    loop = path in ("ours", "ours-fp32base", "ours-padded", "ours-nokernels", "ours-cached", "ours-loopcompile")
     if path.startswith("ours"):
-        result.enabled = enable(model, family, compile=path == "ours-compile", allow_cpu=loop,
+        result.enabled = enable(model, family, compile=path in ("ours-compile", "ours-loopcompile"), allow_cpu=loop,
                                 packing=path != "ours-padded", steps=steps) or "nothing (see log)"
     steady_from = min(10, steps // 2)
     times: dict[int, float] = {}
