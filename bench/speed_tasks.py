@@ -41,7 +41,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from bench.speed import LOG_EVERY, ROOT, Result, _Clock, _now, _PlanSampler, _variant, card, load_pairs, loss_gap, versions
+from bench.speed import (LOG_EVERY, ROOT, Result, _Clock, _gap_cell, _now, _PlanSampler, _variant, card, load_pairs,
+                         versions)
 
 GPU_PLAN = (
     "reranker:minilm-l6:256:64:stock,ours",
@@ -269,9 +270,9 @@ def write_report(results: list[TaskResult], path: Path, device: str, command: st
         stock = stocks.get((r.task, r.model, r.seq, r.batch, _variant(r.method)[1]))
         speed = f"{r.pairs_per_s / stock.pairs_per_s:.2f}" if stock and r is not stock else ""
         memory = f"{r.peak_gib / stock.peak_gib:.2f}" if stock and r is not stock and stock.peak_gib else ""
-        gap = loss_gap(r, stock) if stock and r is not stock else None
-        lines.append(f"{head} {r.pairs_per_s:.0f} | {speed} | {r.peak_gib:.2f} | {memory} | "
-                     f"{'' if gap is None else f'{gap:.1%}'} | {r.end_to_end_s:.1f} | {r.enabled} |")
+        gap = _gap_cell(r, stock) if stock and r is not stock else ""  # says who diverged, where one did
+        lines.append(f"{head} {r.pairs_per_s:.0f} | {speed} | {r.peak_gib:.2f} | {memory} | {gap} | "
+                     f"{r.end_to_end_s:.1f} | {r.enabled} |")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")
 

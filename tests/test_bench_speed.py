@@ -87,3 +87,17 @@ def test_loss_gap_stops_where_stock_diverged():
     assert _gap_cell(ours, stock) == "0.5% to step 45 (stock diverged: loss not finite by step 55)"
     healthy = Result("m", 1024, 32, "stock", 60, losses=[(s, 2.0) for s in range(5, 61, 5)])
     assert _gap_cell(ours, healthy) == "0.5%"
+
+
+def test_the_tasks_report_says_who_diverged_where_no_gap_can_be_read(tmp_path):
+    """A reranker row whose stock loss stops being finite at step 15: no gap after step 20 exists, and the cell says
+    why instead of staying blank."""
+    from bench.speed_tasks import TaskResult, write_report
+
+    stock = TaskResult("m", 512, 32, "stock", 60, losses=[(5, 1.0), (10, 0.9), (15, 0.0), (20, 0.0)], task="reranker",
+                       pairs_per_s=100.0, peak_gib=2.0)
+    ours = TaskResult("m", 512, 32, "ours", 60, losses=[(s, 0.9) for s in range(5, 61, 5)], task="reranker",
+                      pairs_per_s=800.0, peak_gib=1.0)
+    write_report([stock, ours], tmp_path / "tasks.md", "cpu", "python -m bench.speed --tasks")
+    (row,) = [line for line in (tmp_path / "tasks.md").read_text().splitlines() if "| ours |" in line]
+    assert "| 8.00 |" in row and "(stock diverged: loss not finite by step 15)" in row
