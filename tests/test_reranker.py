@@ -83,6 +83,34 @@ def test_a_trained_head_is_kept_and_its_size_checked(tmp_path):
         FastCrossEncoder.from_pretrained(str(tmp_path / "reranker"), num_labels=3, device="cpu")
 
 
+def test_qlora_trains_a_reranker_over_a_4_bit_encoder_with_its_head_unquantized(tmp_path):
+    """`lacker train --task reranker --method qlora`: the head is trained in full, so the 4-bit load leaves it
+    unquantized (quantized, PEFT's trainable copy of it lost bitsandbytes' quantization state and the first step
+    failed); the merged model loads in plain CrossEncoder, its encoder rebuilt unquantized and trained."""
+    import bitsandbytes as bnb
+    from safetensors.torch import load_file
+
+    from engine.train import train
+
+    folder = build_tiny_model("bert", tmp_path / "base")
+    model = FastCrossEncoder.from_pretrained(str(folder), load_in_4bit=True, device="cpu")
+    assert isinstance(model[0].auto_model.bert.encoder.layer[0].attention.self.query, bnb.nn.Linear4bit)
+    assert type(model[0].auto_model.classifier) is torch.nn.Linear  # the head, kept whole
+    pairs = tmp_path / "pairs.jsonl"
+    pd.read_json(REPO / "assets/debian-pairs/train.jsonl", lines=True).head(40).to_json(pairs, orient="records",
+                                                                                        lines=True)
+    train({"task": "reranker", "model": str(folder), "data": str(pairs), "method": "qlora", "max_steps": 2,
+           "columns": {"anchor": "query", "positive": "document"}, "negatives": 1, "batch_size": 8,
+           "max_seq_length": 32, "learning_rate": 1e-2, "evaluate": False, "output_dir": str(tmp_path / "run")})
+    plain = CrossEncoder(str(tmp_path / "run" / "merged"), device="cpu")
+    assert plain.predict(PAIRS).shape == (len(PAIRS),)
+    name = "encoder.layer.0.attention.self.query.weight"
+    merged = load_file(str(tmp_path / "run" / "merged" / "model.safetensors"))
+    base = load_file(str(folder / "model.safetensors"))
+    assert merged[f"bert.{name}"].dtype == torch.float32  # not 4-bit codes: the base rebuilt, as a CPU user runs it
+    assert not torch.allclose(merged[f"bert.{name}"], base[name], atol=1e-3), "the trained adapter was not merged"
+
+
 def test_a_16_bit_checkpoint_is_fully_fine_tuned_in_fp32(tmp_path):
     """A checkpoint saved in fp16 (as many on the Hub are) trains with fp32 weights: in fp16, AdamW's epsilon is 0
     and its first update turned every weight NaN (the GPU reranker run diverged at step 2)."""

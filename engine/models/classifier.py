@@ -25,7 +25,7 @@ import torch
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
 from engine.families import lora_targets_for
-from engine.models.loading import adapters_in_fp32, default_device, loader_kwargs, torch_dtype_of
+from engine.models.loading import adapters_in_fp32, default_device, loader_kwargs, sequence_head, torch_dtype_of
 from engine.resolve import resolve_model
 
 logger = logging.getLogger(__name__)
@@ -134,9 +134,8 @@ class FastClassifier:
         path = resolve_model(model_name_or_path)
         config = AutoConfig.from_pretrained(str(path), trust_remote_code=trust_remote_code)
         names, keep_head = _label_names(labels, num_labels, checkpoint_labels(config))
-        model_kwargs = loader_kwargs(device, dtype, load_in_4bit, full_finetuning, for_inference, kwargs)
-        if load_in_4bit:  # the head is trained in full: not quantized
-            model_kwargs["quantization_config"].llm_int8_skip_modules = _head_names(config, len(names))
+        model_kwargs = loader_kwargs(device, dtype, load_in_4bit, full_finetuning, for_inference, kwargs,
+                                     keep_unquantized=sequence_head(config, len(names)) if load_in_4bit else None)
 
         model, loading = AutoModelForSequenceClassification.from_pretrained(
             str(path), num_labels=len(names), id2label=dict(enumerate(names)),
@@ -265,16 +264,6 @@ def _encoder_targets(model, whole: list[str]) -> list[str] | str:
     outside = "|".join(re.escape(name) for name in whole)
     inside = f"(?!(?:{outside})(?:\\.|$))" if outside else ""
     return f"^{inside}.*\\.(?:{'|'.join(re.escape(t) for t in targets)})$"
-
-
-def _head_names(config, num_labels: int) -> list[str]:
-    """The head's module names, read off an empty (meta-device) copy of the model, so they are known before the
-    weights load."""
-    config = copy.deepcopy(config)
-    config.num_labels = num_labels
-    with torch.device("meta"):
-        empty = AutoModelForSequenceClassification.from_config(config)
-    return trained_in_full(empty)
 
 
 def _has_adapter(model) -> bool:

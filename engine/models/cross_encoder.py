@@ -22,7 +22,7 @@ from sentence_transformers import CrossEncoder
 from sentence_transformers.cross_encoder.model_card import CrossEncoderModelCardData
 
 from engine.families import apply_family, family_for
-from engine.models.loading import default_device, loader_kwargs
+from engine.models.loading import default_device, loader_kwargs, sequence_head
 from engine.models.sentence_transformer import FastSentenceTransformer, FineTuningCard, card_data, finish_loading
 from engine.resolve import resolve_model
 
@@ -89,7 +89,13 @@ class FastCrossEncoder:
         """
         device = device or default_device()
         path = resolve_model(model_name_or_path)
-        model_kwargs = loader_kwargs(device, dtype, load_in_4bit, full_finetuning, for_inference, kwargs)
+        keep = None
+        if load_in_4bit:  # the head is trained in full: not quantized
+            from transformers import AutoConfig
+
+            keep = sequence_head(AutoConfig.from_pretrained(str(path), trust_remote_code=trust_remote_code), num_labels)
+        model_kwargs = loader_kwargs(device, dtype, load_in_4bit, full_finetuning, for_inference, kwargs,
+                                     keep_unquantized=keep)
         trained_head = has_trained_head(path)
         if trained_head:
             config = json.loads((path / "config.json").read_text())

@@ -30,7 +30,7 @@ def gpu_half_dtype() -> torch.dtype:
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
-def quantization_config(device: str):
+def quantization_config(device: str, keep_unquantized: list[str] | None = None):
     try:
         from transformers import BitsAndBytesConfig
         import bitsandbytes  # noqa: F401  (the config alone does not tell us it is missing)
@@ -42,11 +42,12 @@ def quantization_config(device: str):
         bnb_4bit_quant_type="nf4",
         bnb_4bit_use_double_quant=True,
         bnb_4bit_compute_dtype=gpu_half_dtype() if device == "cuda" else torch.bfloat16,
+        llm_int8_skip_modules=keep_unquantized or None,
     )
 
 
 def loader_kwargs(device: str, dtype, load_in_4bit: bool, full_finetuning: bool, for_inference: bool,
-                  kwargs: dict) -> dict:
+                  kwargs: dict, keep_unquantized: list[str] | None = None) -> dict:
     """The transformers loader's keyword arguments for the dtype and quantization `from_pretrained` was asked
     for: 16-bit on a GPU unless full fine-tuning keeps fp32 master weights, NF4 for 4 bits. Never transformers'
     "auto": a checkpoint saved in 16 bits would then be fully fine-tuned in 16 bits, where AdamW's epsilon is 0
@@ -59,10 +60,28 @@ def loader_kwargs(device: str, dtype, load_in_4bit: bool, full_finetuning: bool,
     if load_in_4bit:
         if full_finetuning:
             raise ValueError("load_in_4bit=True and full_finetuning=True do not go together: 4-bit weights cannot be trained; pick one")
-        model_kwargs["quantization_config"] = quantization_config(device)
+        model_kwargs["quantization_config"] = quantization_config(device, keep_unquantized)
         if device == "cuda":  # the current GPU: each rank's own on several (engine.distributed.setup)
             model_kwargs.setdefault("device_map", {"": torch.cuda.current_device()})
     return model_kwargs
+
+
+def sequence_head(config, num_labels: int) -> list[str]:
+    """The head of the sequence-classification model `config` describes (its top-level modules with weights outside
+    the base model: BERT's `classifier`, DistilBERT's `pre_classifier` and `classifier`, ModernBERT's `head` and
+    `classifier`, Qwen3's `score`), read off an empty meta-device copy, so it is known before the weights load: a
+    4-bit load keeps it unquantized (`keep_unquantized`), since the head is trained in full and PEFT cannot copy
+    a 4-bit layer for that."""
+    import copy
+
+    from transformers import AutoModelForSequenceClassification
+
+    config = copy.deepcopy(config)
+    config.num_labels = num_labels
+    with torch.device("meta"):
+        empty = AutoModelForSequenceClassification.from_config(config)
+    return [name for name, module in empty.named_children()
+            if name != empty.base_model_prefix and any(True for _ in module.parameters())]
 
 
 def adapters_in_fp32(model: torch.nn.Module, adapter_name: str = "default") -> None:
