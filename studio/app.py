@@ -18,7 +18,7 @@ from starlette.middleware import Middleware
 
 from engine import atomic
 from engine.tasks import task_module
-from studio import api, hardware, preload
+from studio import api, hardware
 from engine.config import command_line
 from engine.families import CURATED_MODELS
 from studio.data_sources import RUN_SOURCE, DataSource, read_source, shown_data, shown_eval_data, write_run_data
@@ -169,7 +169,6 @@ def main(args: argparse.Namespace) -> None:
     settings = Settings.from_env(environ, auth=args.auth)
     studio = Studio(settings, warm_compare=True)
     studio.runner.start_monitor()
-    preload.start()
     demo = build_app(studio)
     demo.queue(default_concurrency_limit=4)
     settings.downloads_dir.mkdir(parents=True, exist_ok=True)

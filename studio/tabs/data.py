@@ -182,7 +182,12 @@ def build(studio, ui) -> None:
         for role in ROLES:
             kind = {"negative": dict(choices=[], multiselect=True)}.get(role) or (
                 dict(choices=[NONE], value=NONE) if role in ("score", "label", "text_pair") else dict(choices=[]))
-            dropdowns[role] = gr.Dropdown(label=ROLE_LABELS[role], interactive=True, visible=role in PAIR_ROLES, **kind)
+            # allow_custom_value: a role the task hides can keep a column of the data loaded before (the page saw it
+            # keep "document" after the classifier sample loaded), and Gradio then refused every event taking the
+            # dropdowns, Start among them, before our code ran; hidden roles are ignored (mapping_from), and a
+            # typed name that is no column gets the data layer's "column ... not found" instead.
+            dropdowns[role] = gr.Dropdown(label=ROLE_LABELS[role], interactive=True, visible=role in PAIR_ROLES,
+                                          allow_custom_value=True, **kind)
     eval_size = gr.Slider(0.02, 0.5, value=0.1, step=0.01, label="Held-out split (fraction of rows kept for evaluation)",
                           elem_id="held-out-size")
     held_out_md = gr.Markdown(elem_id="held-out-note")
