@@ -235,7 +235,7 @@ def run_one(name: str, checkpoint: Path, seq: int, batch: int, method: str, step
     from engine.attention import enable
     from engine.families import family_by_name
     from engine.loop import CACHED_MINI_BATCH, PackedTrainer, loop_unavailable, no_duplicate_batches
-    from engine.models.loading import adapters_in_fp32
+    from engine.models.loading import adapters_in_fp32, loader_kwargs
 
     cuda = device == "cuda"
     world = distributed.current()  # under --gpus: `batch` is each rank's, the plan's batches are all ranks'
@@ -277,7 +277,8 @@ def run_one(name: str, checkpoint: Path, seq: int, batch: int, method: str, step
                 load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16,
                 bnb_4bit_quant_storage=torch.bfloat16), "dtype": torch.bfloat16}
         elif cuda and kind == "lora" and path.startswith("ours") and path != "ours-fp32base":
-            model_kwargs = {"dtype": torch.bfloat16}  # engine.models.loading.loader_kwargs' choice
+            model_kwargs = loader_kwargs(device, None, load_in_4bit=False, full_finetuning=False, for_inference=False,
+                                         kwargs={})  # the dtype `lacker train` loads LoRA's base in
         model = load(name, checkpoint, max_seq_length=seq, device=None if kind == "qlora" else device, **model_kwargs)
     tokenizer = model[0].tokenizer
     limit = getattr(model[0].model.config, "max_position_embeddings", None)

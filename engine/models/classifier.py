@@ -25,7 +25,8 @@ import torch
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
 from engine.families import lora_targets_for
-from engine.models.loading import adapters_in_fp32, default_device, loader_kwargs, sequence_head, torch_dtype_of
+from engine.models.loading import (adapters_in_fp32, default_device, head_modules, loader_kwargs, sequence_head,
+                                   torch_dtype_of)
 from engine.resolve import resolve_model
 
 logger = logging.getLogger(__name__)
@@ -68,9 +69,7 @@ def _label_names(labels, num_labels: int | None, own: list[str] | None) -> tuple
 def trained_in_full(model) -> list[str]:
     """The modules that are not the pretrained encoder (the classification head) and those whose weights the
     checkpoint lacked: LoRA leaves them out and trains them whole."""
-    base = model.base_model_prefix
-    names = [name for name, child in model.named_children()
-             if name != base and any(True for _ in child.parameters())]
+    names = head_modules(model)
     missing = getattr(model, "_lacker_missing_modules", ())
     return sorted(set(names) | {m for m in missing if not any(m == n or m.startswith(n + ".") for n in names)})
 

@@ -22,7 +22,7 @@ from sentence_transformers import CrossEncoder
 from sentence_transformers.cross_encoder.model_card import CrossEncoderModelCardData
 
 from engine.families import apply_family, family_for
-from engine.models.loading import default_device, loader_kwargs, sequence_head
+from engine.models.loading import default_device, head_modules, loader_kwargs, sequence_head
 from engine.models.sentence_transformer import FastSentenceTransformer, FineTuningCard, card_data, finish_loading
 from engine.resolve import resolve_model
 
@@ -36,14 +36,6 @@ def has_trained_head(path: Path) -> bool:
     """Whether the checkpoint at `path` was saved with a sequence-classification head (a reranker or classifier)."""
     config = json.loads((Path(path) / "config.json").read_text())
     return any(name.endswith("ForSequenceClassification") for name in config.get("architectures") or ())
-
-
-def head_modules(hf_model) -> list[str]:
-    """The names of a sequence-classification model's head: its top-level modules with weights outside the base
-    model (BERT's `classifier`; DistilBERT's `pre_classifier` and `classifier`; ModernBERT's `head` and
-    `classifier`). Found from the model, so no family needs a row for it."""
-    return [name for name, module in hf_model.named_children()
-            if name != hf_model.base_model_prefix and any(True for _ in module.parameters())]
 
 
 class FastCrossEncoder:

@@ -66,12 +66,18 @@ def loader_kwargs(device: str, dtype, load_in_4bit: bool, full_finetuning: bool,
     return model_kwargs
 
 
+def head_modules(hf_model) -> list[str]:
+    """The names of a sequence-classification model's head: its top-level modules with weights outside the base
+    model (BERT's `classifier`; DistilBERT's `pre_classifier` and `classifier`; ModernBERT's `head` and
+    `classifier`; Qwen3's `score`). Found from the model, so no family needs a row for it."""
+    return [name for name, module in hf_model.named_children()
+            if name != hf_model.base_model_prefix and any(True for _ in module.parameters())]
+
+
 def sequence_head(config, num_labels: int) -> list[str]:
-    """The head of the sequence-classification model `config` describes (its top-level modules with weights outside
-    the base model: BERT's `classifier`, DistilBERT's `pre_classifier` and `classifier`, ModernBERT's `head` and
-    `classifier`, Qwen3's `score`), read off an empty meta-device copy, so it is known before the weights load: a
-    4-bit load keeps it unquantized (`keep_unquantized`), since the head is trained in full and PEFT cannot copy
-    a 4-bit layer for that."""
+    """`head_modules` of the sequence-classification model `config` describes, read off an empty meta-device copy,
+    so it is known before the weights load: a 4-bit load keeps it unquantized (`keep_unquantized`), since the head
+    is trained in full and PEFT cannot copy a 4-bit layer for that."""
     import copy
 
     from transformers import AutoModelForSequenceClassification
@@ -79,9 +85,7 @@ def sequence_head(config, num_labels: int) -> list[str]:
     config = copy.deepcopy(config)
     config.num_labels = num_labels
     with torch.device("meta"):
-        empty = AutoModelForSequenceClassification.from_config(config)
-    return [name for name, module in empty.named_children()
-            if name != empty.base_model_prefix and any(True for _ in module.parameters())]
+        return head_modules(AutoModelForSequenceClassification.from_config(config))
 
 
 def adapters_in_fp32(model: torch.nn.Module, adapter_name: str = "default") -> None:
