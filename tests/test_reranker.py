@@ -50,7 +50,8 @@ def two_steps(model, tmp_path):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_each_family_trains_with_lora_and_its_merged_save_reloads_in_plain_cross_encoder(family, tmp_path):
+def test_each_family_trains_with_lora_and_its_saves_reload_with_the_same_scores(family, tmp_path):
+    """The merged save in plain CrossEncoder; the adapter (LoRA and the head) in FastCrossEncoder."""
     folder = build_tiny_model(family, tmp_path / "base")  # an encoder without a head: it gets a new one
     model = FastCrossEncoder.from_pretrained(str(folder), max_seq_length=64, device="cpu")
     assert isinstance(model, CrossEncoder) and model._lacker_new_head
@@ -70,6 +71,11 @@ def test_each_family_trains_with_lora_and_its_merged_save_reloads_in_plain_cross
     plain = CrossEncoder(str(tmp_path / "merged"), device="cpu")
     assert torch.allclose(torch.tensor(plain.predict(PAIRS), dtype=torch.float32),
                           torch.tensor(trained, dtype=torch.float32), atol=5e-3)  # a 16-bit save
+
+    model.save_pretrained(str(tmp_path / "adapter"))  # the adapter with the head: what resuming and the studio load
+    again = FastCrossEncoder.from_pretrained(str(tmp_path / "adapter"), max_seq_length=64, device="cpu")
+    again.eval()
+    assert torch.allclose(torch.tensor(again.predict(PAIRS)), torch.tensor(trained), atol=1e-5)
 
 
 def test_a_trained_head_is_kept_and_its_size_checked(tmp_path):
@@ -207,3 +213,42 @@ def test_lacker_train_reranker_end_to_end_on_the_bundled_minilm(tmp_path, monkey
     assert f'CrossEncoder("{output / "merged"}")' in card and "| ndcg@10 |" in card  # loads the folder; the metrics
     plain = CrossEncoder(str(output / "merged"), device="cpu")
     assert plain.num_labels == 1 and len(plain.predict([(rows["query"][0], rows["document"][0])])) == 1
+
+
+def test_a_stopped_lora_run_resumes_its_adapter_and_head_as_if_never_stopped(tmp_path):
+    """The stock trainer's resume of a LoRA reranker (CrossEncoderTrainer's own reloads an adapter folder as a whole
+    model and fails): the losses after the resume are those of the run that was never stopped."""
+    import threading
+
+    from engine.train import train
+
+    queries = [f"how do I use tool {i}?" for i in range(24)]
+    documents = [f"tool {i} does task {i} from the command line" for i in range(24)]
+    config = {"task": "reranker", "model": str(build_tiny_model("bert", tmp_path / "base")),
+              "data": pd.DataFrame({"q": queries, "d": documents, "n": documents[1:] + documents[:1]}),
+              "columns": {"anchor": "q", "positive": "d", "negative": "n"}, "max_steps": 4, "batch_size": 4,
+              "max_seq_length": 32, "learning_rate": 5e-3, "evaluate": False, "method": "lora",
+              "loop": "off"}  # the stock trainer's resume (the packed loop's: test_packed_tasks)
+    train({**config, "output_dir": str(tmp_path / "whole")})
+    stop = threading.Event()
+
+    class StopAtStepTwo(EventLog):
+        def emit(self, event, **fields):
+            super().emit(event, **fields)
+            if event == "train" and fields["step"] == 2:
+                stop.set()
+
+    stopped = train({**config, "output_dir": str(tmp_path / "run")}, StopAtStepTwo(tmp_path / "run" / "events.jsonl"),
+                    stop)
+    assert stopped.stopped and stopped.steps < 4
+    resumed = train({**config, "output_dir": str(tmp_path / "run"), "resume_from_checkpoint": "latest"})
+    assert resumed.steps == 4
+
+    def losses(run):
+        return {e["step"]: e["loss"] for e in map(json.loads, (tmp_path / run / "events.jsonl").open())
+                if e["event"] == "train"}
+
+    assert losses("run") == pytest.approx(losses("whole"), rel=1e-4)
+    plain = CrossEncoder(str(tmp_path / "run" / "merged"), device="cpu")
+    whole = CrossEncoder(str(tmp_path / "whole" / "merged"), device="cpu")
+    assert torch.allclose(torch.tensor(plain.predict(PAIRS)), torch.tensor(whole.predict(PAIRS)), atol=1e-3)

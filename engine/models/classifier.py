@@ -25,8 +25,8 @@ import torch
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
 from engine.families import lora_targets_for
-from engine.models.loading import (adapters_in_fp32, default_device, head_modules, loader_kwargs, sequence_head,
-                                   torch_dtype_of)
+from engine.models.loading import (adapters_in_fp32, default_device, head_modules, load_adapter_weights,
+                                   loader_kwargs, sequence_head, torch_dtype_of)
 from engine.resolve import resolve_model
 
 logger = logging.getLogger(__name__)
@@ -235,23 +235,6 @@ def _from_adapter(folder: Path, labels, for_inference: bool, **kwargs):
     if for_inference:
         FastClassifier.for_inference(model)
     return model
-
-
-def load_adapter_weights(model, folder) -> None:
-    """Copy a saved adapter's weights into the model's own adapter ("default"): the LoRA matrices and the
-    trained-in-full modules (which transformers' load_adapter, and so the Trainer's resume, leave out). A saved weight
-    the model has no place for raises KeyError."""
-    from safetensors.torch import load_file
-
-    whole = model.peft_config["default"].modules_to_save or []
-    parameters = dict(model.named_parameters())
-    with torch.no_grad():
-        for key, tensor in load_file(str(Path(folder) / "adapter_model.safetensors")).items():
-            name = key.removeprefix("base_model.model.")
-            owner = next((m for m in whole if name.startswith(m + ".")), None)
-            module, _, param = name.rpartition(".")
-            target = f"{owner}.modules_to_save.default{name[len(owner):]}" if owner else f"{module}.default.{param}"
-            parameters[target].copy_(tensor)
 
 
 def _encoder_targets(model, whole: list[str]) -> list[str] | str:

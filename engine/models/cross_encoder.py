@@ -22,7 +22,8 @@ from sentence_transformers import CrossEncoder
 from sentence_transformers.cross_encoder.model_card import CrossEncoderModelCardData
 
 from engine.families import apply_family, family_for
-from engine.models.loading import default_device, head_modules, loader_kwargs, sequence_head
+from engine.models.loading import (adapters_in_fp32, default_device, head_modules, load_adapter_weights,
+                                   loader_kwargs, sequence_head)
 from engine.models.sentence_transformer import FastSentenceTransformer, FineTuningCard, card_data, finish_loading
 from engine.resolve import resolve_model
 
@@ -67,7 +68,8 @@ class FastCrossEncoder:
         """Load a cross-encoder by hub id (from the local cache, or the bundled MiniLM) or local path.
 
         Args:
-            model_name_or_path: a reranker, a bi-encoder or a plain encoder (hub id or folder).
+            model_name_or_path: a reranker, a bi-encoder or a plain encoder (hub id or folder), or the folder of
+                an adapter `save_pretrained` wrote (its base loads, then the adapter and the head it trained).
             num_labels: outputs of the head: 1 for a reranker's relevance score. A checkpoint's own head must
                 have as many.
             max_seq_length: tokens per (query, document) pair; longer pairs are cut.
@@ -80,6 +82,11 @@ class FastCrossEncoder:
             model.predict([("how do I compress files?", "zstd is a fast lossless compressor")])
         """
         device = device or default_device()
+        if (Path(model_name_or_path).expanduser() / "adapter_config.json").exists():  # our own save_pretrained
+            return _from_adapter(Path(model_name_or_path).expanduser(), num_labels=num_labels,
+                                 max_seq_length=max_seq_length, dtype=dtype, load_in_4bit=load_in_4bit,
+                                 for_inference=for_inference, trust_remote_code=trust_remote_code, device=device,
+                                 **kwargs)
         path = resolve_model(model_name_or_path)
         keep = None
         if load_in_4bit:  # the head is trained in full: not quantized
@@ -127,3 +134,18 @@ class FastCrossEncoder:
             modules_to_save=head, task_type="SEQ_CLS", **kwargs)
 
     for_inference = staticmethod(FastSentenceTransformer.for_inference)
+
+
+def _from_adapter(folder: Path, for_inference: bool, **kwargs) -> CrossEncoder:
+    """A cross-encoder saved by `save_pretrained` with an adapter: its base (with its own head, or a new one), then
+    the adapter's LoRA and the head it trained in full, which sentence-transformers' CrossEncoder(folder) cannot load."""
+    from peft import LoraConfig
+
+    config = LoraConfig.from_pretrained(str(folder))
+    model = FastCrossEncoder.from_pretrained(config.base_model_name_or_path, **kwargs)
+    model.add_adapter(config)
+    adapters_in_fp32(model[0].auto_model)
+    load_adapter_weights(model[0].auto_model, folder)
+    if for_inference:
+        FastSentenceTransformer.for_inference(model)
+    return model

@@ -7,6 +7,8 @@ whatever the base, LoRA's own weights in fp32 (`adapters_in_fp32`).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from engine import bitsandbytes_cpu_warnings
@@ -86,6 +88,23 @@ def sequence_head(config, num_labels: int) -> list[str]:
     config.num_labels = num_labels
     with torch.device("meta"):
         return head_modules(AutoModelForSequenceClassification.from_config(config))
+
+
+def load_adapter_weights(model, folder) -> None:
+    """Copy a saved adapter's weights into the model's own adapter ("default"): the LoRA matrices and the
+    trained-in-full modules (which transformers' load_adapter, and so the Trainer's resume, leave out). A saved weight
+    the model has no place for raises KeyError."""
+    from safetensors.torch import load_file
+
+    whole = model.peft_config["default"].modules_to_save or []
+    parameters = dict(model.named_parameters())
+    with torch.no_grad():
+        for key, tensor in load_file(str(Path(folder) / "adapter_model.safetensors")).items():
+            name = key.removeprefix("base_model.model.")
+            owner = next((m for m in whole if name.startswith(m + ".")), None)
+            module, _, param = name.rpartition(".")
+            target = f"{owner}.modules_to_save.default{name[len(owner):]}" if owner else f"{module}.default.{param}"
+            parameters[target].copy_(tensor)
 
 
 def adapters_in_fp32(model: torch.nn.Module, adapter_name: str = "default") -> None:

@@ -448,7 +448,7 @@ def trainer(model, train_dataset, loss, evaluator, callbacks, args_overrides: di
     where `class_weights` is on); `evaluator` (a ClassificationEvaluation) measured every eval_steps."""
     from transformers import DataCollatorWithPadding, PrinterCallback, Trainer, TrainingArguments
 
-    from engine.models.classifier import load_adapter_weights
+    from engine.models.loading import load_adapter_weights
 
     class ClassifierTrainer(Trainer):
         """transformers' Trainer, resuming the adapter of a model that keeps its class (transformers' own PEFT

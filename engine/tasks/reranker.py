@@ -33,6 +33,7 @@ import contextlib
 import functools
 import io
 import time
+from pathlib import Path
 from dataclasses import dataclass
 
 from engine.tasks import embedding
@@ -439,7 +440,20 @@ def trainer(model, train_dataset, loss, evaluator, callbacks, args_overrides: di
     from sentence_transformers.base.sampler import BatchSamplers
     from sentence_transformers.cross_encoder import CrossEncoderTrainer, CrossEncoderTrainingArguments
 
+    from engine.models.loading import load_adapter_weights
+
+    class RerankerTrainer(CrossEncoderTrainer):
+        """CrossEncoderTrainer, resuming a LoRA run's checkpoint into the model's own adapter (with the head it
+        trains in full): the stock resume reloads the folder as a whole model, which an adapter folder is not."""
+
+        def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+            model = model or self.model
+            if (Path(resume_from_checkpoint) / "adapter_model.safetensors").exists():
+                load_adapter_weights(model[0].auto_model, resume_from_checkpoint)
+            else:
+                super()._load_from_checkpoint(resume_from_checkpoint, model)
+
     sampler = BatchSamplers.NO_DUPLICATES if uses_in_batch_negatives(type(loss).__name__) else BatchSamplers.BATCH_SAMPLER
     args = CrossEncoderTrainingArguments(batch_sampler=sampler, **args_overrides)
-    return CrossEncoderTrainer(model=model, args=args, train_dataset=train_dataset, loss=loss,
-                               evaluator=evaluator, callbacks=callbacks)
+    return RerankerTrainer(model=model, args=args, train_dataset=train_dataset, loss=loss,
+                           evaluator=evaluator, callbacks=callbacks)
