@@ -70,11 +70,6 @@ def _load(name_or_path: str, max_seq_length: int | None):
     return _on_cpu_in_32_bits(model)
 
 
-def run_task(run: Run) -> str:
-    """The run's task; runs from before there were tasks are embedding runs."""
-    return run.config.get("task") or "embedding"
-
-
 def run_settings(run: Run) -> TrainConfig:
     """The run's settings as the worker read them (a setting the registry lacks takes its default)."""
     import dataclasses
@@ -100,7 +95,7 @@ def _on_cpu_in_32_bits(model):
 def task_evaluation(run: Run, every: bool = False):
     """The run's held-out evaluation as the worker built it (no model needed: this is quick); `every`: with
     every held-out query, not only the max_eval_queries the metrics rest on."""
-    task, config = task_module(run_task(run)), run_settings(run)
+    task, config = task_module(run.task), run_settings(run)
     columns = run.config.get("columns") or {}
     held_out = task.prepare(read_run_eval(run.run_dir), columns)
     if every:
@@ -290,7 +285,7 @@ def comparison_for(run: Run) -> RunComparison | RerankerComparison | ClassifierC
         if run.id in _cache:
             _cache.move_to_end(run.id)
             return _cache[run.id]
-        comparison = COMPARISONS[run_task(run)](run)
+        comparison = COMPARISONS[run.task](run)
         _cache[run.id] = comparison
         while len(_cache) > _KEPT:
             _cache.popitem(last=False)

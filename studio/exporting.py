@@ -161,12 +161,6 @@ class Conversion:
     snippets: dict  # {"shell": ..., "python": ...}
 
 
-def run_task(run: Run) -> str:
-    """The run's task (engine.tasks: embedding, reranker, classifier)."""
-    config = Path(run.run_dir) / "config.json"
-    return (json.loads(config.read_text()).get("task") if config.is_file() else None) or "embedding"
-
-
 def conversions_for(run: Run) -> tuple[list[tuple[str, str]], str]:
     """The formats the Export tab offers for the run, and "" or why GGUF is not among them: engine.export.gguf's
     `refusal` of the run's merged model (a classifier; a reranker llama.cpp cannot rank with, such as a BERT
@@ -178,7 +172,7 @@ def conversions_for(run: Run) -> tuple[list[tuple[str, str]], str]:
     engine_stack()
     from engine.export import gguf
 
-    refused = gguf.refusal(folder, run_task(run))
+    refused = gguf.refusal(folder, run.task)
     if refused is None:
         return CONVERSIONS, ""
     return ([c for c in CONVERSIONS if c[1].startswith("onnx")],
@@ -228,8 +222,8 @@ def serving(run: Run, exported: Path | None, shown_name: str = "") -> dict:
 
     merged = f"lacker-{run.id}-merged"
     if exported is None:
-        return {"shell": tei_snippet(run_task(run), merged), "python": ""}
-    return serving_snippets(run_task(run), exported, shown_name, merged)
+        return {"shell": tei_snippet(run.task, merged), "python": ""}
+    return serving_snippets(run.task, exported, shown_name, merged)
 
 
 def served_name(run: Run, choice: str) -> str:

@@ -77,6 +77,12 @@ class Run:
     def is_finished(self) -> bool:
         return self.status in FINISHED
 
+    @property
+    def task(self) -> str:
+        """What the run trains (engine.tasks: embedding, reranker, classifier); runs from before there were tasks
+        are embedding runs."""
+        return self.config.get("task") or "embedding"
+
 
 class RunStore:
     def __init__(self, path: str | Path):

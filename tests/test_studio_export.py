@@ -191,11 +191,11 @@ def test_the_formats_offered_leave_gguf_out_where_the_export_would_refuse_it_and
     run_dir = tmp_path / "runs" / "run-reranker"
     reranker = FastCrossEncoder.from_pretrained(str(build_tiny_model("bert", tmp_path / "bert")), device="cpu")
     reranker.save_pretrained(str(run_dir / "merged"))
-    (run_dir / "config.json").write_text(json.dumps({"task": "reranker", "data": "pairs.csv",
-                                                     "output_dir": str(run_dir)}))
+    config = {"task": "reranker", "data": "pairs.csv", "output_dir": str(run_dir)}
+    (run_dir / "config.json").write_text(json.dumps(config))
     (run_dir / "events.jsonl").write_text("")
     run = Run(id="run-reranker", created=time.time(), status="completed", model="tiny-bert", data="pairs.csv",
-              method="lora", run_dir=str(run_dir))
+              method="lora", run_dir=str(run_dir), config=config)
 
     choices, note = conversions_for(run)
     assert [value for _, value in choices] == ["onnx:fp32", "onnx:int8"]
@@ -203,3 +203,74 @@ def test_the_formats_offered_leave_gguf_out_where_the_export_would_refuse_it_and
     assert "Export the reranker to ONNX instead" in note
     with pytest.raises(ValueError, match="second segment"):  # asked anyway (the API): the same refusal
         convert(run, "gguf:f16", settings)
+
+
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory) -> Path:
+    from tests.tiny_models import build_tiny_model
+
+    return build_tiny_model("bert", tmp_path_factory.mktemp("tiny") / "bert")
+
+
+def _trained(task: str, base: Path):
+    """A LoRA model of `task` over `base` whose adapter and head have moved off their start (as after training),
+    and what it gives for the snippets' example text: embeddings, scores or class probabilities by label."""
+    import torch
+
+    from engine.export.serving import EXAMPLE_DOCUMENT, EXAMPLE_QUERY, OTHER_DOCUMENT
+    from engine.models import FastClassifier, FastCrossEncoder, FastSentenceTransformer
+
+    torch.manual_seed(0)
+    if task == "classifier":
+        model = FastClassifier.from_pretrained(str(base), labels=["admin", "games", "web"], device="cpu")
+        FastClassifier.get_peft_model(model, r=4)
+    else:
+        fast = FastSentenceTransformer if task == "embedding" else FastCrossEncoder
+        model = fast.from_pretrained(str(base), device="cpu")
+        fast.get_peft_model(model, r=4)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.requires_grad:
+                parameter.add_(torch.randn_like(parameter) * 0.2)
+    model.eval()
+    if task == "embedding":
+        return model, model.encode([EXAMPLE_QUERY])
+    if task == "reranker":
+        return model, model.predict([(EXAMPLE_QUERY, EXAMPLE_DOCUMENT), (EXAMPLE_QUERY, OTHER_DOCUMENT)])
+    with torch.no_grad():
+        probabilities = model(**model.tokenizer([EXAMPLE_QUERY], return_tensors="pt")).logits.softmax(-1)[0]
+    return model, {model.config.id2label[i]: p.item() for i, p in enumerate(probabilities)}
+
+
+@pytest.mark.parametrize("task", ["embedding", "reranker", "classifier"])
+@pytest.mark.parametrize("what", ["merged", "adapter"])
+def test_the_export_tabs_load_snippet_loads_each_tasks_model_without_this_package(task, what, tiny_bert, tmp_path,
+                                                                                 capsys):
+    """The Python the Export tab shows under "Load the result", run as a user pastes it: plain sentence-transformers,
+    transformers and PEFT (for an adapter, over the run's base), giving what the trained model gives."""
+    import numpy as np
+
+    from engine.export.serving import EXAMPLE_DOCUMENT, EXAMPLE_QUERY, OTHER_DOCUMENT, loading_snippet
+
+    model, expected = _trained(task, tiny_bert)
+    folder = tmp_path / what
+    if what == "merged":
+        model.save_pretrained_merged(str(folder), dtype="float32")
+    else:
+        model.save_pretrained(str(folder))
+    snippet = loading_snippet(task, str(folder), str(tiny_bert) if what == "adapter" else None)
+    assert "engine" not in snippet and "lacker" not in snippet.lower()
+
+    pasted = {}
+    exec(compile(snippet, "snippet.py", "exec"), pasted)  # noqa: S102 (the snippet is what the page shows)
+
+    assert capsys.readouterr().out.strip(), "the snippet prints what the model gives"
+    if task == "embedding":
+        np.testing.assert_allclose(pasted["model"].encode([EXAMPLE_QUERY]), expected, atol=1e-4)
+    elif task == "reranker":
+        scores = pasted["model"].predict([(EXAMPLE_QUERY, EXAMPLE_DOCUMENT), (EXAMPLE_QUERY, OTHER_DOCUMENT)])
+        np.testing.assert_allclose(scores, expected, atol=1e-4)
+    else:
+        predicted = {row["label"]: row["score"] for row in pasted["classify"]([EXAMPLE_QUERY], top_k=None)[0]}
+        assert predicted.keys() == expected.keys()  # the class names, not LABEL_0 ...
+        np.testing.assert_allclose([predicted[k] for k in expected], list(expected.values()), atol=1e-4)

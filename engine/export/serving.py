@@ -5,6 +5,9 @@ file itself (a GGUF file's pooling and context length, an ONNX folder's prompts 
 what the parity check ran.
 
     serving_snippets(kind, exported, shown_name, merged_name) -> {"shell": ..., "python": ...}
+    loading_snippet(kind, folder, adapter_of=None) -> the Python that loads a merged folder, or an adapter over
+                                                      its base `adapter_of`, in plain sentence-transformers /
+                                                      transformers (the Export tab's "Load the result")
 
 `exported` is the file or folder on this machine; the lines name it as `shown_name` (what the user downloads) and
 the merged folder as `merged_name`, never a server path. Importing this module imports neither torch nor gguf.
@@ -17,6 +20,7 @@ from pathlib import Path
 
 EXAMPLE_QUERY = "How do I reset my password?"
 EXAMPLE_DOCUMENT = "Open Settings, then Account, and pick Reset password."
+OTHER_DOCUMENT = "Install the package with apt."
 TEI_IMAGE = "ghcr.io/huggingface/text-embeddings-inference:cpu-latest"
 LLAMA_POOLING = {0: "none", 1: "mean", 2: "cls", 3: "last", 4: "rank"}  # gguf.PoolingType -> llama-server --pooling
 
@@ -29,6 +33,51 @@ def serving_snippets(kind: str, exported: Path, shown_name: str, merged_name: st
     else:
         shell, python = "", _onnx(kind, exported, shown_name)
     return {"shell": (shell + "\n\n" if shell else "") + tei_snippet(kind, merged_name), "python": python}
+
+
+def loading_snippet(kind: str, folder: str, adapter_of: str | None = None) -> str:
+    """Python that loads the `kind` model saved at `folder` (a folder or a Hub repo id) without this package: a
+    merged model as it is, an adapter (`adapter_of` naming its base) through PEFT, with the head it trained."""
+    use = {"embedding": f"embeddings = model.encode([{_py(EXAMPLE_QUERY)}])\nprint(embeddings.shape)\n",
+           "reranker": f"print(model.predict([({_py(EXAMPLE_QUERY)}, {_py(EXAMPLE_DOCUMENT)})]))\n"
+                       f"print(model.rank({_py(EXAMPLE_QUERY)}, [{_py(EXAMPLE_DOCUMENT)}, {_py(OTHER_DOCUMENT)}]))\n",
+           "classifier": f"print(classify([{_py(EXAMPLE_QUERY)}], top_k=None))\n"}[kind]
+    if adapter_of is None:
+        return {"embedding": "from sentence_transformers import SentenceTransformer\n\n"
+                             f"model = SentenceTransformer({_py(folder)})\n",
+                "reranker": "from sentence_transformers import CrossEncoder\n\n"
+                            f"model = CrossEncoder({_py(folder)})\n",
+                "classifier": "from transformers import pipeline\n\n"
+                              f"classify = pipeline(\"text-classification\", model={_py(folder)})\n"}[kind] + use
+    note = f"# a LoRA adapter over {adapter_of} (pip install peft)"
+    if kind == "embedding":
+        return (f"{note}: sentence-transformers loads both\n"
+                "from sentence_transformers import SentenceTransformer\n\n"
+                f"model = SentenceTransformer({_py(folder)})\n" + use)
+    if kind == "reranker":
+        return (f"{note}, and the score head it trained\n"
+                "from peft import PeftModel\nfrom sentence_transformers import CrossEncoder\n\n"
+                f"model = CrossEncoder({_py(adapter_of)}, num_labels=1)\n"
+                f"model[0].auto_model = PeftModel.from_pretrained(model[0].auto_model, {_py(folder)}).merge_and_unload()\n"
+                + use)
+    return (f"{note}, and the head it trained; labels.json names its classes\n"
+            "import json\nimport os\n\n"
+            "from huggingface_hub import hf_hub_download\nfrom peft import PeftModel\n"
+            "from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline\n\n"
+            f"adapter = {_py(folder)}\n"
+            "labels_file = f\"{adapter}/labels.json\" if os.path.isdir(adapter) else hf_hub_download(adapter, \"labels.json\")\n"
+            "labels = json.load(open(labels_file))\n"
+            f"base = AutoModelForSequenceClassification.from_pretrained({_py(adapter_of)}, num_labels=len(labels), "
+            "id2label=dict(enumerate(labels)),\n"
+            "    label2id={label: i for i, label in enumerate(labels)}, ignore_mismatched_sizes=True)\n"
+            "model = PeftModel.from_pretrained(base, adapter).merge_and_unload()\n"
+            "classify = pipeline(\"text-classification\", model=model, tokenizer=AutoTokenizer.from_pretrained(adapter))\n"
+            + use)
+
+
+def _py(text: str) -> str:
+    """`text` as a Python string literal in double quotes, as the snippets write strings."""
+    return json.dumps(text)
 
 
 def _json_for_shell(value) -> str:
@@ -75,7 +124,7 @@ def _gguf_reranker(path: Path, name: str) -> tuple[str, str]:
     from engine.export import gguf
 
     context = gguf.read_metadata(path).get("bert.context_length")
-    body = {"query": EXAMPLE_QUERY, "documents": [EXAMPLE_DOCUMENT, "Install the package with apt."]}
+    body = {"query": EXAMPLE_QUERY, "documents": [EXAMPLE_DOCUMENT, OTHER_DOCUMENT]}
     shell = (
         "# llama.cpp's server: scores (query, document) pairs as the model does (Ollama has no reranking API)\n"
         f"llama-server -m {name} --reranking" + (f" -c {context}" if context else "") + " --port 8080\n"

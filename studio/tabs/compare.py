@@ -20,7 +20,7 @@ import gradio as gr
 from engine.hub import metric_rows
 from engine.tasks.reranker import CANDIDATES
 from studio import charts
-from studio.comparison import run_evaluation, run_task, task_evaluation
+from studio.comparison import run_evaluation, task_evaluation
 from studio.store import COMPLETED, STOPPED
 from studio.ui import error_box, hide_error, show_error
 
@@ -54,7 +54,7 @@ def comparable_runs(studio) -> list[tuple[str, str]]:
     choices = []
     for run in studio.store.list():
         if run.status in (COMPLETED, STOPPED) and (Path(run.run_dir) / "merged").exists():
-            task = "" if run_task(run) == "embedding" else f"{run_task(run)} · "
+            task = "" if run.task == "embedding" else f"{run.task} · "
             choices.append((f"{run.id} · {run.status} · {task}{run.model.split('/')[-1]} on {Path(run.data).name}",
                             run.id))
     return choices
@@ -318,7 +318,7 @@ def build(studio, ui) -> None:
 
     def show_view(run_id):
         try:
-            task = run_task(studio.store.get(run_id)) if run_id else None
+            task = studio.store.get(run_id).task if run_id else None
         except KeyError:
             return gr.skip(), gr.skip(), gr.skip()
         if task not in VIEWS:
@@ -343,7 +343,7 @@ def _run_of(studio, run_id, task: str):
         run = studio.store.get(run_id) if run_id else None
     except KeyError:
         return None
-    return run if run is not None and run_task(run) == task else None
+    return run if run is not None and run.task == task else None
 
 
 def _open_queries(run, evaluation_of, metric_rows, note_of):
@@ -388,7 +388,7 @@ def _embedding_view(studio, run_pick, error) -> None:
             run = studio.store.get(run_id)
         except KeyError as problem:
             return [], "", gr.update(choices=[]), gr.skip(), show_error(str(problem))
-        if run_task(run) != "embedding":  # the run's own view opens it
+        if run.task != "embedding":  # the run's own view opens it
             return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
         return _open_queries(run, run_evaluation, metrics_rows(run.metrics),
                              lambda held_out: held_out_note(run, len(held_out.queries)))
@@ -400,7 +400,7 @@ def _embedding_view(studio, run_pick, error) -> None:
 
         try:
             run = studio.store.get(run_id)
-            if run_task(run) != "embedding":  # the run's own view searches
+            if run.task != "embedding":  # the run's own view searches
                 return gr.skip(), gr.skip(), gr.skip(), gr.skip()
             if not (text or "").strip():
                 return gr.skip(), gr.skip(), gr.skip(), show_error("type a query")
@@ -422,7 +422,7 @@ def _embedding_view(studio, run_pick, error) -> None:
 
         try:
             run = studio.store.get(run_id)
-            if run_task(run) != "embedding":
+            if run.task != "embedding":
                 return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
             comparison = comparison_for(run)
         except (OSError, KeyError, ValueError) as problem:

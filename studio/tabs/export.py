@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import gradio as gr
 
-from studio.commands import load_snippet
+from engine.export.serving import loading_snippet
 from studio.exporting import (CONVERSIONS, conversion_report, conversions_for, conversions_table, convert,
                               exported_path, parity_markdown, push_model, save_model, served_name, serving, zip_model)
 from studio.tabs.compare import comparable_runs
 from studio.ui import error_box, hide_error, show_error
 
-KIND_CHOICES = [("Merged model (plain sentence-transformers)", "merged"), ("LoRA adapter only", "adapter")]
+KIND_CHOICES = [("Merged model (loads without this package)", "merged"), ("LoRA adapter only", "adapter")]
+REPO_PLACEHOLDERS = {"embedding": "your-name/my-embedding-model", "reranker": "your-name/my-reranker",
+                     "classifier": "your-name/my-classifier"}
 
 
 def build(studio, ui) -> None:
@@ -36,7 +38,7 @@ def build(studio, ui) -> None:
             saved_md = gr.Markdown(elem_id="export-save-result")
         with gr.Column():
             gr.Markdown("### Push to the Hugging Face Hub")
-            repo_id = gr.Textbox(label="Repository", placeholder="your-name/my-embedding-model")
+            repo_id = gr.Textbox(label="Repository", placeholder=REPO_PLACEHOLDERS["embedding"], elem_id="export-repo")
             private = gr.Checkbox(True, label="Private repository")
             token = gr.Textbox(label="Hub token (write access)", type="password",
                                placeholder="leave empty to use the studio's HF_TOKEN secret")
@@ -59,11 +61,14 @@ def build(studio, ui) -> None:
     serve_python = gr.Code(label="Load it in Python", language="python", elem_id="export-serve-python")
 
     def describe(run_id, what):
+        """The Python that loads the run's model of its task as `what` (merged or adapter), and the repository
+        placeholder named for its task."""
         try:
             run = studio.store.get(run_id)
         except KeyError:
-            return ""
-        return load_snippet(f"{run.run_dir}/{what}", what, run.model)
+            return "", gr.update()
+        snippet = loading_snippet(run.task, f"{run.run_dir}/{what}", run.model if what == "adapter" else None)
+        return snippet, gr.update(placeholder=REPO_PLACEHOLDERS[run.task])
 
     # Each handler returns (its result, its own message box); a failure also clears the result of the last try.
     def build_zip(run_id, what):
@@ -130,7 +135,7 @@ def build(studio, ui) -> None:
         return gr.update(choices=choices, value=current if current in ids else (ids[0] if ids else None))
 
     for trigger in (run_pick.change, kind.change):
-        trigger(describe, [run_pick, kind], snippet, api_visibility="private")
+        trigger(describe, [run_pick, kind], [snippet, repo_id], api_visibility="private")
     shown = [conversion, conversions_md, parity_md, serve_shell, serve_python]
     run_pick.change(show_conversions, [run_pick, conversion], shown, api_visibility="private")
     conversion.input(show_conversions, [run_pick, conversion], shown, api_visibility="private")
