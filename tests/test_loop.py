@@ -213,6 +213,39 @@ def test_tokenizing_ahead_in_the_background_gives_the_batches_and_losses_of_toke
     assert [store.tokens[store.starts[i] : store.starts[i] + store.lengths[i]].tolist() for i in range(len(texts))] == tokenized
 
 
+@pytest.mark.parametrize("family, vocabulary", [("bert", "wordpiece"), ("xlm-roberta", "unigram"), ("qwen3", "bpe"),
+                                                ("gemma3", "gemma")])
+def test_the_token_store_gives_each_familys_own_preprocessing_through_its_tokenizer(family, vocabulary, tmp_path,
+                                                                                     monkeypatch):
+    """The store tokenizes through the tokenizer alone (no padded tensors) once that gives what the model's
+    preprocess gives, truncation and the family's special tokens included; a preprocessing that does more is used
+    as it is."""
+    from engine import FastSentenceTransformer
+    from tiny_models import build_tiny_model
+
+    folder = build_tiny_model(family, tmp_path / family, vocabulary=vocabulary)
+    model = FastSentenceTransformer.from_pretrained(str(folder), max_seq_length=24, device="cpu")
+    texts = ANCHORS + POSITIVES + ["a much longer text that runs on " * 8, "x", "Ünïcödé and ‘quotes’ — and émojis 🙂"]
+
+    def tokens(store):
+        store.ensure(np.arange(len(store.texts)))
+        return [store.tokens[store.starts[i] : store.starts[i] + store.lengths[i]].tolist()
+                for i in range(len(store.texts))]
+
+    def preprocessed(transformer):
+        out = transformer.preprocess(list(dict.fromkeys(texts)))  # the store's texts: each once, in order
+        return [ids[mask.bool()].tolist() for ids, mask in zip(out["input_ids"], out["attention_mask"])]
+
+    store = TokenStore(model[0], texts)
+    assert tokens(store) == preprocessed(model[0]) and store.direct
+    assert max(store.lengths) == 24  # truncated as preprocess truncates
+
+    stock = model[0].preprocess
+    monkeypatch.setattr(model[0], "preprocess", lambda batch: stock(["query: " + t for t in batch]))
+    store = TokenStore(model[0], texts)
+    assert tokens(store) == preprocessed(model[0]) and store.direct is False
+
+
 def test_a_failure_to_tokenize_stops_the_loop_with_its_error(bert, monkeypatch):
     model, _ = lora_model("tiny-bert", bert, packed=True)
     trainer = PackedTrainer(model, [ANCHORS, POSITIVES], batch_size=4, learning_rate=5e-3, steps=3)
