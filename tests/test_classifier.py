@@ -212,33 +212,11 @@ def test_lacker_train_task_classifier_writes_a_merged_model_that_beats_the_major
 
 
 def test_a_stopped_run_resumes_from_its_checkpoint_as_if_never_stopped(tiny, tmp_path):
-    import threading
-
-    from engine.events import EventLog
-    from engine.train import train
+    from training_checks import assert_resumes_as_if_never_stopped
 
     texts = [f"a game with level {i} and dragons" for i in range(40)] + [f"a library for format {i}" for i in range(40)]
     config = {"task": "classifier", "model": str(tiny("bert")), "data": pd.DataFrame({"t": texts, "s": ["games"] * 40 +
               ["libs"] * 40}), "columns": {"text": "t", "label": "s"}, "max_steps": 4, "batch_size": 8,
               "max_seq_length": 32, "learning_rate": 1e-3, "evaluate": False,
               "loop": "off"}  # the stock trainer's resume, random state included (the packed loop's: test_packed_tasks)
-    train({**config, "output_dir": str(tmp_path / "whole")})
-    stop = threading.Event()
-
-    class StopAtStepTwo(EventLog):
-        def emit(self, event, **fields):
-            super().emit(event, **fields)
-            if event == "train" and fields["step"] == 2:
-                stop.set()
-
-    stopped = train({**config, "output_dir": str(tmp_path / "run")}, StopAtStepTwo(tmp_path / "run" / "events.jsonl"),
-                    stop)
-    assert stopped.stopped and stopped.steps < 4  # the step after the one whose loss was logged
-    resumed = train({**config, "output_dir": str(tmp_path / "run"), "resume_from_checkpoint": "latest"})
-    assert resumed.steps == 4
-
-    def losses(run):
-        return {e["step"]: e["loss"] for e in map(json.loads, (tmp_path / run / "events.jsonl").open())
-                if e["event"] == "train"}
-
-    assert losses("run") == pytest.approx(losses("whole"), rel=1e-4)
+    assert_resumes_as_if_never_stopped(config, tmp_path)

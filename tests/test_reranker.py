@@ -218,9 +218,7 @@ def test_lacker_train_reranker_end_to_end_on_the_bundled_minilm(tmp_path, monkey
 def test_a_stopped_lora_run_resumes_its_adapter_and_head_as_if_never_stopped(tmp_path):
     """The stock trainer's resume of a LoRA reranker (CrossEncoderTrainer's own reloads an adapter folder as a whole
     model and fails): the losses after the resume are those of the run that was never stopped."""
-    import threading
-
-    from engine.train import train
+    from training_checks import assert_resumes_as_if_never_stopped
 
     queries = [f"how do I use tool {i}?" for i in range(24)]
     documents = [f"tool {i} does task {i} from the command line" for i in range(24)]
@@ -229,26 +227,7 @@ def test_a_stopped_lora_run_resumes_its_adapter_and_head_as_if_never_stopped(tmp
               "columns": {"anchor": "q", "positive": "d", "negative": "n"}, "max_steps": 4, "batch_size": 4,
               "max_seq_length": 32, "learning_rate": 5e-3, "evaluate": False, "method": "lora",
               "loop": "off"}  # the stock trainer's resume (the packed loop's: test_packed_tasks)
-    train({**config, "output_dir": str(tmp_path / "whole")})
-    stop = threading.Event()
-
-    class StopAtStepTwo(EventLog):
-        def emit(self, event, **fields):
-            super().emit(event, **fields)
-            if event == "train" and fields["step"] == 2:
-                stop.set()
-
-    stopped = train({**config, "output_dir": str(tmp_path / "run")}, StopAtStepTwo(tmp_path / "run" / "events.jsonl"),
-                    stop)
-    assert stopped.stopped and stopped.steps < 4
-    resumed = train({**config, "output_dir": str(tmp_path / "run"), "resume_from_checkpoint": "latest"})
-    assert resumed.steps == 4
-
-    def losses(run):
-        return {e["step"]: e["loss"] for e in map(json.loads, (tmp_path / run / "events.jsonl").open())
-                if e["event"] == "train"}
-
-    assert losses("run") == pytest.approx(losses("whole"), rel=1e-4)
+    assert_resumes_as_if_never_stopped(config, tmp_path)
     plain = CrossEncoder(str(tmp_path / "run" / "merged"), device="cpu")
     whole = CrossEncoder(str(tmp_path / "whole" / "merged"), device="cpu")
     assert torch.allclose(torch.tensor(plain.predict(PAIRS)), torch.tensor(whole.predict(PAIRS)), atol=1e-3)

@@ -17,3 +17,34 @@ def assert_same_training(packed_model, stock_model, records, expected, initial, 
             torch.testing.assert_close(p, stock[name], rtol=1e-4, atol=1e-5)
             moved.append(not torch.allclose(p, initial[name]))
     assert sum(moved) >= moved_share * len(moved)
+
+
+def assert_resumes_as_if_never_stopped(config: dict, tmp_path, steps: int = 4):
+    """`engine.train` of `config` (`steps` steps) whole in tmp_path/whole, and stopped after step 2 then resumed from
+    its latest checkpoint in tmp_path/run: the resumed run ends at `steps` with the whole run's losses."""
+    import json
+    import threading
+
+    from engine.events import EventLog
+    from engine.train import train
+
+    train({**config, "output_dir": str(tmp_path / "whole")})
+    stop = threading.Event()
+
+    class StopAtStepTwo(EventLog):
+        def emit(self, event, **fields):
+            super().emit(event, **fields)
+            if event == "train" and fields["step"] == 2:
+                stop.set()
+
+    stopped = train({**config, "output_dir": str(tmp_path / "run")}, StopAtStepTwo(tmp_path / "run" / "events.jsonl"),
+                    stop)
+    assert stopped.stopped and stopped.steps < steps  # the step after the one whose loss was logged
+    resumed = train({**config, "output_dir": str(tmp_path / "run"), "resume_from_checkpoint": "latest"})
+    assert resumed.steps == steps
+
+    def losses(run):
+        return {e["step"]: e["loss"] for e in map(json.loads, (tmp_path / run / "events.jsonl").open())
+                if e["event"] == "train"}
+
+    assert losses("run") == pytest.approx(losses("whole"), rel=1e-4)
