@@ -33,8 +33,8 @@ import contextlib
 import functools
 import io
 import time
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 
 from engine.tasks import embedding
 
