@@ -25,7 +25,7 @@ from engine.families import apply_family, family_for
 from engine.models.loading import (adapters_in_fp32, default_device, head_modules, load_adapter_weights,
                                    loader_kwargs, sequence_head)
 from engine.models.sentence_transformer import FastSentenceTransformer, FineTuningCard, card_data, finish_loading
-from engine.resolve import resolve_model
+from engine.resolve import resolve_model, shipped_model_path
 
 
 @dataclass
@@ -82,8 +82,9 @@ class FastCrossEncoder:
             model.predict([("how do I compress files?", "zstd is a fast lossless compressor")])
         """
         device = device or default_device()
-        if (Path(model_name_or_path).expanduser() / "adapter_config.json").exists():  # our own save_pretrained
-            return _from_adapter(Path(model_name_or_path).expanduser(), num_labels=num_labels,
+        folder = shipped_model_path(model_name_or_path) or Path(model_name_or_path).expanduser()
+        if (folder / "adapter_config.json").exists():  # our own save_pretrained, or the shipped starter reranker
+            return _from_adapter(folder, num_labels=num_labels,
                                  max_seq_length=max_seq_length, dtype=dtype, load_in_4bit=load_in_4bit,
                                  for_inference=for_inference, trust_remote_code=trust_remote_code, device=device,
                                  **kwargs)
@@ -146,6 +147,7 @@ def _from_adapter(folder: Path, for_inference: bool, **kwargs) -> CrossEncoder:
     model.add_adapter(config)
     adapters_in_fp32(model[0].auto_model)
     load_adapter_weights(model[0].auto_model, folder)
+    model._lacker_new_head = model._lacker_new_head and not config.modules_to_save  # the adapter trained the head
     if for_inference:
         FastSentenceTransformer.for_inference(model)
     return model

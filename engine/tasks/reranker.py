@@ -112,13 +112,22 @@ save = embedding.save  # FastCrossEncoder binds the same save_pretrained_merged;
 
 
 def load_model(config, train_rows=None):
-    """The cross-encoder to fine-tune (one output: the relevance score); the rows do not change it."""
+    """The cross-encoder to fine-tune (one output: the relevance score); the rows do not change it. A saved adapter
+    (the shipped starter reranker, or a run's adapter/) is merged into its base first: training starts from the
+    cross-encoder it makes, with its trained head, and adds a new adapter (or trains it all)."""
     from engine.models import FastCrossEncoder
+    from engine.models.sentence_transformer import _has_adapter, _merge_adapters_in_place
 
-    return FastCrossEncoder.from_pretrained(
+    model = FastCrossEncoder.from_pretrained(
         config.model, num_labels=1, max_seq_length=config.max_seq_length,
         load_in_4bit=config.method == "qlora", full_finetuning=config.method == "full",
     )
+    if _has_adapter(model):
+        if config.method == "qlora":
+            raise ValueError(f"{config.model} is a LoRA adapter: its update cannot be merged into a 4-bit base; "
+                             "train it with --method lora or --full-finetune")
+        _merge_adapters_in_place(model)
+    return model
 
 
 def add_adapter(model, config) -> None:
