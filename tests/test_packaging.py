@@ -86,8 +86,8 @@ def test_every_tracked_module_is_installed(space):
     assert modules and not missing, f"not in the wheel (add their packages to pyproject.toml): {missing}"
 
 
-def test_every_bundled_sample_file_is_installed(space):
-    samples = [name for name in tracked_files() if re.fullmatch(r"assets/[^/]+-pairs/[^/]+", name)]
+def test_every_bundled_sample_file_and_the_starter_reranker_is_installed(space):
+    samples = [name for name in tracked_files() if re.fullmatch(r"assets/([^/]+-pairs|starter-reranker)/[^/]+", name)]
     installed = space["site_packages"] / "engine" / "assets"
     missing = [name for name in samples if not (installed / name.removeprefix("assets/")).is_file()]
     assert any("vera-pairs" in name for name in samples) and not missing, (

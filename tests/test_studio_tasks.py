@@ -74,6 +74,7 @@ def test_each_task_offers_its_own_curated_models(studio):
     assert "BAAI/bge-large-en-v1.5" not in offered
     table = {row[0]: row for row in reranker["Curated models for this task"]}
     assert "new score head" in table[DEFAULT_MODEL][-1] and "keeps its" in table["BAAI/bge-reranker-v2-m3"][-1]
+    assert "ships with Lacker Studio" in table["lacker-studio/minilm-l6-starter-reranker"][-1]  # no download
     classifier = by_label(fn, fn.fn("classifier", "someone/any-encoder"))
     choices = classifier["Model: pick a curated one or type any Hugging Face Hub id"]
     assert {row[0] for row in classifier["Curated models for this task"]} == {
@@ -199,9 +200,11 @@ def test_the_demo_preset_of_a_task_loads_its_sample_and_says_so(studio, task):
     shown = by_label(fn, fn.fn(task))
     sample, mapping, settings = DEMO_PRESETS[task]
     assert sample.location in shown["data-source"] and not shown["error"]["visible"]
+    model = {"reranker": "lacker-studio/minilm-l6-starter-reranker", "classifier": DEFAULT_MODEL}[task]
     assert shown["Max steps"] == settings["max_steps"] and shown["Model: pick a curated one or type any Hugging "
-                                                                 "Face Hub id"] == DEFAULT_MODEL
-    assert f"Set: {task} **all-MiniLM-L6-v2**" in shown["demo-preset-note"] and sample.name in shown["demo-preset-note"]
+                                                                 "Face Hub id"] == model
+    assert f"Set: {task} **{model.split('/')[-1]}**" in shown["demo-preset-note"]
+    assert sample.name in shown["demo-preset-note"]
     assert all(shown[label]["value"] == column for label, column in (
         ("text (what to classify)" if role == "text" else "anchor (query)" if role == "anchor" else
          "positive (relevant text)" if role == "positive" else "label, optional", column)
