@@ -10,9 +10,11 @@ reranker's own cases, `reranker_cases`, go through the CLI in tests/test_reranke
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
+import signal
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +39,21 @@ class BadInput:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(self.content)
         return path
+
+
+def run_cli(argv: list[str]) -> tuple[int, str, str]:
+    """(exit code, stdout, stderr) of `lacker ...` run in this process (no interpreter to start, no imports to
+    repeat), leaving no SIGTERM handler of its own behind."""
+    from engine import cli
+
+    on_sigterm = signal.getsignal(signal.SIGTERM)
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
+            code = cli.main(argv)
+    finally:
+        signal.signal(signal.SIGTERM, on_sigterm)
+    return code, out.getvalue(), err.getvalue()
 
 
 def qa_rows(n: int = ROWS, **columns) -> list[dict]:

@@ -6,10 +6,7 @@ answering. Then one good file with a label column gives the same prepared rows t
 
 from __future__ import annotations
 
-import contextlib
-import io
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -19,8 +16,7 @@ import pandas as pd
 import pytest
 from gradio_client import Client, handle_file
 
-from bad_inputs import BadInput, cases, reranker_cases
-from engine import cli
+from bad_inputs import BadInput, cases, reranker_cases, run_cli
 from studio.app import build_app
 from studio.tabs.data import NONE, ROLES
 from studio_helpers import StudioProcess, make_studio
@@ -117,14 +113,8 @@ def run_cli_here(argv: list[str], monkeypatch) -> tuple[int, str]:
     variable of its own behind."""
     for name in ("TQDM_DISABLE", "HF_HUB_DISABLE_PROGRESS_BARS"):  # what cli.main sets, undone after the test
         monkeypatch.setenv(name, "1")
-    on_sigterm = signal.getsignal(signal.SIGTERM)
-    stderr = io.StringIO()
-    try:
-        with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(io.StringIO()):
-            code = cli.main(argv)
-    finally:
-        signal.signal(signal.SIGTERM, on_sigterm)
-    return code, stderr.getvalue()
+    code, _out, stderr = run_cli(argv)
+    return code, stderr
 
 
 @pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])

@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 import torch
 
+from bad_inputs import run_cli
 from engine import FastSentenceTransformer
 from engine.resolve import ModelNotAvailable
 from tiny_models import build_tiny_model
@@ -161,33 +162,19 @@ def test_cli_train_and_eval_end_to_end(tiny_bert, pairs_csv, tmp_path):
     held_out = int(re.search(r"(\d+) held out", " ".join(messages)).group(1))
     assert f"{held_out} queries over {held_out + 20} documents" in " ".join(messages)
 
-    def evaluate(model: Path) -> dict:
-        out = subprocess.run([sys.executable, "-m", "engine", "eval", "--model", str(model), "--data", str(pairs_csv),
-                              "--columns", "anchor=question,positive=answer"], cwd=REPO, capture_output=True, text=True)
-        assert out.returncode == 0, out.stderr[-3000:]
-        return json.loads(out.stdout[out.stdout.index("{"):])
+    def evaluate(model: Path) -> dict:  # `lacker eval` in this process: its own process is `lacker train`'s above
+        code, out, err = run_cli(["eval", "--model", str(model), "--data", str(pairs_csv),
+                                  "--columns", "anchor=question,positive=answer"])
+        assert code == 0, err[-3000:]
+        return json.loads(out[out.index("{"):])
 
     # Over the pairs it was trained on, the merged model must rank better than the base it started from.
     base, trained = evaluate(tiny_bert)["ndcg@10"], evaluate(out_dir / "merged")["ndcg@10"]
     assert trained > base, f"training did not lift NDCG@10 on its own pairs: {base:.4f} -> {trained:.4f}"
 
-    bad = subprocess.run(
-        [sys.executable, "-m", "engine", "train", "--data", str(pairs_csv), "--columns", "anchor=q,positive=answer",
-         "--max-steps", "1", "--output", str(tmp_path / "bad")], cwd=REPO, capture_output=True, text=True)
-    assert bad.returncode != 0 and "'q'" in bad.stderr and "question" in bad.stderr
-
-
-@pytest.mark.slow
-def test_short_fine_tune_of_minilm_beats_the_base_model(tmp_path):
-    """30 steps of LoRA on the bundled Debian pairs must lift held-out NDCG@10 by at least 0.005."""
-    from engine.train import train
-
-    result = train({"data": str(REPO / "assets/debian-pairs/train.jsonl"),
-                    "eval_data": str(REPO / "assets/debian-pairs/test.jsonl"),
-                    "max_steps": 30, "batch_size": 32, "max_seq_length": 128, "learning_rate": 2e-4,
-                    "max_eval_queries": 300, "output_dir": str(tmp_path / "run")})
-    base, trained = result.metrics["base"]["ndcg@10"], result.metrics["trained"]["ndcg@10"]
-    assert trained >= base + 0.005, (base, trained)
+    code, _, err = run_cli(["train", "--data", str(pairs_csv), "--columns", "anchor=q,positive=answer",
+                            "--max-steps", "1", "--output", str(tmp_path / "bad")])
+    assert code != 0 and "'q'" in err and "question" in err
 
 
 @pytest.mark.parametrize("kind", ["embedding", "reranker", "classifier"])

@@ -138,14 +138,13 @@ def xlm_roberta(tmp_path_factory):
     return folder / "model"
 
 
-@pytest.mark.parametrize("quantize", ["f16", "q8_0"])
-def test_an_xlm_roberta_with_a_sentencepiece_vocabulary_matches_in_llama_cpp(llama_runtime, xlm_roberta, tmp_path,
-                                                                            quantize):
-    result = export(xlm_roberta, "gguf", quantize, tmp_path / "out.gguf")
+def test_an_xlm_roberta_with_a_sentencepiece_vocabulary_matches_in_llama_cpp(llama_runtime, xlm_roberta, tmp_path):
+    """f16 only: the tokenizer is what this file differs in, and q8_0's parity is the MiniLM test's above."""
+    result = export(xlm_roberta, "gguf", "f16", tmp_path / "out.gguf")
 
     assert result.passed, result.report["problems"]
-    assert result.report["cosine_min"] >= {"f16": 0.999, "q8_0": 0.99}[quantize]
-    tricky = verify(xlm_roberta, result.path, "gguf", quantize, TRICKY)
+    assert result.report["cosine_min"] >= 0.999
+    tricky = verify(xlm_roberta, result.path, "gguf", "f16", TRICKY)
     assert tricky.passed, tricky.report["problems"]  # the same tokens for every text, and the same vectors
     metadata = gguf_export.read_metadata(result.path)
     assert metadata["general.architecture"] == "bert" and metadata["tokenizer.ggml.model"] == "t5"

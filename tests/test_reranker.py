@@ -4,11 +4,7 @@ bad-data errors, and `lacker train --task reranker` end to end on the bundled al
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
-import signal
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -16,8 +12,8 @@ import pytest
 import torch
 from sentence_transformers import CrossEncoder
 
-from bad_inputs import reranker_cases
-from engine import FastCrossEncoder, FastSentenceTransformer, cli
+from bad_inputs import reranker_cases, run_cli
+from engine import FastCrossEncoder, FastSentenceTransformer
 from engine.config import TrainConfig
 from engine.events import EventLog
 from engine.models.cross_encoder import head_modules
@@ -163,17 +159,6 @@ def test_the_listwise_losses_get_one_row_per_query():
                                       "labels": [[1.0, 0.0], [1.0]]}
 
 
-def run_cli(argv: list[str]) -> tuple[int, str, str]:
-    on_sigterm = signal.getsignal(signal.SIGTERM)
-    out, err = io.StringIO(), io.StringIO()
-    try:
-        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
-            code = cli.main(argv)
-    finally:
-        signal.signal(signal.SIGTERM, on_sigterm)
-    return code, out.getvalue(), err.getvalue()
-
-
 @pytest.mark.parametrize("case", reranker_cases(), ids=[case.name for case in reranker_cases()])
 def test_the_cli_names_each_reranker_data_problem(case, tmp_path, monkeypatch):
     monkeypatch.setenv("TQDM_DISABLE", "1")
@@ -207,7 +192,7 @@ def test_lacker_train_reranker_end_to_end_on_the_bundled_minilm(tmp_path, monkey
     mining = next(e for e in events if e["event"] == "mining")
     assert len(mining["example"]["negatives"]) == 2
     training = [e["message"] for e in events if e["event"] == "status" and e["status"] == "training"]
-    assert training == [f"full on sentence-transformers/all-MiniLM-L6-v2 (packed loop)"], training  # BCE: the fast path
+    assert training == ["full on sentence-transformers/all-MiniLM-L6-v2 (packed loop)"], training  # BCE: the fast path
     assert not (output / "adapter").exists()  # full fine-tuning saves the merged model only
     card = (output / "merged" / "README.md").read_text()
     assert f'CrossEncoder("{output / "merged"}")' in card and "| ndcg@10 |" in card  # loads the folder; the metrics
@@ -231,3 +216,27 @@ def test_a_stopped_lora_run_resumes_its_adapter_and_head_as_if_never_stopped(tmp
     plain = CrossEncoder(str(tmp_path / "run" / "merged"), device="cpu")
     whole = CrossEncoder(str(tmp_path / "whole" / "merged"), device="cpu")
     assert torch.allclose(torch.tensor(plain.predict(PAIRS)), torch.tensor(whole.predict(PAIRS)), atol=1e-3)
+
+
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_a_run_from_a_saved_reranker_adapter_starts_where_that_run_ended(method, tmp_path):
+    """A second run whose model is the first run's adapter/ (as the shipped starter reranker is one): its base is
+    that cross-encoder, measured with its trained head (the first run's trained scores, not the retriever's order),
+    and it trains on from there, with a new adapter or in full."""
+    from engine.train import train
+
+    queries = [f"how do I use tool {i}?" for i in range(40)]
+    documents = [f"tool {i} does task {i} from the command line" for i in range(40)]
+    data = pd.DataFrame({"q": queries, "d": documents, "n": documents[1:] + documents[:1]})
+    settings = {"task": "reranker", "data": data, "columns": {"anchor": "q", "positive": "d", "negative": "n"},
+                "max_steps": 3, "batch_size": 8, "max_seq_length": 32, "learning_rate": 5e-3, "eval_size": 10,
+                "method": "lora"}
+    first = train({**settings, "model": str(build_tiny_model("bert", tmp_path / "base")),
+                   "output_dir": str(tmp_path / "first")}).metrics
+    assert first["base"]["ndcg@10"] == first["base"]["retriever_ndcg@10"]  # a new head: the base is the retriever
+    second = train({**settings, "model": str(tmp_path / "first" / "adapter"), "method": method,
+                    "output_dir": str(tmp_path / "second")}).metrics
+    assert second["base"] == pytest.approx(first["trained"], abs=1e-6)  # the same held-out split, the same model
+    merged = CrossEncoder(str(tmp_path / "second" / "merged"), device="cpu")
+    after_first = CrossEncoder(str(tmp_path / "first" / "merged"), device="cpu")
+    assert abs(merged.predict(PAIRS) - after_first.predict(PAIRS)).max() > 1e-4, "the second run trained nothing"

@@ -39,8 +39,8 @@ DEMO_PRESET = {"method": "lora", "lora_r": 16, "lora_alpha": 16, "learning_rate"
 # starter reranker (assets/starter-reranker: a score head trained on the Debian pairs, where it lifts the retriever's
 # NDCG@10 from 0.941 to 0.954 on their test split), as a new head on the bi-encoder fell below the retriever's order
 # in 40 steps (0.22 -> 0.10) and stayed below it after 150 (0.125). From the starter its 40 LoRA steps lift NDCG@10 on
-# the 100 held-out acronyms from 0.198 to 0.209 (45 s on an idle 2-core CPU, 2026-12-03; on the GPU 0.131 -> 0.143 on
-# vera-pairs' 300 test queries), though still below the retriever's own order of them (0.327), which Compare shows.
+# the studio's 100 held-out acronyms from 0.149 to 0.163 (2026-12-03; about a minute on a 2-core CPU; on the GPU
+# 0.131 -> 0.143 on vera-pairs' 300 test queries), still below the retriever's own order of them (0.238).
 RERANKER_PRESET = {"model": STARTER_RERANKER, "method": "lora", "lora_r": 16, "lora_alpha": 16, "learning_rate": 1e-3,
                    "max_steps": 40, "batch_size": 32, "max_seq_length": 32, "warmup_ratio": 0.1,
                    "max_eval_queries": 100, "negatives": 3}
