@@ -25,7 +25,8 @@ from studio import charts
 from studio.comparison import ClassifierComparison, RerankerComparison, comparison_for
 from studio.store import COMPLETED, Run, RunStore
 from studio.tabs.compare import (RELEVANT, class_metric_rows, comparable_runs, per_class_rows, prediction_note,
-                                 prediction_rows, rerank_answer_note, rerank_metric_rows, reranked_rows)
+                                 prediction_rows, rerank_answer_note, rerank_metric_rows, rerank_note,
+                                 reranked_rows)
 from studio_helpers import register_finished_run
 from tiny_models import build_tiny_model
 
@@ -142,7 +143,9 @@ def test_the_reranker_metrics_are_the_runs_and_measuring_them_again_agrees(reran
     assert retriever_order == base == round(metrics["base"]["ndcg@10"], 4)  # the base is the retriever's order
     assert trained == round(metrics["trained"]["ndcg@10"], 4)
     assert change == f"{metrics['trained']['ndcg@10'] - metrics['base']['ndcg@10']:+.4f}"
-    measured = comparison_for(reranker_run).measure()
+    comparison = comparison_for(reranker_run)
+    assert "The base is the retriever's own order" in rerank_note(reranker_run, comparison.evaluation)  # evaluated
+    measured = comparison.measure()
     assert measured["base"] == pytest.approx(metrics["base"], abs=1e-6)
     for name in ("ndcg@10", "mrr@10"):
         assert measured["trained"][name] == pytest.approx(metrics["trained"][name], abs=0.01)

@@ -173,8 +173,21 @@ def _base_words(has_trained_head: bool | None, model: str) -> str:
             "at random until it is trained.")
 
 
+def _base_had_a_head(metrics: dict | None) -> bool | None:
+    """Whether the run's base was a cross-encoder with a trained head, as its measured base says: the base of a new
+    head is the retriever's order (engine.tasks.reranker measure_base), whose metrics are the retriever's exactly."""
+    base = (metrics or {}).get("base") or {}
+    names = ("ndcg@10", "mrr@10")
+    if not all(name in base and f"retriever_{name}" in base for name in names):
+        return None
+    return any(base[name] != base[f"retriever_{name}"] for name in names)
+
+
 def rerank_note(run, evaluation, has_trained_head: bool | None = None) -> str:
-    """What the reranker's metrics rest on: the held-out queries, the candidates each reranks, what the base is."""
+    """What the reranker's metrics rest on: the held-out queries, the candidates each reranks, what the base is
+    (`has_trained_head`, else read from the run's measured base)."""
+    if has_trained_head is None:
+        has_trained_head = _base_had_a_head(run.metrics)
     queries = len(evaluation.queries)
     lines = [f"**Measured on {queries} held-out queries**, each reranking the first-stage retriever's top "
              f"{CANDIDATES} of {len(evaluation.corpus)} held-out documents "
