@@ -40,7 +40,8 @@ def measure(adapter: Path, test: Path) -> dict:
     rows = reranker.prepare(read_table(str(test)), mapping)
     config = SimpleNamespace(max_eval_queries=SETTINGS["max_eval_queries"], mine_with=None, seed=SETTINGS["seed"])
     evaluation = reranker.held_out_evaluation(rows, "pairs", config)
-    model = FastCrossEncoder.from_pretrained(str(adapter), max_seq_length=SETTINGS["max_seq_length"], for_inference=True)
+    model = FastCrossEncoder.from_pretrained(str(adapter), max_seq_length=SETTINGS["max_seq_length"],
+                                             for_inference=True)
     return {"retriever": evaluation.retriever_order_metrics(), "starter": evaluation.measure(model)}
 
 
@@ -67,7 +68,8 @@ def build(args) -> None:
 
     with tempfile.TemporaryDirectory() as scratch:
         run = Path(scratch) / "run"
-        settings = {**SETTINGS, "model": args.model, "mine_with": args.model, "data": str(HERE / "debian-pairs" / "train.jsonl"),
+        settings = {**SETTINGS, "model": args.model, "mine_with": args.model,
+                    "data": str(HERE / "debian-pairs" / "train.jsonl"),
                     "eval_data": str(HERE / "debian-pairs" / "test.jsonl"),
                     "columns": {"anchor": "query", "positive": "document"}, "output_dir": str(run)}
         if args.steps:

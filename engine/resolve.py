@@ -301,8 +301,9 @@ def resolve_model(name_or_path: str | os.PathLike, progress: Progress | None = N
     name = str(name_or_path)
     if path.exists():
         raise ModelNotAvailable(f"{name} is a file, not a model folder", "pass the folder that holds config.json")
-    if shipped_model_path(name) is not None:
-        return shipped_model_path(name)
+    shipped = shipped_model_path(name)
+    if shipped is not None:
+        return shipped
     repo_id = _repo_id(name)
     cache_dir = hub_cache_dir()
     snapshot = _cached_snapshot(repo_id, cache_dir)
